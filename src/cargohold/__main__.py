@@ -1,0 +1,5 @@
+"""Allow ``python -m cargohold``."""
+
+from cargohold.cli.main import main
+
+main()

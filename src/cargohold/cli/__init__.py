@@ -1,0 +1,1 @@
+"""The ``hold`` command line: one module per noun; parse, call the library, format."""

@@ -1,0 +1,165 @@
+"""Configuration: defaults, ``config.toml``, environment and flags, in rising precedence.
+
+The file is TOML (``hold config default`` prints a commented one). Unknown keys are an error
+that names the key, so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from cargohold.errors import InvalidArgument
+
+DEFAULT_TEXT = """\
+# cargohold configuration (TOML). Every key is shown with its default.
+# Precedence: command-line flags > environment (HOLD_*) > this file > defaults.
+
+# Where blobs, metadata and snapshots live (HOLD_ROOT, --root).
+root = "{root}"
+# Where sockets, mount records and task bundles live (HOLD_STATE, --state).
+state = "{state}"
+# Namespace used when none is given (HOLD_NAMESPACE, -n).
+namespace = "default"
+# Snapshotter used when none is given (HOLD_SNAPSHOTTER, --snapshotter):
+# overlayfs, native, btrfs, zfs or devmapper.
+snapshotter = "overlayfs"
+
+[gc]
+# 'hold serve' runs the collector on these thresholds, as containerd's scheduler does.
+# Fraction of time the metadata may be paused by GC (0 to 0.5).
+pause_threshold = 0.02
+# Run GC after this many deletions (0: at the next tick after any deletion).
+deletion_threshold = 0
+# Run GC after this many metadata mutations (0: never on mutations alone).
+mutation_threshold = 100
+# Delay between a trigger and the collection.
+schedule_delay = "0s"
+# First collection after 'hold serve' starts.
+startup_delay = "100ms"
+# Records removed per write transaction while sweeping (small batches keep writers moving).
+sweep_batch = 500
+# Ingests opened without a lease expire after this long.
+ingest_expiry = "24h"
+
+[registry]
+# Directory of per-host hosts.toml files (containerd's certs.d layout).
+config_path = "/etc/cargohold/certs.d"
+
+[snapshotters.overlayfs]
+# Extra mount options for every overlay mount (e.g. ["volatile"]).
+mount_options = []
+
+[snapshotters.btrfs]
+# Must be on a btrfs filesystem; empty means <root>/snapshots/btrfs.
+root_path = ""
+
+[snapshotters.zfs]
+# Parent dataset under which snapshot datasets are created (e.g. "tank/cargohold").
+dataset = ""
+
+[snapshotters.devmapper]
+# An existing thin pool (dmsetup create <pool> --table '... thin-pool ...').
+pool_name = ""
+base_image_size = "10GB"
+fs_type = "ext4"
+fs_options = ""
+discard_blocks = true
+"""
+
+
+def default_root() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/cargohold"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "cargohold")
+
+
+def default_state() -> str:
+    if os.geteuid() == 0:
+        return "/run/cargohold"
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/cargohold-{os.geteuid()}"
+    return os.path.join(base, "cargohold")
+
+
+def default_config_file() -> str:
+    if os.geteuid() == 0:
+        return "/etc/cargohold/config.toml"
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return os.path.join(base, "cargohold", "config.toml")
+
+
+def default_text() -> str:
+    """The commented default config file."""
+    return DEFAULT_TEXT.format(root=default_root(), state=default_state())
+
+
+def _defaults() -> dict[str, Any]:
+    return tomllib.loads(default_text())
+
+
+@dataclass
+class Config:
+    """The resolved settings."""
+
+    root: str
+    state: str
+    namespace: str
+    snapshotter: str
+    data: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def section(self, *path: str) -> dict[str, Any]:
+        d: Any = self.data
+        for p in path:
+            d = d.get(p, {})
+        return d
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], where: str) -> None:
+    for k, v in over.items():
+        if k not in base:
+            raise InvalidArgument(f"config {where}{k}: unknown key",
+                                  hint="compare with 'hold config default'")
+        if isinstance(base[k], dict):
+            if not isinstance(v, dict):
+                raise InvalidArgument(f"config {where}{k}: must be a table")
+            _merge(base[k], v, f"{where}{k}.")
+        else:
+            if type(base[k]) is not type(v) and not (
+                    isinstance(base[k], float) and isinstance(v, int)):
+                raise InvalidArgument(
+                    f"config {where}{k}: expected {type(base[k]).__name__}, "
+                    f"got {type(v).__name__}")
+            base[k] = v
+
+
+def load(path: str | None = None, *, root: str | None = None, state: str | None = None,
+         namespace: str | None = None, snapshotter: str | None = None) -> Config:
+    """Resolve the configuration. ``path=None`` reads the default file when it exists."""
+    data = copy.deepcopy(_defaults())
+    source = ""
+    explicit = path is not None
+    path = path or os.environ.get("HOLD_CONFIG") or default_config_file()
+    if os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                _merge(data, tomllib.load(f), "")
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidArgument(f"config {path}: {exc}") from exc
+        source = path
+    elif explicit:
+        raise InvalidArgument(f"config {path}: no such file",
+                              hint="write one with 'hold config default > FILE'")
+    env = os.environ
+    return Config(
+        root=root or env.get("HOLD_ROOT") or data["root"],
+        state=state or env.get("HOLD_STATE") or data["state"],
+        namespace=namespace or env.get("HOLD_NAMESPACE") or data["namespace"],
+        snapshotter=snapshotter or env.get("HOLD_SNAPSHOTTER") or data["snapshotter"],
+        data=data,
+        source=source,
+    )

@@ -1,0 +1,1 @@
+"""The differ: apply layer tars to mounts and compare mounts into layer tars."""

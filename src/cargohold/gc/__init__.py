@@ -1,0 +1,1 @@
+"""Garbage collection: pure tri-colour marking and the sweeping collector."""

@@ -1,0 +1,1 @@
+"""Leases: hold objects alive while an operation builds them."""

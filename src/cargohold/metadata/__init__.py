@@ -1,0 +1,3 @@
+"""The metadata database: namespaces, images, content index, snapshot index, leases,
+containers.
+"""

@@ -1,0 +1,83 @@
+"""The snapshotter contract shared by every backend and by the per-namespace metadata wrapper.
+
+Kinds: ACTIVE (writable, from ``prepare``), VIEW (read-only, from ``view``), COMMITTED (from
+``commit``; the only kind that can be a parent). Keys and names share one key space.
+
+- ``prepare(key, parent)`` / ``view(key, parent)``: a new active/view snapshot on top of the
+  committed ``parent`` ("" = empty). Returns its mounts. An existing key raises AlreadyExists;
+  a parent that is missing raises NotFound, one that is not committed InvalidArgument.
+- ``commit(name, key)``: turns active ``key`` into committed ``name`` (same internal id);
+  ``key`` stops existing. Usage is computed here once and stored. Views cannot be committed
+  (FailedPrecondition); a taken name raises AlreadyExists.
+- ``remove(key)``: any kind; a snapshot with children raises FailedPrecondition.
+- ``mounts(key)``: active or view only; committed raises FailedPrecondition.
+- ``stat``/``update`` (labels only: fieldpaths ``labels`` or ``labels.<k>``)/``usage``/
+  ``walk(fn, filters)`` (filters on ``kind``, ``name``, ``parent``, ``labels.<k>``).
+- ``close()`` is idempotent. ``cleanup()`` reclaims disk left by removals (called after GC).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from cargohold.types import Mount
+
+
+class Kind(enum.IntEnum):
+    """Snapshot kinds, numbered as containerd numbers them."""
+
+    VIEW = 1
+    ACTIVE = 2
+    COMMITTED = 3
+
+    def __str__(self) -> str:
+        return self.name.capitalize()
+
+    @classmethod
+    def parse(cls, text: str) -> Kind:
+        return cls[text.upper()]
+
+
+@dataclass(frozen=True)
+class Info:
+    """What ``stat`` returns."""
+
+    name: str
+    kind: Kind
+    parent: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    created_at: int = 0
+    updated_at: int = 0
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Bytes and inodes a snapshot uses on its own (its parents excluded)."""
+
+    size: int = 0
+    inodes: int = 0
+
+    def add(self, other: Usage) -> Usage:
+        return Usage(self.size + other.size, self.inodes + other.inodes)
+
+
+@runtime_checkable
+class Snapshotter(Protocol):
+    """See the module docstring for the contract of each call."""
+
+    def stat(self, key: str) -> Info: ...
+    def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info: ...
+    def usage(self, key: str) -> Usage: ...
+    def mounts(self, key: str) -> list[Mount]: ...
+    def prepare(self, key: str, parent: str = "", *,
+                labels: dict[str, str] | None = None) -> list[Mount]: ...
+    def view(self, key: str, parent: str = "", *,
+             labels: dict[str, str] | None = None) -> list[Mount]: ...
+    def commit(self, name: str, key: str, *, labels: dict[str, str] | None = None) -> None: ...
+    def remove(self, key: str) -> None: ...
+    def walk(self, fn: Callable[[Info], None], filters: Sequence[str] = ()) -> None: ...
+    def close(self) -> None: ...
+    def cleanup(self) -> None: ...

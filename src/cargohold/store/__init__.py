@@ -1,0 +1,1 @@
+"""The blob store: committed blobs under ``blobs/<alg>/<hex>`` and resumable ingests."""

@@ -1,0 +1,163 @@
+"""The blob store contract: what every content store (local, namespaced) provides.
+
+A store is four roles (containerd's ``Manager + Provider + IngestManager + Ingester``):
+
+- provider: :meth:`Store.reader` opens a committed blob for random access;
+- manager: :meth:`Store.info`, :meth:`Store.update` (labels only), :meth:`Store.walk`,
+  :meth:`Store.delete`;
+- ingester: :meth:`Store.writer` opens (or resumes) the ingest named by ``ref``;
+- ingest manager: :meth:`Store.status`, :meth:`Store.list_statuses`, :meth:`Store.abort`.
+
+Until committed, bytes are visible only as an ingest; after commit only as a blob. A commit
+verifies size and digest before the blob becomes visible and never makes a second copy of a
+digest that exists already (:class:`~cargohold.errors.AlreadyExists`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol, runtime_checkable
+
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Info:
+    """A committed blob: digest, size, times (ns since the epoch) and labels."""
+
+    digest: str
+    size: int
+    created_at: int = 0
+    updated_at: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Status:
+    """An ingest in progress.
+
+    ``offset`` is how many bytes are durable-enough to resume from; ``holder`` names the
+    process that holds the ingest's lock (empty when nobody writes to it now).
+    """
+
+    ref: str
+    offset: int
+    total: int = 0
+    expected: str = ""
+    started_at: int = 0
+    updated_at: int = 0
+    holder: str = ""
+
+
+@runtime_checkable
+class ReaderAt(Protocol):
+    """A committed blob opened for reading; also a plain binary file object."""
+
+    size: int
+
+    def read_at(self, n: int, offset: int) -> bytes: ...
+    def read(self, n: int = -1) -> bytes: ...
+    def readinto(self, b: bytearray | memoryview) -> int: ...
+    def seek(self, offset: int, whence: int = 0) -> int: ...
+    def tell(self) -> int: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> ReaderAt: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
+CommitHook = Callable[[str, bool], None]
+"""Called as ``hook(digest, existed)`` while the digest lock is held during a commit."""
+
+
+@runtime_checkable
+class Writer(Protocol):
+    """An open ingest. Holds the ingest's cross-process lock until closed or committed.
+
+    - ``write`` appends and hashes; a crash keeps what reached the file, and reopening the
+      same ref resumes at ``status().offset``.
+    - ``commit(size, expected, labels)`` fsyncs, checks ``size`` (0 = any) and ``expected``
+      (empty = any), then renames into place; on a mismatch it raises
+      :class:`~cargohold.errors.IntegrityError` naming both values, and nothing becomes
+      visible (the ingest stays, so the caller may truncate and retry or abort).
+      Committing a digest that exists raises :class:`AlreadyExists` and removes the ingest,
+      unless ``then`` is given: then ``then(digest, existed)`` runs under the digest lock and
+      decides. Commit always closes the writer.
+    - ``truncate(0)`` restarts the ingest; other sizes raise InvalidArgument.
+    - ``close()`` keeps the progress for a later resume; closing twice is fine.
+    """
+
+    ref: str
+
+    def write(self, data: bytes | memoryview) -> int: ...
+    def status(self) -> Status: ...
+    def digest(self) -> str: ...
+    def commit(self, size: int = 0, expected: str = "", labels: dict[str, str] | None = None,
+               *, then: CommitHook | None = None) -> str: ...
+    def truncate(self, size: int) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Writer: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A content-addressed blob store (see the module docstring for the roles)."""
+
+    def info(self, digest: str) -> Info: ...
+    def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info: ...
+    def walk(self, fn: Callable[[Info], None], filters: Sequence[str] = ()) -> None: ...
+    def delete(self, digest: str) -> None: ...
+    def reader(self, digest: str) -> ReaderAt: ...
+    def writer(self, ref: str, *, total: int = 0, expected: str = "") -> Writer: ...
+    def abort(self, ref: str) -> None: ...
+    def status(self, ref: str) -> Status: ...
+    def list_statuses(self, filters: Sequence[str] = ()) -> list[Status]: ...
+
+
+def copy_into(writer: Writer, src: BinaryIO, *, size: int = 0, expected: str = "",
+              labels: dict[str, str] | None = None,
+              progress: Callable[[int], None] | None = None,
+              then: CommitHook | None = None) -> str:
+    """Stream ``src`` into ``writer`` from the writer's current offset, then commit.
+
+    A resumed writer skips what it already has: ``src`` is seeked when it can be, otherwise the
+    bytes are read and dropped. Returns the committed digest; raises what commit raises.
+    """
+    offset = writer.status().offset
+    if offset:
+        try:
+            src.seek(offset)
+        except (OSError, AttributeError, ValueError):
+            left = offset
+            while left:
+                chunk = src.read(min(left, READ_CHUNK))
+                if not chunk:
+                    break
+                left -= len(chunk)
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    readinto = getattr(src, "readinto", None)
+    while True:
+        if readinto is not None:
+            n = readinto(view)
+            if not n:
+                break
+            writer.write(view[:n])
+        else:
+            data = src.read(READ_CHUNK)
+            if not data:
+                break
+            n = len(data)
+            writer.write(data)
+        if progress is not None:
+            progress(n)
+    return writer.commit(size, expected, labels, then=then)
+
+
+def walk_all(store: Store, filters: Iterable[str] = ()) -> list[Info]:
+    """Every blob the store lists, as a list."""
+    out: list[Info] = []
+    store.walk(out.append, list(filters))
+    return out

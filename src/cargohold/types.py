@@ -1,0 +1,218 @@
+"""Value types shared by every layer: digests, descriptors, mounts, and the well-known labels."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cargohold.errors import InvalidArgument
+
+# --- labels (containerd's names, so labels survive a round trip through either tool) ----------
+LABEL_GC_ROOT = "containerd.io/gc.root"
+LABEL_GC_REF_CONTENT = "containerd.io/gc.ref.content"
+LABEL_GC_REF_SNAPSHOT = "containerd.io/gc.ref.snapshot."
+LABEL_GC_REF_IMAGE = "containerd.io/gc.ref.image"
+LABEL_GC_EXPIRE = "containerd.io/gc.expire"
+LABEL_GC_FLAT = "containerd.io/gc.flat"
+LABEL_UNCOMPRESSED = "containerd.io/uncompressed"
+LABEL_DISTRIBUTION_SOURCE = "containerd.io/distribution.source."
+LABEL_SNAPSHOT_REF = "containerd.io/snapshot.ref"
+
+MAX_LABEL_BYTES = 4096
+
+_DIGEST_RE = re.compile(r"^(sha256):([a-f0-9]{64})$|^(sha512):([a-f0-9]{128})$")
+_IDENT_RE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")
+
+
+class Digest(str):
+    """A validated ``algorithm:hex`` content digest (sha256 or sha512)."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: str) -> Digest:
+        """Validate ``value``; raise InvalidArgument naming it when it is not a digest."""
+        if isinstance(value, Digest):
+            return value
+        if not isinstance(value, str) or not _DIGEST_RE.match(value):
+            raise InvalidArgument(
+                f"digest {value!r}: not a valid digest",
+                hint="expected sha256:<64 lowercase hex characters>",
+            )
+        return super().__new__(cls, value)
+
+    @property
+    def algorithm(self) -> str:
+        return self.split(":", 1)[0]
+
+    @property
+    def hex(self) -> str:
+        return self.split(":", 1)[1]
+
+    @classmethod
+    def from_bytes(cls, data: bytes, algorithm: str = "sha256") -> Digest:
+        return cls(f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}")
+
+
+def is_digest(value: str) -> bool:
+    """Whether ``value`` is a well-formed digest string."""
+    return bool(_DIGEST_RE.match(value))
+
+
+def validate_identifier(kind: str, value: str) -> str:
+    """Check a namespace/lease/container id against containerd's grammar (76 chars max)."""
+    if not value or len(value) > 76 or not _IDENT_RE.match(value):
+        raise InvalidArgument(
+            f"{kind} {value!r}: invalid identifier",
+            hint="use letters and digits separated by single '.', '_' or '-', at most 76 chars",
+        )
+    return value
+
+
+def validate_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Check label sizes; return the labels with empty values (deletions) kept."""
+    for k, v in labels.items():
+        if not k:
+            raise InvalidArgument("label key '': empty", hint="labels are key=value")
+        if len(k.encode()) + len(v.encode()) > MAX_LABEL_BYTES:
+            raise InvalidArgument(
+                f"label {k!r}: key and value longer than {MAX_LABEL_BYTES} bytes"
+            )
+    return labels
+
+
+def parse_labels(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Parse ``k=v`` strings (``k=`` or ``k`` deletes) into a dict."""
+    out: dict[str, str] = {}
+    for p in pairs:
+        k, _, v = p.partition("=")
+        out[k] = v
+    return validate_labels(out)
+
+
+@dataclass(frozen=True)
+class Platform:
+    """An OCI platform: os/architecture[/variant]."""
+
+    os: str
+    architecture: str
+    variant: str = ""
+    os_version: str = ""
+
+    def __str__(self) -> str:
+        s = f"{self.os}/{self.architecture}"
+        return f"{s}/{self.variant}" if self.variant else s
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    urls: tuple[str, ...] = field(default=(), compare=False, hash=False)
+    platform: Platform | None = field(default=None, compare=False, hash=False)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest,
+                             "size": self.size}
+        if self.urls:
+            d["urls"] = list(self.urls)
+        if self.annotations:
+            d["annotations"] = dict(self.annotations)
+        if self.platform is not None:
+            p: dict[str, Any] = {"architecture": self.platform.architecture,
+                                 "os": self.platform.os}
+            if self.platform.os_version:
+                p["os.version"] = self.platform.os_version
+            if self.platform.variant:
+                p["variant"] = self.platform.variant
+            d["platform"] = p
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Descriptor:
+        try:
+            p = d.get("platform")
+            plat = None
+            if p:
+                plat = Platform(p.get("os", ""), p.get("architecture", ""),
+                                p.get("variant", ""), p.get("os.version", ""))
+            return cls(str(d.get("mediaType", "")), str(Digest(d["digest"])), int(d["size"]),
+                       dict(d.get("annotations") or {}), tuple(d.get("urls") or ()), plat)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidArgument(f"descriptor {d!r}: malformed ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class Mount:
+    """What the kernel mounts: ``mount -t type -o options source target``."""
+
+    type: str
+    source: str
+    options: tuple[str, ...] = ()
+
+    def command(self, target: str) -> str:
+        """The ``mount`` command line a user can paste into a shell as it is."""
+        import shlex
+
+        parts = ["mount", "-t", self.type]
+        if self.options:
+            parts += ["-o", ",".join(self.options)]
+        parts += [self.source, target]
+        return " ".join(shlex.quote(p) for p in parts)
+
+    @property
+    def read_only(self) -> bool:
+        if "ro" in self.options:
+            return True
+        if self.type == "overlay":
+            return not any(o.startswith("upperdir=") for o in self.options)
+        return False
+
+
+def now_ns() -> int:
+    """Wall-clock time in nanoseconds since the epoch."""
+    return time.time_ns()
+
+
+def format_time(ns: int) -> str:
+    """RFC 3339 UTC text for a nanosecond timestamp."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+
+
+def parse_time(text: str) -> int:
+    """Parse RFC 3339 text (as containerd writes gc.expire) into nanoseconds; raise on junk."""
+    from datetime import datetime
+
+    t = text.strip()
+    if t.endswith("Z"):
+        t = t[:-1] + "+00:00"
+    # Python < 3.11 cannot take more than 6 fractional digits; trim nanoseconds.
+    m = re.match(r"^(.*T\d\d:\d\d:\d\d)(\.\d+)?(.*)$", t)
+    if not m:
+        raise InvalidArgument(f"time {text!r}: not RFC 3339")
+    frac = (m.group(2) or "")[:7]
+    try:
+        dt = datetime.fromisoformat(m.group(1) + frac + m.group(3))
+    except ValueError as exc:
+        raise InvalidArgument(f"time {text!r}: not RFC 3339") from exc
+    if dt.tzinfo is None:
+        raise InvalidArgument(f"time {text!r}: no time zone")
+    return int(dt.timestamp() * 1_000_000) * 1000
+
+
+def parse_duration(text: str) -> int:
+    """Parse ``90s``, ``10m``, ``1h30m``, ``2d`` into nanoseconds."""
+    units = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9,
+             "h": 3600 * 10**9, "d": 86400 * 10**9}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h|d)", text.strip())
+    if not parts or "".join(a + b for a, b in parts) != text.strip():
+        raise InvalidArgument(f"duration {text!r}: not understood",
+                              hint="write it like 30s, 10m, 1h30m or 2d")
+    return int(sum(float(n) * units[u] for n, u in parts))

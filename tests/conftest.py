@@ -1,0 +1,39 @@
+"""Shared fixtures: a fresh root per test, and the `hold` command run in-process or as a child."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "root"
+    r.mkdir()
+    return str(r)
+
+
+def run_hold(root: str, *args: str, input: bytes | None = None, check: bool = True,
+             env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real `hold` command in a child process against ``root``."""
+    e = dict(os.environ)
+    e.update({"HOLD_ROOT": root, "HOLD_STATE": os.path.join(root, "_state"),
+              "HOLD_CONFIG": os.path.join(root, "_no_config.toml")})
+    if env:
+        e.update(env)
+    p = subprocess.run([sys.executable, "-m", "cargohold", *args], input=input,
+                       capture_output=True, env=e, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"hold {' '.join(args)} failed ({p.returncode}):\n"
+                             f"{p.stderr.decode()}\n{p.stdout.decode()}")
+    return p
+
+
+@pytest.fixture
+def hold(root):
+    def _run(*args, **kw):
+        return run_hold(root, *args, **kw)
+    return _run
