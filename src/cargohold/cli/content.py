@@ -1,0 +1,157 @@
+"""``hold content``: ls, get, ingest, active, rm, label (compatible with ``ctr content``)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cargohold.cli.app import App
+from cargohold.cli.output import (
+    age,
+    emit_json,
+    format_option,
+    human_size,
+    labels_text,
+    quiet_option,
+    table,
+)
+from cargohold.errors import AlreadyExists, IntegrityError
+
+
+@click.group()
+def content() -> None:
+    """Manage blobs in the content store."""
+
+
+@content.command("ls")
+@quiet_option
+@format_option
+@click.argument("filters", nargs=-1)
+@click.pass_obj
+def ls(app: App, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
+    """List blobs (optionally matching FILTERS, e.g. 'labels."k"==v')."""
+    infos: list = []
+    app.client.content.walk(infos.append, list(filters))
+    infos.sort(key=lambda i: i.digest)
+    if quiet:
+        for i in infos:
+            click.echo(i.digest)
+    elif fmt == "json":
+        emit_json([{"digest": i.digest, "size": i.size, "created_at": i.created_at,
+                    "updated_at": i.updated_at, "labels": i.labels} for i in infos])
+    else:
+        table(["DIGEST", "SIZE", "AGE", "LABELS"],
+              [[i.digest, human_size(i.size), age(i.created_at), labels_text(i.labels)]
+               for i in infos])
+
+
+@content.command("get")
+@click.argument("digest")
+@click.pass_obj
+def get(app: App, digest: str) -> None:
+    """Write the blob DIGEST to standard output."""
+    out = sys.stdout.buffer
+    with app.client.content.reader(digest) as r:
+        while True:
+            chunk = r.read(1 << 20)
+            if not chunk:
+                break
+            out.write(chunk)
+    out.flush()
+
+
+@content.command("ingest")
+@click.option("--expected-size", type=int, default=0, help="Fail unless this many bytes come.")
+@click.option("--expected-digest", default="", help="Fail unless the data hashes to this.")
+@click.option("--label", "labels", multiple=True, metavar="K=V", help="Label the blob.")
+@click.argument("ref")
+@click.pass_obj
+def ingest(app: App, expected_size: int, expected_digest: str, labels: tuple[str, ...],
+           ref: str) -> None:
+    """Store standard input as a blob, under the ingest name REF.
+
+    Run it again with the same REF after an interruption: it resumes from the ingest's
+    offset (the input is read from the start again, and the bytes already stored skipped).
+    """
+    from cargohold.store.api import copy_into
+    from cargohold.types import parse_labels
+
+    store = app.client.content
+    label_map = {k: v for k, v in parse_labels(labels).items() if v}
+    try:
+        w = store.writer(ref, total=expected_size, expected=expected_digest)
+    except AlreadyExists:
+        click.echo(expected_digest)
+        return
+    src = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)  # noqa: SIM115
+    try:
+        digest = copy_into(w, src, size=expected_size, expected=expected_digest,
+                           labels=label_map)
+    except AlreadyExists:
+        # Already in this namespace: nothing to do, and that is success.
+        click.echo(expected_digest or w.digest())
+        return
+    except IntegrityError as exc:
+        offset = store.status(ref).offset if _exists(store, ref) else 0
+        if expected_size and offset < expected_size:
+            exc.hint = (f"got {offset} of {expected_size} bytes; the ingest is kept: run the "
+                        "same command again to resume")
+        else:
+            store.abort(ref)
+            exc.hint = "the ingest was discarded; nothing was stored"
+        raise
+    finally:
+        w.close()
+    click.echo(digest)
+
+
+def _exists(store, ref: str) -> bool:  # noqa: ANN001
+    try:
+        store.status(ref)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@content.command("active")
+@format_option
+@click.argument("filters", nargs=-1)
+@click.pass_obj
+def active(app: App, fmt: str, filters: tuple[str, ...]) -> None:
+    """List ingests in progress, with their offsets and who is writing them."""
+    sts = app.client.content.list_statuses(list(filters))
+    if fmt == "json":
+        emit_json([{"ref": s.ref, "offset": s.offset, "total": s.total,
+                    "expected": s.expected, "started_at": s.started_at,
+                    "updated_at": s.updated_at, "holder": s.holder} for s in sts])
+        return
+    table(["REF", "SIZE", "TOTAL", "STARTED", "UPDATED", "WRITER"],
+          [[s.ref, human_size(s.offset), human_size(s.total) if s.total else "-",
+            age(s.started_at), age(s.updated_at), s.holder or "-"] for s in sts])
+
+
+@content.command("rm")
+@click.argument("digests", nargs=-1, required=True)
+@click.pass_obj
+def rm(app: App, digests: tuple[str, ...]) -> None:
+    """Remove blobs from this namespace (the files go at the next 'hold gc')."""
+    for d in digests:
+        app.client.content.delete(d)
+        click.echo(d)
+
+
+@content.command("label")
+@click.argument("digest")
+@click.argument("labels", nargs=-1, required=True)
+@click.pass_obj
+def label(app: App, digest: str, labels: tuple[str, ...]) -> None:
+    """Set labels K=V on a blob (K= removes K)."""
+    from cargohold.store.api import Info
+    from cargohold.types import parse_labels
+
+    lab = parse_labels(labels)
+    info = app.client.content.update(Info(digest, 0, labels=lab),
+                                     [f"labels.{k}" for k in lab])
+    click.echo(labels_text(info.labels))
+

@@ -1,0 +1,96 @@
+"""The embedded client: one root opened directly (no daemon), everything wired together.
+
+``Client(config, lease=...)`` opens nothing until asked; each property opens its part once.
+It is what the CLI uses, and what a program embedding cargohold uses.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from cargohold._fsutil import makedirs
+from cargohold.config import Config
+from cargohold.types import parse_duration
+
+if TYPE_CHECKING:
+    from cargohold.gc.collector import Collector
+    from cargohold.leases.manager import LeaseManager
+    from cargohold.metadata.content import NamespacedStore
+    from cargohold.metadata.db import DB
+    from cargohold.store.local import LocalStore
+
+
+class Client:
+    """Everything under one root, seen from one namespace (and optionally one lease)."""
+
+    def __init__(self, config: Config, *, namespace: str | None = None,
+                 lease: str | None = None) -> None:
+        self.config = config
+        self.root = config.root
+        self.namespace = namespace or config.namespace
+        self.lease = lease
+        self._snapshotters: dict[str, Any] = {}
+
+    @cached_property
+    def db(self) -> DB:
+        from cargohold.metadata.db import open_db
+
+        makedirs(self.root, 0o711)
+        return open_db(self.root)
+
+    @cached_property
+    def store(self) -> LocalStore:
+        from cargohold.store.local import LocalStore
+
+        return LocalStore(makedirs(os.path.join(self.root, "content"), 0o755))
+
+    @cached_property
+    def content(self) -> NamespacedStore:
+        from cargohold.metadata.content import NamespacedStore
+
+        expiry = parse_duration(self.config.section("gc").get("ingest_expiry", "24h"))
+        return NamespacedStore(self.db, self.store, self.namespace, lease=self.lease,
+                               ingest_expiry=expiry)
+
+    @cached_property
+    def leases(self) -> LeaseManager:
+        from cargohold.leases.manager import LeaseManager
+
+        return LeaseManager(self.db, self.namespace, collect=lambda: self.collector.collect())
+
+    @cached_property
+    def collector(self) -> Collector:
+        from cargohold.gc.collector import Collector
+
+        batch = int(self.config.section("gc").get("sweep_batch", 500))
+        return Collector(self.db, self.store, self.snapshotter_or_none, batch=batch,
+                         lock_path=os.path.join(self.root, "gc.lock"))
+
+    def snapshotter_or_none(self, name: str) -> Any:
+        """The backend snapshotter ``name``, or None when this host cannot run it."""
+        try:
+            return self.backend_snapshotter(name)
+        except Exception:  # noqa: BLE001 - GC and fsck carry on without that backend
+            return None
+
+    def backend_snapshotter(self, name: str) -> Any:
+        """Open (once) the shared backend of snapshotter ``name``."""
+        if name not in self._snapshotters:
+            from cargohold.snapshotters import registry
+
+            root = os.path.join(self.root, "snapshots", name)
+            self._snapshotters[name] = registry.open_snapshotter(
+                name, root, self.config.section("snapshotters", name))
+        return self._snapshotters[name]
+
+    def close(self) -> None:
+        for s in self._snapshotters.values():
+            try:
+                s.close()
+            except Exception:  # noqa: BLE001 - closing must not mask the real outcome
+                pass
+        self._snapshotters.clear()
+        if "db" in self.__dict__:
+            self.db.close()

@@ -1,0 +1,327 @@
+"""The collector: mark in a read transaction, sweep records in small batches, then delete files
+and call backends with no metadata lock held.
+
+Concurrency without stalling writers: every metadata write bumps the ``epoch``. The sweep
+removes a batch only if the epoch is still the one it marked at (checked inside the batch's
+write transaction, so nothing can slip in between); if another process wrote meanwhile, the
+mark is redone. After a few lost races the last attempt marks inside the write transaction
+(a bounded stall, never starvation). Blob files are unlinked under the store's per-digest lock
+after re-checking that no namespace records the digest, so a concurrent commit of the same
+digest (which writes its record under that lock) is never undone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cargohold._fsutil import FileLock
+from cargohold.errors import CargoholdError, NotFound, Unavailable
+from cargohold.gc.mark import CONTENT, IMAGE, INGEST, LEASE, SNAPSHOT, Node, mark, paths
+from cargohold.gc.scan import Graph, order_for_removal, scan
+from cargohold.metadata import namespaces
+from cargohold.metadata import snapshots as snaprec
+from cargohold.metadata.content import blob_path, ingest_path, recorded_anywhere
+from cargohold.metadata.db import DB, Tx, epoch
+from cargohold.metadata.schema import ns_bucket, ns_path
+from cargohold.types import now_ns
+
+SnapshotterLookup = Callable[[str], Any]
+"""Maps a snapshotter name to an open backend (or None when it is not available here)."""
+
+
+@dataclass
+class Removed:
+    """One thing the collector removed (or would remove)."""
+
+    kind: str  # content, image, snapshot, lease, ingest, blob-file, ingest-dir
+    ns: str
+    key: str
+    size: int = 0
+
+
+@dataclass
+class Result:
+    """What a collection did."""
+
+    removed: list[Removed] = field(default_factory=list)
+    bytes_freed: int = 0
+    mark_seconds: float = 0.0
+    sweep_seconds: float = 0.0
+    backend_seconds: float = 0.0
+    retries: int = 0
+    errors: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+_KINDS = {CONTENT: "content", IMAGE: "image", SNAPSHOT: "snapshot", LEASE: "lease",
+          INGEST: "ingest"}
+
+
+class Collector:
+    """Garbage collection over one root (all namespaces)."""
+
+    def __init__(self, db: DB, store: Any, snapshotters: SnapshotterLookup | None = None, *,
+                 batch: int = 500, attempts: int = 4, lock_path: str | None = None) -> None:
+        self.db = db
+        self.store = store  # a LocalStore: blob_path, walk, delete(check=), ingest_refs, abort
+        self.snapshotters = snapshotters or (lambda name: None)
+        self.batch = batch
+        self.attempts = attempts
+        self.lock_path = lock_path
+
+    # --- marking -------------------------------------------------------------------------
+    def graph(self, tx: Tx) -> tuple[Graph, set[Node]]:
+        g = scan(tx, now_ns())
+        live = mark((r for r, _ in g.roots), g.refs)
+        return g, live
+
+    def why(self, obj: str) -> list[list[tuple[Node, str]]]:
+        """For each namespace where ``obj`` is alive: the chain from a root to it.
+
+        ``obj`` is a digest, ``snapshot/<snapshotter>/<key>``, ``image/<name>``,
+        ``lease/<id>`` or ``ingest/<ref>``. Raises NotFound when no namespace has it.
+        """
+        kind, key = _parse_object(obj)
+        with self.db.view() as tx:
+            g = scan(tx, now_ns())
+        targets = [n for n in g.nodes if n.type == kind and n.key == key]
+        if not targets:
+            raise NotFound(f"{obj}: not found in any namespace",
+                           hint="give a digest, snapshot/<snapshotter>/<key>, image/<name>, "
+                                "lease/<id> or ingest/<ref>")
+        chains = []
+        roots = [r for r, _ in g.roots]
+        reasons = {r: why for r, why in g.roots}
+        for t in targets:
+            chain = paths(roots, g.refs_why, t)
+            if chain is None:
+                chains.append([(t, "unreferenced")])
+            else:
+                first, _ = chain[0]
+                chain[0] = (first, reasons.get(first, reasons.get(first.flat(), "root")))
+                chains.append(chain)
+        return chains
+
+    # --- collecting ----------------------------------------------------------------------
+    def collect(self, *, dry_run: bool = False) -> Result:
+        """Run one collection (or, with ``dry_run``, list what it would remove)."""
+        res = Result(dry_run=dry_run)
+        lock = FileLock(self.lock_path, "gc") if self.lock_path else None
+        if lock is not None:
+            lock.acquire(wait=False)
+        try:
+            if dry_run:
+                self._plan(res)
+            else:
+                self._sweep(res)
+                t = time.monotonic()
+                self._backends(res)
+                res.backend_seconds = time.monotonic() - t
+        finally:
+            if lock is not None:
+                lock.release()
+        return res
+
+    def _plan(self, res: Result) -> None:
+        t = time.monotonic()
+        with self.db.view() as tx:
+            g, live = self.graph(tx)
+        res.mark_seconds = time.monotonic() - t
+        for n in order_for_removal(g, g.nodes - live):
+            res.removed.append(Removed(_KINDS[n.type], n.ns, n.key))
+        # A file survives when a record that survives (or a live ingest) still names it.
+        keep = {n.key for n in g.nodes & live if n.type == CONTENT}
+        for n in g.nodes & live:
+            if n.type == INGEST:
+                keep.update(c.key for c, _ in g.edges.get(n, ()))
+        for d, size in self._blob_files():
+            if d not in keep:
+                res.removed.append(Removed("blob-file", "", d, size))
+                res.bytes_freed += size
+
+    def _sweep(self, res: Result) -> None:
+        for attempt in range(self.attempts):
+            last = attempt == self.attempts - 1
+            if last:
+                # Lost the race too often: mark and sweep inside one write transaction.
+                with self.db.update() as tx:
+                    t = time.monotonic()
+                    g, live = self.graph(tx)
+                    res.mark_seconds += time.monotonic() - t
+                    doomed = order_for_removal(g, g.nodes - live)
+                    for n in doomed:
+                        self._remove_record(tx, g, n, res)
+                return
+            t = time.monotonic()
+            with self.db.view() as tx:
+                g, live = self.graph(tx)
+                seen = epoch(tx)
+            res.mark_seconds += time.monotonic() - t
+            doomed = order_for_removal(g, g.nodes - live)
+            t = time.monotonic()
+            ok = True
+            for i in range(0, len(doomed), self.batch):
+                with self.db.update() as tx:
+                    if epoch(tx) != seen:
+                        ok = False
+                        break
+                    for n in doomed[i:i + self.batch]:
+                        self._remove_record(tx, g, n, res)
+                    seen = seen + 1 if tx.dirty else seen
+            res.sweep_seconds += time.monotonic() - t
+            if ok:
+                return
+            res.retries += 1
+
+    def _remove_record(self, tx: Tx, g: Graph, n: Node, res: Result) -> None:
+        if n.type == CONTENT:
+            tx.delete_tree(blob_path(n.ns, n.key))
+        elif n.type == IMAGE:
+            tx.delete_tree(ns_path(n.ns, "images", n.key))
+        elif n.type == LEASE:
+            tx.delete_tree(ns_path(n.ns, "leases", n.key))
+        elif n.type == INGEST:
+            tx.delete_tree(ingest_path(n.ns, n.key))
+        elif n.type == SNAPSHOT:
+            sn, _, key = n.key.partition("/")
+            try:
+                snaprec.remove(tx, n.ns, sn, key)
+            except CargoholdError as exc:  # a child appeared: not ours to remove now
+                res.errors.append(str(exc))
+                return
+        res.removed.append(Removed(_KINDS[n.type], n.ns, n.key))
+
+    # --- after the metadata: files and backends, no metadata lock held --------------------
+    def _blob_files(self) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        root = os.path.join(self.store.root, "blobs")
+        for alg in ("sha256", "sha512"):
+            d = os.path.join(root, alg)
+            try:
+                it = os.scandir(d)
+            except FileNotFoundError:
+                continue
+            with it:
+                for e in it:
+                    try:
+                        out.append((f"{alg}:{e.name}", e.stat(follow_symlinks=False).st_size))
+                    except FileNotFoundError:
+                        continue
+        return out
+
+    def _backends(self, res: Result) -> None:
+        with self.db.view() as tx:
+            recorded = _recorded_digests(tx)
+            live_brefs = _ingest_brefs(tx)
+            snap_names = _snapshot_names(tx)
+        # Blob files no namespace records (swept now, or orphaned by a crash).
+        for d, size in self._blob_files():
+            if d in recorded:
+                continue
+
+            def still_unrecorded(d: str = d) -> bool:
+                with self.db.view() as tx:
+                    return not recorded_anywhere(tx, d)
+
+            try:
+                self.store.delete(d, check=still_unrecorded)
+            except NotFound:
+                continue
+            except CargoholdError as exc:
+                res.errors.append(str(exc))
+                continue
+            if not os.path.exists(self.store.blob_path(d)):
+                res.removed.append(Removed("blob-file", "", d, size))
+                res.bytes_freed += size
+        # Backend ingests nobody records (expired, aborted, or a crash before the record).
+        for bref in self.store.ingest_refs():
+            if bref in live_brefs:
+                continue
+            try:
+                self.store.abort(bref)
+                res.removed.append(Removed("ingest-dir", "", bref))
+            except (NotFound, Unavailable):
+                continue  # finished meanwhile, or a writer is still on it
+        # Snapshots: remove backend snapshots no namespace records, children first.
+        for r in [r for r in res.removed if r.kind == "snapshot"]:
+            sn = r.key.split("/", 1)[0]
+            backend = self.snapshotters(sn)
+            if backend is None:
+                continue
+            self._prune_backend(sn, backend, snap_names.get(sn, set()), res)
+
+    def _prune_backend(self, sn: str, backend: Any, keep: set[str], res: Result) -> None:
+        if getattr(backend, "_gc_pruned", False):
+            return
+        backend._gc_pruned = True
+        infos: list[Any] = []
+        backend.walk(infos.append)
+        parent = {i.name: i.parent for i in infos}
+
+        def depth(name: str) -> int:
+            d = 0
+            while parent.get(name):
+                name = parent[name]
+                d += 1
+            return d
+
+        for name in sorted((i.name for i in infos if i.name not in keep), key=depth,
+                           reverse=True):
+            try:
+                usage = backend.usage(name)
+                backend.remove(name)
+                res.bytes_freed += usage.size
+            except CargoholdError as exc:
+                res.errors.append(f"snapshot {name} on {sn}: {exc}")
+        try:
+            backend.cleanup()
+        except CargoholdError as exc:
+            res.errors.append(f"snapshotter {sn} cleanup: {exc}")
+
+
+def _parse_object(obj: str) -> tuple[int, str]:
+    if obj.startswith(("sha256:", "sha512:")):
+        return CONTENT, obj
+    kind, _, key = obj.partition("/")
+    table = {"snapshot": SNAPSHOT, "image": IMAGE, "lease": LEASE, "ingest": INGEST,
+             "content": CONTENT}
+    if kind in table and key:
+        return table[kind], key
+    from cargohold.errors import InvalidArgument
+
+    raise InvalidArgument(f"object {obj!r}: not understood",
+                          hint="give a digest, snapshot/<snapshotter>/<key>, image/<name>, "
+                               "lease/<id> or ingest/<ref>")
+
+
+def _recorded_digests(tx: Tx) -> set[str]:
+    out: set[str] = set()
+    for ns in namespaces.list_all(tx):
+        out.update(tx.children(ns_bucket(ns, "content", "blob")))
+        for ref in tx.children(ns_bucket(ns, "content", "ingests")):
+            exp = tx.get_str(ingest_path(ns, ref, "expected"))
+            if exp:
+                out.add(exp)
+    return out
+
+
+def _ingest_brefs(tx: Tx) -> set[str]:
+    out: set[str] = set()
+    for ns in namespaces.list_all(tx):
+        for ref in tx.children(ns_bucket(ns, "content", "ingests")):
+            out.add(tx.get_str(ingest_path(ns, ref, "ref")))
+    return out
+
+
+def _snapshot_names(tx: Tx) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for ns in namespaces.list_all(tx):
+        for sn in tx.children(ns_bucket(ns, "snapshots")):
+            names = out.setdefault(sn, set())
+            for key in snaprec.keys(tx, ns, sn):
+                names.add(snaprec.get(tx, ns, sn, key).name)
+    return out

@@ -1,0 +1,359 @@
+"""The namespaced content store: the shared blob store seen through one namespace's records.
+
+A namespace sees a blob only once it committed or imported it (``v1/<ns>/content/blob/<d>``).
+Blobs are shared underneath: committing a digest another namespace already has costs no second
+copy, and a writer opened with an ``expected`` digest the store already holds needs no data at
+all (containerd's shared policy). Deleting removes the record only; the file goes when GC finds
+no namespace that still records it.
+
+Records are written inside the blob store's digest lock (the commit hook), so GC, which deletes
+a file only under the same lock after checking that no record exists, can never remove a blob
+between its commit and its record. Ingests opened without a lease expire (24 h by default) so an
+abandoned upload becomes garbage; with a lease they live as long as the lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from cargohold.errors import AlreadyExists, InvalidArgument, NotFound
+from cargohold.filters import Filter, adaptor_for
+from cargohold.metadata import leases as lease_records
+from cargohold.metadata import namespaces
+from cargohold.metadata.db import DB, Tx
+from cargohold.metadata.schema import ns_bucket, ns_path
+from cargohold.store.api import CommitHook, Info, ReaderAt, Status, Store, Writer
+from cargohold.types import Digest, now_ns, validate_labels
+
+DEFAULT_INGEST_EXPIRY = 24 * 3600 * 10**9
+
+
+def blob_path(ns: str, digest: str, *rest: str) -> bytes:
+    return ns_path(ns, "content", "blob", digest, *rest)
+
+
+def ingest_path(ns: str, ref: str, *rest: str) -> bytes:
+    return ns_path(ns, "content", "ingests", ref, *rest)
+
+
+def read_info(tx: Tx, ns: str, digest: str) -> Info | None:
+    size = tx.get(blob_path(ns, digest, "size"))
+    if size is None:
+        return None
+    return Info(digest, int(size), tx.get_int(blob_path(ns, digest, "createdat")),
+                tx.get_int(blob_path(ns, digest, "updatedat")),
+                tx.read_labels(blob_path(ns, digest)))
+
+
+def write_record(tx: Tx, ns: str, digest: str, size: int, labels: dict[str, str]) -> None:
+    """Create the namespace's record of a blob (the caller holds the digest lock)."""
+    namespaces.ensure(tx, ns)
+    now = now_ns()
+    tx.put(blob_path(ns, digest, "size"), size)
+    tx.put(blob_path(ns, digest, "createdat"), now)
+    tx.put(blob_path(ns, digest, "updatedat"), now)
+    tx.write_labels(blob_path(ns, digest), {k: v for k, v in labels.items() if v}, replace=True)
+
+
+def recorded_anywhere(tx: Tx, digest: str) -> bool:
+    """Whether any namespace records ``digest`` or any live ingest expects it."""
+    for ns in namespaces.list_all(tx):
+        if tx.exists(blob_path(ns, digest, "size")):
+            return True
+        for ref in tx.children(ns_bucket(ns, "content", "ingests")):
+            if tx.get_str(ingest_path(ns, ref, "expected")) == digest:
+                return True
+    return False
+
+
+class NamespacedStore:
+    """A :class:`~cargohold.store.api.Store` limited to one namespace, optionally leased."""
+
+    def __init__(self, db: DB, backend: Store, ns: str, *, lease: str | None = None,
+                 ingest_expiry: int = DEFAULT_INGEST_EXPIRY) -> None:
+        self.db = db
+        self.backend = backend
+        self.ns = ns
+        self.lease = lease
+        self.ingest_expiry = ingest_expiry
+
+    # --- manager -------------------------------------------------------------------------
+    def info(self, digest: str) -> Info:
+        with self.db.view() as tx:
+            info = read_info(tx, self.ns, digest)
+        if info is None:
+            raise NotFound(f"content digest {digest}: not found",
+                           hint=f"namespace {self.ns!r} has no such blob; 'hold content ls' "
+                                "lists what it has")
+        return info
+
+    def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
+        with self.db.update() as tx:
+            cur = read_info(tx, self.ns, info.digest)
+            if cur is None:
+                raise NotFound(f"content digest {info.digest}: not found")
+            labels = dict(cur.labels)
+            if not fieldpaths:
+                fieldpaths = ("labels",)
+            for fp in fieldpaths:
+                if fp == "labels":
+                    labels = dict(info.labels)
+                elif fp.startswith("labels."):
+                    k = fp[7:]
+                    if info.labels.get(k):
+                        labels[k] = info.labels[k]
+                    else:
+                        labels.pop(k, None)
+                else:
+                    raise InvalidArgument(f"content field {fp!r}: cannot be updated",
+                                          hint="only labels and labels.<key> can change")
+            validate_labels(labels)
+            tx.write_labels(blob_path(self.ns, info.digest), labels, replace=True)
+            tx.put(blob_path(self.ns, info.digest, "updatedat"), now_ns())
+            return read_info(tx, self.ns, info.digest)  # type: ignore[return-value]
+
+    def walk(self, fn: Callable[[Info], None], filters: Sequence[str] = ()) -> None:
+        flt = Filter(filters)
+        batch: list[Info] = []
+        with self.db.view() as tx:
+            for d in tx.children(ns_bucket(self.ns, "content", "blob")):
+                info = read_info(tx, self.ns, d)
+                if info is None:
+                    continue
+                if flt and not flt.match(adaptor_for(
+                        {"digest": info.digest, "size": str(info.size)}, info.labels)):
+                    continue
+                batch.append(info)
+        # Called outside the transaction: fn may write.
+        for info in batch:
+            fn(info)
+
+    def delete(self, digest: str) -> None:
+        with self.db.update() as tx:
+            if not tx.exists(blob_path(self.ns, digest, "size")):
+                raise NotFound(f"content digest {digest}: not found")
+            tx.delete_tree(blob_path(self.ns, digest))
+
+    # --- provider ------------------------------------------------------------------------
+    def reader(self, digest: str) -> ReaderAt:
+        self.info(digest)
+        return self.backend.reader(digest)
+
+    # --- ingester ------------------------------------------------------------------------
+    def _bref(self, ref: str) -> str:
+        return f"{self.ns}/{ref}"
+
+    def writer(self, ref: str, *, total: int = 0, expected: str = "") -> Writer:
+        if not ref:
+            raise InvalidArgument("ingest ref '': empty", hint="give the ingest a name")
+        if expected:
+            expected = Digest(expected)
+        with self.db.update() as tx:
+            if expected and tx.exists(blob_path(self.ns, expected, "size")):
+                self._lease_add(tx, "content", expected)
+                raise AlreadyExists(f"content {expected}: already exists")
+            namespaces.ensure(tx, self.ns)
+            tx.put(ingest_path(self.ns, ref, "ref"), self._bref(ref))
+            tx.put(ingest_path(self.ns, ref, "expected"), expected)
+            if self.lease:
+                self._lease_add(tx, "ingests", ref)
+                tx.delete(ingest_path(self.ns, ref, "expireat"))
+            else:
+                tx.put(ingest_path(self.ns, ref, "expireat"), now_ns() + self.ingest_expiry)
+        try:
+            inner = self.backend.writer(self._bref(ref), total=total, expected=expected)
+        except AlreadyExists:
+            # Another namespace has it: this one may claim it without sending the bytes.
+            return _SharedWriter(self, ref, expected, total)
+        return _NamespacedWriter(self, ref, inner)
+
+    def _lease_add(self, tx: Tx, rtype: str, rid: str) -> None:
+        if self.lease:
+            lease_records.add_resource(tx, self.ns, self.lease,
+                                       lease_records.Resource(rtype, rid))
+
+    def _commit_hook(self, ref: str, size_hint: int,
+                     labels: dict[str, str] | None) -> CommitHook:
+        def hook(digest: str, existed: bool) -> None:
+            size = size_hint
+            if not size:
+                with self.backend.reader(digest) as r:
+                    size = r.size
+            with self.db.update() as tx:
+                tx.delete_tree(ingest_path(self.ns, ref))
+                if self.lease:
+                    tx.delete(ns_path(self.ns, "leases", self.lease, "ingests", ref))
+                    self._lease_add(tx, "content", digest)
+                already = tx.exists(blob_path(self.ns, digest, "size"))
+                if not already:
+                    write_record(tx, self.ns, digest, size,
+                                 validate_labels(dict(labels or {})))
+            if already:
+                raise AlreadyExists(f"content {digest}: already exists")
+
+        return hook
+
+    # --- ingest manager ------------------------------------------------------------------
+    def _ingest_refs(self, tx: Tx) -> list[str]:
+        return list(tx.children(ns_bucket(self.ns, "content", "ingests")))
+
+    def status(self, ref: str) -> Status:
+        with self.db.view() as tx:
+            if not tx.exists(ingest_path(self.ns, ref, "ref")):
+                raise NotFound(f"ingest {ref}: not found",
+                               hint="'hold content active' lists the ingests in progress")
+            expected = tx.get_str(ingest_path(self.ns, ref, "expected"))
+        try:
+            st = self.backend.status(self._bref(ref))
+        except NotFound:
+            return Status(ref, 0, expected=expected)
+        return Status(ref, st.offset, st.total, expected or st.expected, st.started_at,
+                      st.updated_at, st.holder)
+
+    def list_statuses(self, filters: Sequence[str] = ()) -> list[Status]:
+        flt = Filter(filters)
+        with self.db.view() as tx:
+            refs = self._ingest_refs(tx)
+        out = []
+        for ref in refs:
+            if flt and not flt.match(adaptor_for({"ref": ref}, {})):
+                continue
+            try:
+                out.append(self.status(ref))
+            except NotFound:
+                continue  # finished while we listed
+        return out
+
+    def abort(self, ref: str) -> None:
+        with self.db.update() as tx:
+            if not tx.exists(ingest_path(self.ns, ref, "ref")):
+                raise NotFound(f"ingest {ref}: not found")
+            tx.delete_tree(ingest_path(self.ns, ref))
+            if self.lease:
+                tx.delete(ns_path(self.ns, "leases", self.lease, "ingests", ref))
+        try:
+            self.backend.abort(self._bref(ref))
+        except NotFound:
+            pass
+
+
+class _NamespacedWriter:
+    """A backend writer whose commit also writes the namespace's record."""
+
+    def __init__(self, store: NamespacedStore, ref: str, inner: Writer) -> None:
+        self.store = store
+        self.ref = ref
+        self.inner = inner
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self.inner.write(data)
+
+    def status(self) -> Status:
+        st = self.inner.status()
+        return Status(self.ref, st.offset, st.total, st.expected, st.started_at, st.updated_at,
+                      st.holder)
+
+    def digest(self) -> str:
+        return self.inner.digest()
+
+    def truncate(self, size: int) -> None:
+        self.inner.truncate(size)
+
+    def commit(self, size: int = 0, expected: str = "", labels: dict[str, str] | None = None,
+               *, then: CommitHook | None = None) -> str:
+        hook = self.store._commit_hook(self.ref, size, labels)
+
+        def both(digest: str, existed: bool) -> None:
+            hook(digest, existed)
+            if then is not None:
+                then(digest, existed)
+
+        return self.inner.commit(size, expected, labels, then=both)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __enter__(self) -> _NamespacedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _SharedWriter:
+    """A writer for a digest the blob store already has (from another namespace).
+
+    Committing needs no bytes; the first write turns it into a normal writer (the caller chose
+    to send data after all), whose commit then finds the blob present and adds the record.
+    """
+
+    def __init__(self, store: NamespacedStore, ref: str, expected: str, total: int) -> None:
+        self.store = store
+        self.ref = ref
+        self.expected = expected
+        self.total = total
+        self._inner: _NamespacedWriter | None = None
+        self._written = 0
+
+    def _unshare(self) -> _NamespacedWriter:
+        if self._inner is None:
+            inner = self.store.backend.writer(self.store._bref(self.ref), total=self.total)
+            self._inner = _NamespacedWriter(self.store, self.ref, inner)
+        return self._inner
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self._unshare().write(data)
+
+    def status(self) -> Status:
+        if self._inner is not None:
+            return self._inner.status()
+        return Status(self.ref, 0, self.total, self.expected)
+
+    def digest(self) -> str:
+        return self._inner.digest() if self._inner is not None else self.expected
+
+    def truncate(self, size: int) -> None:
+        if self._inner is not None:
+            self._inner.truncate(size)
+
+    def commit(self, size: int = 0, expected: str = "", labels: dict[str, str] | None = None,
+               *, then: CommitHook | None = None) -> str:
+        if self._inner is not None:
+            return self._inner.commit(size, expected, labels, then=then)
+        if expected and expected != self.expected:
+            from cargohold.errors import IntegrityError
+
+            raise IntegrityError(f"ingest {self.ref}: digest mismatch: expected {expected}, "
+                                 f"got {self.expected}")
+        backend = self.store.backend
+        locks = getattr(backend, "locks", None)
+        hook = self.store._commit_hook(self.ref, 0, labels)
+        with (locks.hold(self.expected) if locks is not None else _null()):
+            info = backend.info(self.expected)  # still there? (NotFound if GC won the race)
+            if size and info.size != size:
+                from cargohold.errors import IntegrityError
+
+                raise IntegrityError(f"ingest {self.ref}: size mismatch: expected {size} "
+                                     f"bytes, got {info.size}")
+            hook(self.expected, True)
+            if then is not None:
+                then(self.expected, True)
+        return self.expected
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+
+    def __enter__(self) -> _SharedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
