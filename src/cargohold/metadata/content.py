@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from cargohold.errors import AlreadyExists, InvalidArgument, NotFound
+from cargohold.errors import AlreadyExists, CargoholdError, InvalidArgument, NotFound
 from cargohold.filters import Filter, adaptor_for
 from cargohold.metadata import leases as lease_records
 from cargohold.metadata import namespaces
@@ -268,7 +268,13 @@ class _NamespacedWriter:
             if then is not None:
                 then(digest, existed)
 
-        return self.inner.commit(size, expected, labels, then=both)
+        try:
+            return self.inner.commit(size, expected, labels, then=both)
+        except CargoholdError as exc:
+            # Speak of the caller's ref, not the backend's namespaced one.
+            exc.message = exc.message.replace(self.store._bref(self.ref), self.ref)
+            exc.args = (exc.message,)
+            raise
 
     def close(self) -> None:
         self.inner.close()
