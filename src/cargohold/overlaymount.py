@@ -3,7 +3,9 @@
 The classic ``mount(2)`` data string is limited to one page (about 4 KiB), which absolute
 lowerdir paths exhaust at roughly 60 layers. This module uses the new mount API (``fsopen`` +
 ``fsconfig`` with one ``lowerdir+`` per layer, kernel 6.8+), which has no such limit, and falls
-back to ``mount(2)`` where the kernel lacks it.
+back to ``mount(2)`` with lowerdirs relative to their common directory (mounted from a thread
+that alone changed into it) where the kernel lacks it. The Mount objects themselves always keep
+absolute paths, so what a user is shown pastes into a shell.
 """
 
 from __future__ import annotations
@@ -95,15 +97,77 @@ def has_new_api() -> bool:
     return _new_api
 
 
+PAGE_LIMIT = os.sysconf("SC_PAGESIZE") - 512  # room for what the kernel adds itself
+CLONE_FS = 0x200
+
+
 def mount_overlay(m: Mount, target: str, flags: int, data: str) -> None:
-    """Mount an overlay, through the new mount API when the data string is too long for
-    ``mount(2)`` and the kernel has it.
+    """Mount an overlay; long option strings go through the new mount API when the kernel has
+    it, else through relative lowerdirs mounted from a thread that changed directory alone.
+
+    Raises MountError naming the limit when neither fits.
     """
-    if len(data) < 3500 or not has_new_api():
+    if len(data) < PAGE_LIMIT:
         _sys_mount(m.source or "overlay", target, "overlay", flags, data)
         return
     opts = [o for o in m.options if o not in ("ro", "rw")]
-    try:
-        _new_api_mount(target, flags, opts)
-    except OSError as exc:
-        raise MountError(f"mount overlay on {target}: {exc.strerror}") from exc
+    if has_new_api():
+        try:
+            _new_api_mount(target, flags, opts)
+        except OSError as exc:
+            raise MountError(f"mount overlay on {target}: {exc.strerror}") from exc
+        return
+    common, short = compact_options(opts)
+    if not common or len(short) >= PAGE_LIMIT:
+        n = sum(o.count(":") + 1 for o in opts if o.startswith("lowerdir="))
+        raise MountError(
+            f"mount overlay on {target}: {n} lower directories need {len(data)} bytes of "
+            f"options, more than one page ({PAGE_LIMIT})",
+            hint="this kernel lacks fsconfig 'lowerdir+' (Linux 6.8+); use fewer layers, "
+                 "or flatten the image into one layer")
+    _mount_from(common, target, flags, short)
+
+
+def compact_options(options: list[str]) -> tuple[str, str]:
+    """Rewrite lowerdirs relative to their common directory: (that directory, data string).
+
+    Gives ("", "") when the lowers share no directory below ``/``.
+    """
+    out, common = [], ""
+    for o in options:
+        if o.startswith("lowerdir="):
+            lowers = o[len("lowerdir="):].split(":")
+            common = os.path.commonpath(lowers)
+            if common in lowers:  # a lower directory must not turn into "."
+                common = os.path.dirname(common)
+            if common == "/":
+                return "", ""
+            o = "lowerdir=" + ":".join(os.path.relpath(p, common) for p in lowers)
+        out.append(o)
+    return common, ",".join(out)
+
+
+def _mount_from(cwd: str, target: str, flags: int, data: str) -> None:
+    # The kernel resolves relative lowerdirs against the caller's working directory. A thread
+    # that unshares its filesystem context (CLONE_FS) can chdir without moving the rest of the
+    # process; Python never reuses the OS thread of a finished threading.Thread.
+    import threading
+
+    target = os.path.abspath(target)
+    result: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            if libc().unshare(CLONE_FS) != 0:
+                e = ctypes.get_errno()
+                raise MountError(f"mount overlay on {target}: unshare: {os.strerror(e)}")
+            os.chdir(cwd)
+            _sys_mount("overlay", target, "overlay", flags, data)
+        except BaseException as exc:  # handed to the caller's thread
+            result.append(exc)
+
+    t = threading.Thread(target=run, name="overlay-mount")
+    t.start()
+    t.join()
+    if result:
+        raise result[0]
