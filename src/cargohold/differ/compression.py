@@ -46,7 +46,10 @@ class _Counting:
 
     def read(self, n: int = -1) -> bytes:
         if self.pushback:
-            data, self.pushback = self.pushback, b""
+            if n < 0 or n >= len(self.pushback):
+                data, self.pushback = self.pushback, b""
+            else:
+                data, self.pushback = self.pushback[:n], self.pushback[n:]
             return data
         data = self.raw.read(n) or b""
         self.count += len(data)
@@ -150,8 +153,10 @@ class PlainStream:
             self._put(LayerError(self.layer, f"truncated {self.compression.value} stream "
                                  f"({exc})", hint="the blob is incomplete: fetch it again"))
         except Exception as exc:  # corrupt data (zlib/isal/zstd errors) or reader I/O errors
+            text = str(exc)
+            text = text if len(text) < 160 else text[:160] + "…"
             self._put(LayerError(self.layer, f"reading the {self.compression.value} stream "
-                                 f"failed: {exc}"))
+                                 f"failed: {text}"))
 
     # -- consumer ----------------------------------------------------------------------------
     def __enter__(self) -> PlainStream:

@@ -228,7 +228,7 @@ class Extractor:
                                   "trusted xattrs)")
                 continue
             try:
-                os.setxattr(target, k, v, follow_symlinks=False)
+                os.setxattr(target, k, v, follow_symlinks=isinstance(target, int))
             except OSError as exc:
                 if exc.errno in (errno.ENOTSUP, errno.EPERM):
                     self.warn(e.name, f"xattr {k} not applied: {exc.strerror}")
