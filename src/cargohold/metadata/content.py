@@ -79,6 +79,7 @@ class NamespacedStore:
 
     # --- manager -------------------------------------------------------------------------
     def info(self, digest: str) -> Info:
+        digest = Digest(digest)
         with self.db.view() as tx:
             info = read_info(tx, self.ns, digest)
         if info is None:
@@ -129,6 +130,7 @@ class NamespacedStore:
             fn(info)
 
     def delete(self, digest: str) -> None:
+        digest = Digest(digest)
         with self.db.update() as tx:
             if not tx.exists(blob_path(self.ns, digest, "size")):
                 raise NotFound(f"content digest {digest}: not found")
