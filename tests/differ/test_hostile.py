@@ -1,0 +1,169 @@
+"""Hostile layers, as one table: each proves nothing outside the root changed.
+
+Every case applies a layer into ``sandbox/root`` (a bind target with real whiteouts, and an
+overlay upper dir with overlay whiteouts) next to ``sandbox/outside``, a sentinel tree. The
+outside tree, the sandbox's top level and ``/etc`` are snapshotted before and after; the
+layer must either fail with a clear :class:`LayerError` naming the layer and the entry, or be
+confined inside the root (checked per case).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+
+import pytest
+from treeutil import desc, gz, snapshot, tar_bytes
+
+from cargohold.differ.api import LayerError
+from cargohold.differ.apply import apply
+from cargohold.types import Mount
+
+OUT = "{outside}"  # replaced by the absolute path of the sentinel dir
+
+
+def _exists(rel):
+    return lambda root: os.path.lexists(os.path.join(root, rel.format(outside=_o[0])[1:]
+                                                     if rel.startswith("{") else rel))
+
+
+def _regular(rel):
+    return lambda root: stat.S_ISREG(os.lstat(os.path.join(root, rel)).st_mode)
+
+
+_o = [""]
+
+# (id, entries, expected): expected is ("error", regex) or ("confined", check(root) -> bool)
+CASES = [
+    ("dotdot", [("../outside/evil", "file")], ("error", "climbs out of the root")),
+    ("dotdot-nested", [("a/../../outside/evil", "file")], ("error", "climbs out")),
+    ("dotdot-dir", [("..", "dir")], ("error", "climbs out")),
+    ("absolute-path", [(OUT + "/evil", "file")], ("confined", _exists(OUT + "/evil"))),
+    ("absolute-symlink-then-write", [("lnk", "sym", {"target": OUT}),
+                                     ("lnk/evil", "file")],
+     ("confined", _exists(OUT + "/evil"))),
+    ("relative-symlink-escape-then-write", [("lnk", "sym", {"target": "../outside"}),
+                                            ("lnk/evil", "file")],
+     ("confined", _exists("outside/evil"))),
+    ("deep-relative-symlink-escape", [("a/b", "dir"),
+                                      ("a/b/lnk", "sym", {"target": "../../../../../outside"}),
+                                      ("a/b/lnk/evil", "file")],
+     ("confined", _exists("outside/evil"))),
+    ("symlink-to-etc-then-write", [("x", "sym", {"target": "/etc"}),
+                                   ("x/cargohold-pwned", "file")],
+     ("confined", _exists("etc/cargohold-pwned"))),
+    # /etc inside the root is the symlink itself: a loop, as openat2(RESOLVE_IN_ROOT) says
+    ("self-referencing-absolute-symlink", [("etc", "sym", {"target": "/etc"}),
+                                           ("etc/cargohold-pwned", "file")],
+     ("error", "too many levels of symlinks")),
+    ("hardlink-to-etc-passwd", [("pw", "link", {"target": "/etc/passwd"})],
+     ("error", "hardlink target '/etc/passwd' is not in the root")),
+    ("hardlink-dotdot", [("pw", "link", {"target": "../outside/secret"})],
+     ("error", "climbs out")),
+    ("hardlink-through-symlinked-dir", [("o", "sym", {"target": "../outside"}),
+                                        ("h", "link", {"target": "o/secret"})],
+     ("error", "hardlink target 'o/secret' is not in the root")),
+    ("hardlink-through-absolute-symlink", [("e", "sym", {"target": "/etc"}),
+                                           ("h", "link", {"target": "e/passwd"})],
+     ("error", "is not in the root")),
+    ("hardlink-to-dir", [("d", "dir"), ("h", "link", {"target": "d"})],
+     ("error", "is a directory")),
+    ("symlink-then-file-over-it", [("f", "sym", {"target": OUT + "/secret"}),
+                                   ("f", "file", {"data": b"pwned"})],
+     ("confined", _regular("f"))),
+    ("dir-replaced-by-symlink-then-write", [("d", "dir"), ("d/a", "file"),
+                                            ("d", "sym", {"target": OUT}),
+                                            ("d/evil", "file", {"data": b"pwned"})],
+     ("confined", _exists(OUT + "/evil"))),
+    ("whiteout-dotdot-name", [(".wh...", "file")], ("error", "invalid whiteout name")),
+    ("whiteout-dot-name", [("d/.wh..", "file")], ("error", "invalid whiteout name")),
+    ("whiteout-in-parent", [("../.wh.outside", "file")], ("error", "climbs out")),
+    ("whiteout-through-symlink", [("lnk", "sym", {"target": "../"}),
+                                  ("lnk/.wh.outside", "file")], ("confined", None)),
+    ("whiteout-through-absolute-symlink", [("lnk", "sym", {"target": OUT}),
+                                           ("lnk/.wh.secret", "file")], ("confined", None)),
+    ("opaque-through-symlink", [("lnk", "sym", {"target": OUT}),
+                                ("lnk/.wh..wh..opq", "file")], ("confined", None)),
+    ("overwrite-root-with-file", [(".", "file", {"data": b"x"})],
+     ("error", "replace the root itself")),
+    ("overwrite-root-with-symlink", [("/", "sym", {"target": OUT})],
+     ("error", "replace the root itself")),
+    ("root-dir-entry-is-ignored", [("./", "dir", {"mode": 0o777})], ("confined", None)),
+    ("symlink-loop-parent", [("a", "sym", {"target": "b"}), ("b", "sym", {"target": "a"}),
+                             ("a/x", "file")], ("error", "too many levels of symlinks")),
+    ("parent-is-a-file", [("f", "file"), ("f/x", "file")], ("error", "is not a directory")),
+    ("device-node-when-not-allowed", [("dev/sda", "blk", {"dev": (8, 0)})],
+     ("confined", lambda root: not os.path.lexists(os.path.join(root, "dev/sda")))),
+    ("trusted-overlay-xattr", [("d", "dir", {"xattrs": {"trusted.overlay.opaque": b"y"}})],
+     ("confined", lambda root: "trusted.overlay.opaque" not in os.listxattr(
+         os.path.join(root, "d")))),
+    ("huge-pax-header", "huge-pax", ("error", "larger than the 1048576-byte limit")),
+    ("not-a-tar", "garbage", ("error", "bad tar header")),
+]
+
+
+def _blob(entries, outside):
+    if entries == "huge-pax":
+        import tarfile
+
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+            ti = tarfile.TarInfo("f")
+            ti.pax_headers = {"comment": "x" * (2 << 20)}
+            t.addfile(ti, io.BytesIO(b""))
+        return gz(buf.getvalue())
+    if entries == "garbage":
+        return gz(os.urandom(4096))
+    fixed = []
+    for ent in entries:
+        name = ent[0].replace(OUT, outside)
+        kw = dict(ent[2]) if len(ent) > 2 else {}
+        if "target" in kw:
+            kw["target"] = kw["target"].replace(OUT, outside)
+        fixed.append((name, ent[1], kw))
+    return gz(tar_bytes(fixed))
+
+
+def _world(sandbox):
+    return (sorted(os.listdir(sandbox)), snapshot(os.path.join(sandbox, "outside")),
+            sorted(os.listdir("/etc")))
+
+
+@pytest.mark.parametrize("mode", ["bind", "overlay"])
+@pytest.mark.parametrize("case_id, entries, expected", CASES, ids=[c[0] for c in CASES])
+def test_hostile_layer(tmp_path, mode, case_id, entries, expected):
+    if mode == "overlay" and os.geteuid() != 0:
+        pytest.skip("needs root (overlay whiteouts are 0/0 character devices)")
+    sandbox = tmp_path / "sandbox"
+    root, outside, lower, work = (sandbox / n for n in ("root", "outside", "lower", "work"))
+    for p in (root, outside / "sub", lower, work):
+        p.mkdir(parents=True)
+    (outside / "secret").write_text("keep me")
+    (outside / "sub" / "file").write_text("keep me too")
+    _o[0] = str(outside)
+    before = _world(sandbox)
+    blob = _blob(entries, str(outside))
+    d = desc(blob)
+    if mode == "bind":
+        mounts = [Mount("bind", str(root), ("rbind",))]
+    else:
+        mounts = [Mount("overlay", "overlay", (f"lowerdir={lower}", f"upperdir={root}",
+                                               f"workdir={work}"))]
+    kind, check = expected
+    if kind == "error":
+        with pytest.raises(LayerError) as ei:
+            apply(d, mounts, reader=io.BytesIO(blob), devices=False)
+        msg = str(ei.value)
+        assert msg.startswith(f"layer {d.digest}: "), msg
+        import re
+
+        assert re.search(check, msg), msg
+    else:
+        warnings: list[str] = []
+        apply(d, mounts, reader=io.BytesIO(blob), devices=False, warnings=warnings)
+        if check is not None:
+            assert check(str(root)), f"{case_id}: not confined as expected"
+    assert _world(sandbox) == before, f"{case_id}: something outside the root changed"
+    assert (outside / "secret").read_text() == "keep me"
+    assert not os.path.exists("/etc/cargohold-pwned")
