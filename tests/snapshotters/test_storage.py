@@ -145,3 +145,26 @@ def test_closed_snapshotter_refuses_work(tmp_path):
     sn.close()
     with pytest.raises(FailedPrecondition, match="closed"):
         sn.prepare("a")
+
+
+def test_fsck_reports_and_repairs_divergence(tmp_path):
+    sn = Native(str(tmp_path / "n"))
+    sn.prepare("p-a")
+    sn.commit("p", "p-a")
+    sn.prepare("lost", "p")
+    sn.prepare("parked")
+    os.rmdir(sn.path("2"))  # "lost" loses its directory
+    os.rename(sn.path("3"), os.path.join(sn.snapshots_dir, "rm-3"))
+    os.mkdir(os.path.join(sn.snapshots_dir, "99"))
+    problems = sn.fsck()
+    assert problems == [
+        "object snapshots/99: no snapshot record owns it",
+        "snapshot parked: object parked as rm-3 by an interrupted remove",
+        "snapshot lost: its object snapshots/2 is missing",
+    ]
+    assert sn.fsck(repair=True) == problems
+    assert sn.fsck() == []
+    with pytest.raises(NotFound):
+        sn.stat("lost")
+    assert sn.stat("parked").kind == Kind.ACTIVE
+    sn.close()

@@ -301,6 +301,38 @@ class DirSnapshotter:
         for p in doomed:
             self._delete_quietly(p)
 
+    def fsck(self, *, repair: bool = False) -> list[str]:
+        """Where the bookkeeping and the objects under ``snapshots/`` disagree, one message each.
+
+        Finds objects no record owns (leftovers), ``rm-<id>`` objects whose record still exists
+        (a remove that crashed before its commit) and records whose object is gone. With
+        ``repair``: leftovers are deleted and interrupted removes put back (what
+        :meth:`cleanup` does), and a record whose object is gone is dropped when no snapshot
+        builds on it (otherwise it is only reported: its children need it).
+        """
+        self._check_open()
+        problems: list[str] = []
+        with self.ms.view() as tx:
+            ids = self.ms.id_map(tx)
+        entries = set(os.listdir(self.snapshots_dir))
+        for entry in sorted(entries - set(ids)):
+            if entry.startswith("rm-") and entry[3:] in ids and entry[3:] not in entries:
+                problems.append(f"snapshot {ids[entry[3:]]}: object parked as {entry} by an "
+                                "interrupted remove")
+            else:
+                problems.append(f"object snapshots/{entry}: no snapshot record owns it")
+        missing = {sid: key for sid, key in ids.items()
+                   if sid not in entries and f"rm-{sid}" not in entries}
+        for sid, key in sorted(missing.items()):
+            problems.append(f"snapshot {key}: its object snapshots/{sid} is missing")
+        if repair:
+            self.cleanup()
+            for sid, key in missing.items():
+                with self.ms.update() as tx:
+                    if self.ms.id_map(tx).get(sid) == key and not self.ms.has_children(tx, sid):
+                        self.ms.remove(tx, key)
+        return problems
+
     def _delete_quietly(self, path: str) -> None:
         # Deletion runs after the bookkeeping has moved on; if it fails, cleanup() retries.
         try:
