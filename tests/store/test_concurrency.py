@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 
-from store_helpers import assert_blobs_verify, file_digest, spawn
-
 from cargohold.store.local import LocalStore
+
+from .store_helpers import assert_blobs_verify, file_digest, spawn
 
 MiB = 1 << 20
 

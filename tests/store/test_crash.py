@@ -12,10 +12,11 @@ import signal
 import time
 
 import pytest
-from store_helpers import assert_blobs_verify, file_digest, finish_ingest, run, spawn
 
 from cargohold.errors import NotFound
 from cargohold.store.local import LocalStore
+
+from .store_helpers import assert_blobs_verify, file_digest, finish_ingest, run, spawn
 
 MiB = 1 << 20
 

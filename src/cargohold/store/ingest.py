@@ -167,9 +167,12 @@ class IngestWriter:
 
     def status(self) -> Status:
         """Progress as this writer sees it (``offset`` includes bytes still buffered)."""
+        holder = ""
+        if self._lock.fd is not None:
+            holder = os.pread(self._lock.fd, 512, 0).decode(errors="replace").strip()
         return Status(ref=self.ref, offset=self._offset, total=self._total,
                       expected=self._expected, started_at=self._started_at,
-                      updated_at=now_ns(), holder=_fsutil.holder_text())
+                      updated_at=now_ns(), holder=holder)
 
     def digest(self) -> str:
         """The digest of everything written so far (flushes the buffer to the file)."""

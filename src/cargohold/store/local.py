@@ -293,7 +293,11 @@ class LocalStore:
         return writer
 
     def status(self, ref: str) -> Status:
-        """The ingest's progress from disk; NotFound when there is no such ingest."""
+        """The ingest's progress from disk; NotFound when there is no such ingest.
+
+        ``offset`` is the size of the data file: while a writer is open it may trail that
+        writer's own ``status().offset`` by the bytes it still buffers (at most 4 MiB).
+        """
         st = self._status_at(self._ingest_dir(ref))
         if st is None or st.ref != ref:
             raise NotFound(f"ingest {ref}: not found")
