@@ -43,7 +43,8 @@ def test_compressions_give_the_diff_id_of_the_plain_tar(tmp_path, kind):
 
 def test_zlib_fallback_and_docker_media_type(tmp_path):
     plain = tar_bytes(SIMPLE)
-    blob = zlib.compress(plain, wbits=31) if hasattr(zlib, "compress") else gz(plain)
+    co = zlib.compressobj(6, zlib.DEFLATED, 31)
+    blob = co.compress(plain) + co.flush()
     out = apply(desc(blob, MEDIA_TYPE_DOCKER_GZIP), bind(tmp_path), reader=io.BytesIO(blob),
                 use_isal=False)
     assert out.digest == diff_id(plain)
@@ -53,8 +54,8 @@ def test_multi_member_gzip_and_multi_frame_zstd(tmp_path):
     plain = tar_bytes(SIMPLE)
     half = len(plain) // 2
     blob = gz(plain[:half]) + gz(plain[half:]) + b"\0" * 32  # pigz-style, zero padded
-    assert _apply(blob, tmp_path / "g").digest == diff_id(plain) if (tmp_path / "g").mkdir() \
-        is None else False
+    (tmp_path / "g").mkdir()
+    assert _apply(blob, tmp_path / "g").digest == diff_id(plain)
     (tmp_path / "z").mkdir()
     zblob = zst(plain[:half]) + zst(plain[half:])
     assert _apply(zblob, tmp_path / "z", MEDIA_TYPE_TAR_ZSTD).digest == diff_id(plain)

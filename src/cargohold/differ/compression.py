@@ -10,7 +10,10 @@ A mismatch is a :class:`~cargohold.differ.api.LayerError`: we never guess, becau
 blob is either a packaging bug worth surfacing or an attempt to smuggle content past a check.
 
 gzip streams may hold several members (``pigz``, concatenated layers); trailing zero padding
-after the last member is ignored, other trailing bytes are an error.
+after the last member is ignored, other trailing bytes are an error. zstd may hold several
+frames. A gzip stream cut short is reported as truncated here; a zstd stream cut inside a frame
+ends quietly in ``zstandard``, so the tar reader reports it ("truncated tar stream") — or, when
+the cut falls after the end-of-archive blocks, the diffID check does.
 """
 
 from __future__ import annotations
