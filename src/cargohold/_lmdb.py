@@ -61,6 +61,10 @@ class Tx:
         with self._txn.cursor() as cur:
             return cur.set_range(prefix) and cur.key().startswith(prefix)
 
+    def cursor(self) -> lmdb.Cursor:
+        """A raw LMDB cursor, for hot loops that cannot afford a generator per key."""
+        return self._txn.cursor()
+
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) under ``prefix``, in key order."""
         with self._txn.cursor() as cur:

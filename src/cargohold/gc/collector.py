@@ -88,13 +88,13 @@ class Collector:
         kind, key = _parse_object(obj)
         with self.db.view() as tx:
             g = scan(tx, now_ns())
-        targets = [n for n in g.nodes if n.type == kind and n.key == key]
+        targets = [Node(*n) for n in g.nodes if n[0] == kind and n[2] == key]
         if not targets:
             raise NotFound(f"{obj}: not found in any namespace",
                            hint="give a digest, snapshot/<snapshotter>/<key>, image/<name>, "
                                 "lease/<id> or ingest/<ref>")
         chains = []
-        roots = [r for r, _ in g.roots]
+        roots = [Node(*r) for r, _ in g.roots]
         reasons = {r: why for r, why in g.roots}
         for t in targets:
             chain = paths(roots, g.refs_why, t)
@@ -134,12 +134,13 @@ class Collector:
         for n in order_for_removal(g, g.nodes - live):
             res.removed.append(Removed(_KINDS[n.type], n.ns, n.key))
         # A file survives when a record that survives (or a live ingest) still names it.
-        keep = {n.key for n in g.nodes & live if n.type == CONTENT}
+        keep = {n[2] for n in g.nodes & live if n[0] == CONTENT}
         for n in g.nodes & live:
-            if n.type == INGEST:
-                keep.update(c.key for c, _ in g.edges.get(n, ()))
-        for d, size in self._blob_files():
+            if n[0] == INGEST:
+                keep.update(c[2] for c, _ in g.edges.get(n, ()))
+        for d in self._blob_digests():
             if d not in keep:
+                size = self._file_size(d)
                 res.removed.append(Removed("blob-file", "", d, size))
                 res.bytes_freed += size
 
@@ -196,22 +197,23 @@ class Collector:
         res.removed.append(Removed(_KINDS[n.type], n.ns, n.key))
 
     # --- after the metadata: files and backends, no metadata lock held --------------------
-    def _blob_files(self) -> list[tuple[str, int]]:
-        out: list[tuple[str, int]] = []
+    def _blob_digests(self) -> list[str]:
+        """Every committed blob's digest, from directory names alone (no stat per file)."""
+        out: list[str] = []
         root = os.path.join(self.store.root, "blobs")
         for alg in ("sha256", "sha512"):
-            d = os.path.join(root, alg)
             try:
-                it = os.scandir(d)
+                names = os.listdir(os.path.join(root, alg))
             except FileNotFoundError:
                 continue
-            with it:
-                for e in it:
-                    try:
-                        out.append((f"{alg}:{e.name}", e.stat(follow_symlinks=False).st_size))
-                    except FileNotFoundError:
-                        continue
+            out.extend(f"{alg}:{name}" for name in names)
         return out
+
+    def _file_size(self, digest: str) -> int:
+        try:
+            return os.stat(self.store.blob_path(digest)).st_size
+        except (FileNotFoundError, ValueError, CargoholdError):
+            return 0
 
     def _backends(self, res: Result) -> None:
         with self.db.view() as tx:
@@ -219,9 +221,10 @@ class Collector:
             live_brefs = _ingest_brefs(tx)
             snap_names = _snapshot_names(tx)
         # Blob files no namespace records (swept now, or orphaned by a crash).
-        for d, size in self._blob_files():
+        for d in self._blob_digests():
             if d in recorded:
                 continue
+            size = self._file_size(d)
 
             def still_unrecorded(d: str = d) -> bool:
                 with self.db.view() as tx:

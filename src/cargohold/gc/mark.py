@@ -41,6 +41,11 @@ class Node(NamedTuple):
         return f"{NAMES.get(self.type & TYPE_MASK, self.type)} {self.key} (namespace {self.ns})"
 
 
+def plain(n: tuple[int, str, str]) -> tuple[int, str, str]:
+    """The plain form of a node given as any 3-tuple (hot paths use bare tuples)."""
+    return n if n[0] <= TYPE_MASK else (n[0] & TYPE_MASK, n[1], n[2])
+
+
 def mark(roots: Iterable[Node], refs: Callable[[Node], Iterable[Node]]) -> set[Node]:
     """Every node reachable from ``roots`` through ``refs`` (roots included), in plain form.
 
@@ -57,7 +62,7 @@ def mark(roots: Iterable[Node], refs: Callable[[Node], Iterable[Node]]) -> set[N
             grey.append(r)
     while grey:
         n = grey.pop()
-        black.add(n.plain())
+        black.add(n if n[0] <= TYPE_MASK else (n[0] & TYPE_MASK, n[1], n[2]))
         for c in refs(n):
             if c not in seen:
                 seen.add(c)
@@ -83,7 +88,7 @@ def paths(roots: Iterable[Node], refs: Callable[[Node], Iterable[tuple[Node, str
     found: Node | None = None
     while q:
         n = q.popleft()
-        if n.plain() == target:
+        if plain(n) == target:
             found = n
             break
         for c, why in refs(n):
@@ -96,7 +101,7 @@ def paths(roots: Iterable[Node], refs: Callable[[Node], Iterable[tuple[Node, str
     cur: Node | None = found
     while cur is not None:
         prev, why = parent[cur]
-        chain.append((cur.plain(), why))
+        chain.append((Node(*plain(cur)), why))
         cur = prev
     chain.reverse()
     return chain

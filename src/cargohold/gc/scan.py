@@ -39,40 +39,43 @@ from cargohold.types import LABEL_GC_EXPIRE, LABEL_GC_FLAT, LABEL_GC_ROOT, parse
 _P = "containerd.io/gc."
 
 
+T = tuple[int, str, str]  # a node as a bare tuple: hot paths avoid NamedTuple construction
+
+
 @dataclass
 class Graph:
-    """What a scan found."""
+    """What a scan found. Nodes are bare ``(type, ns, key)`` tuples (equal to :class:`Node`)."""
 
-    roots: list[tuple[Node, str]] = field(default_factory=list)
-    edges: dict[Node, list[tuple[Node, str]]] = field(default_factory=lambda: defaultdict(list))
-    flat_edges: dict[Node, list[tuple[Node, str]]] = field(
-        default_factory=lambda: defaultdict(list))
-    nodes: set[Node] = field(default_factory=set)  # every collectable node
-    snapshot_parent: dict[Node, Node] = field(default_factory=dict)
-    snapshot_name: dict[Node, str] = field(default_factory=dict)  # backend name
-    ingest_bref: dict[Node, str] = field(default_factory=dict)
+    roots: list[tuple[T, str]] = field(default_factory=list)
+    edges: dict[T, list[tuple[T, str]]] = field(default_factory=lambda: defaultdict(list))
+    flat_edges: dict[T, list[tuple[T, str]]] = field(default_factory=lambda: defaultdict(list))
+    nodes: set[T] = field(default_factory=set)  # every collectable node
+    snapshot_parent: dict[T, T] = field(default_factory=dict)
+    snapshot_name: dict[T, str] = field(default_factory=dict)  # backend name
+    ingest_bref: dict[T, str] = field(default_factory=dict)
 
-    def refs(self, n: Node) -> list[Node]:
-        src = self.flat_edges if n.type & FLAT else self.edges
-        return [c for c, _ in src.get(n.plain() if not n.type & FLAT else n, ())]
+    def refs(self, n: T) -> list[T]:
+        src = self.flat_edges if n[0] & FLAT else self.edges
+        got = src.get(n)
+        return [c for c, _ in got] if got else []
 
-    def refs_why(self, n: Node) -> list[tuple[Node, str]]:
-        src = self.flat_edges if n.type & FLAT else self.edges
-        return list(src.get(n.plain() if not n.type & FLAT else n, ()))
+    def refs_why(self, n: T) -> list[tuple[T, str]]:
+        src = self.flat_edges if n[0] & FLAT else self.edges
+        return list(src.get(n, ()))
 
 
-def _label_target(ns: str, k: str, v: str, prefix: str) -> Node | None:
+def _label_target(ns: str, k: str, v: str, prefix: str) -> T | None:
     """The node a ``gc.ref``/``gc.bref`` label names, or None when it is not such a label."""
     rest = k[len(prefix):]
     if rest.startswith("content") and (len(rest) == 7 or rest[7] in "./"):
-        return Node(CONTENT, ns, v)
+        return (CONTENT, ns, v)
     if rest.startswith("snapshot.") and len(rest) > 9:
         sn = rest[9:].split("/", 1)[0]
-        return Node(SNAPSHOT, ns, f"{sn}/{v}") if sn else None
+        return (SNAPSHOT, ns, f"{sn}/{v}") if sn else None
     if rest.startswith("image") and (len(rest) == 5 or rest[5] in "./"):
-        return Node(IMAGE, ns, v)
+        return (IMAGE, ns, v)
     if rest.startswith("container") and (len(rest) == 9 or rest[9] in "./"):
-        return Node(CONTAINER, ns, v)
+        return (CONTAINER, ns, v)
     return None
 
 
@@ -91,120 +94,150 @@ def scan(tx: Tx, now: int) -> Graph:
     return g
 
 
+_GC = b"containerd.io/gc."
+_LBL = b"labels" + SEP
+
+
+def _bucket(cur, prefix: bytes):  # noqa: ANN001, ANN202 - an lmdb cursor; yields (rest, v)
+    """(key without ``prefix``, value) for every key under ``prefix``; one cursor, no seeks."""
+    n = len(prefix)
+    if not cur.set_range(prefix):
+        return
+    for k, v in cur.iternext():
+        if not k.startswith(prefix):
+            return
+        yield k[n:], v
+
+
 def _scan_ns(tx: Tx, ns: str, now: int, g: Graph) -> None:  # noqa: C901 - one dispatch table
-    prefix = ns_bucket(ns)
+    cur = tx.cursor()
+    labels: dict[T, dict[str, str]] = defaultdict(dict)
+    nodes_add = g.nodes.add
+
+    # Blobs: a node per record; only gc labels matter here. The hottest loop (most keys of a
+    # store are blob fields), so it is written out bare: no generator, no splitting.
+    prefix = ns_bucket(ns, "content", "blob")
     plen = len(prefix)
-    labels: dict[Node, dict[str, str]] = defaultdict(dict)
-    leases: dict[str, list[Node]] = defaultdict(list)
+    if cur.set_range(prefix):
+        for k, v in cur.iternext():
+            if not k.startswith(prefix):
+                break
+            j = k.find(SEP, plen)
+            f = k[j + 1:]
+            if f == b"size":
+                nodes_add((CONTENT, ns, k[plen:j].decode()))
+            elif f.startswith(_LBL) and f.startswith(_GC, 7):
+                labels[(CONTENT, ns, k[plen:j].decode())][f[7:].decode()] = v.decode()
+
+    ingests: dict[str, dict[str, str]] = defaultdict(dict)
+    for rest, v in _bucket(cur, ns_bucket(ns, "content", "ingests")):
+        p = rest.split(SEP)
+        if len(p) == 2:
+            ingests[p[0].decode()][p[1].decode()] = v.decode()
+
+    images: dict[str, str] = {}
+    for rest, v in _bucket(cur, ns_bucket(ns, "images")):
+        p = rest.split(SEP)
+        if len(p) == 2 and p[1] == b"target":
+            images[p[0].decode()] = json.loads(v)["digest"]
+        elif len(p) == 3 and p[1] == b"labels" and p[2].startswith(_GC):
+            labels[(IMAGE, ns, p[0].decode())][p[2].decode()] = v.decode()
+
+    for rest, v in _bucket(cur, ns_bucket(ns, "snapshots")):
+        p = rest.split(SEP)
+        if len(p) < 3:
+            continue
+        n = (SNAPSHOT, ns, f"{p[0].decode()}/{p[1].decode()}")
+        f = p[2]
+        if f == b"name":
+            nodes_add(n)
+            g.snapshot_name[n] = v.decode()
+        elif f == b"parent":
+            g.snapshot_parent[n] = (SNAPSHOT, ns, f"{p[0].decode()}/{v.decode()}")
+        elif f == b"labels" and len(p) == 4 and p[3].startswith(_GC):
+            labels[n][p[3].decode()] = v.decode()
+
+    leases: dict[str, list[T]] = defaultdict(list)
     lease_labels: dict[str, dict[str, str]] = defaultdict(dict)
     lease_ids: set[str] = set()
-    images: dict[str, str] = {}
-    ingests: dict[str, dict[str, str]] = defaultdict(dict)
-    containers: dict[str, dict[str, str]] = defaultdict(dict)
+    for rest, v in _bucket(cur, ns_bucket(ns, "leases")):
+        p = rest.split(SEP)
+        if len(p) < 2:
+            continue
+        lid, kind = p[0].decode(), p[1]
+        if kind == b"createdat":
+            lease_ids.add(lid)
+        elif kind == b"labels" and len(p) == 3:
+            lease_labels[lid][p[2].decode()] = v.decode()
+        elif kind == b"content" and len(p) == 3:
+            leases[lid].append((CONTENT, ns, p[2].decode()))
+        elif kind == b"ingests" and len(p) == 3:
+            leases[lid].append((INGEST, ns, p[2].decode()))
+        elif kind == b"images" and len(p) == 3:
+            leases[lid].append((IMAGE, ns, p[2].decode()))
+        elif kind == b"snapshots" and len(p) == 4:
+            leases[lid].append((SNAPSHOT, ns, f"{p[2].decode()}/{p[3].decode()}"))
 
-    for k, v in tx.scan(prefix):
-        p = k[plen:].split(SEP)
-        top = p[0]
-        if top == b"content" and len(p) >= 4:
-            if p[1] == b"blob":
-                n = Node(CONTENT, ns, p[2].decode())
-                if p[3] == b"size":
-                    g.nodes.add(n)
-                elif p[3] == b"labels" and len(p) == 5:
-                    labels[n][p[4].decode()] = v.decode()
-            elif p[1] == b"ingests":
-                ingests[p[2].decode()][p[3].decode()] = v.decode()
-        elif top == b"images" and len(p) >= 3:
-            name = p[1].decode()
-            if p[2] == b"target":
-                images[name] = json.loads(v)["digest"]
-            elif p[2] == b"labels" and len(p) == 4:
-                labels[Node(IMAGE, ns, name)][p[3].decode()] = v.decode()
-        elif top == b"snapshots" and len(p) >= 4:
-            n = Node(SNAPSHOT, ns, f"{p[1].decode()}/{p[2].decode()}")
-            f = p[3]
-            if f == b"name":
-                g.nodes.add(n)
-                g.snapshot_name[n] = v.decode()
-            elif f == b"parent":
-                parent = Node(SNAPSHOT, ns, f"{p[1].decode()}/{v.decode()}")
-                g.snapshot_parent[n] = parent
-            elif f == b"labels" and len(p) == 5:
-                labels[n][p[4].decode()] = v.decode()
-        elif top == b"leases" and len(p) >= 3:
-            lid = p[1].decode()
-            kind = p[2]
-            if kind == b"createdat":
-                lease_ids.add(lid)
-            elif kind == b"labels" and len(p) == 4:
-                lease_labels[lid][p[3].decode()] = v.decode()
-            elif kind == b"content" and len(p) == 4:
-                leases[lid].append(Node(CONTENT, ns, p[3].decode()))
-            elif kind == b"ingests" and len(p) == 4:
-                leases[lid].append(Node(INGEST, ns, p[3].decode()))
-            elif kind == b"images" and len(p) == 4:
-                leases[lid].append(Node(IMAGE, ns, p[3].decode()))
-            elif kind == b"snapshots" and len(p) == 5:
-                leases[lid].append(Node(SNAPSHOT, ns, f"{p[3].decode()}/{p[4].decode()}"))
-        elif top == b"containers" and len(p) >= 3:
-            cid = p[1].decode()
-            if p[2] == b"labels" and len(p) == 4:
-                labels[Node(CONTAINER, ns, cid)][p[3].decode()] = v.decode()
-            else:
-                containers[cid][p[2].decode()] = v.decode()
+    containers: dict[str, dict[str, str]] = defaultdict(dict)
+    for rest, v in _bucket(cur, ns_bucket(ns, "containers")):
+        p = rest.split(SEP)
+        if len(p) == 3 and p[1] == b"labels":
+            labels[(CONTAINER, ns, p[0].decode())][p[2].decode()] = v.decode()
+        elif len(p) == 2:
+            containers[p[0].decode()][p[1].decode()] = v.decode()
+    cur.close()
 
     edges, flat = g.edges, g.flat_edges
     # Images: roots unless expired; reference their target.
     for name, digest in images.items():
-        n = Node(IMAGE, ns, name)
-        g.nodes.add(n)
-        edges[n].append((Node(CONTENT, ns, digest), "image target"))
-        flat[n.flat()].append((Node(CONTENT | FLAT, ns, digest), "image target"))
+        n = (IMAGE, ns, name)
+        nodes_add(n)
+        edges[n].append(((CONTENT, ns, digest), "image target"))
+        flat[(IMAGE | FLAT, ns, name)].append(((CONTENT | FLAT, ns, digest), "image target"))
         exp = labels.get(n, {}).get(LABEL_GC_EXPIRE)
         if not (exp and _expired(exp, now)):
             g.roots.append((n, "image"))
     # Snapshots: parents.
     for n, parent in g.snapshot_parent.items():
         edges[n].append((parent, "parent snapshot"))
-        flat[n.flat()].append((parent.flat(), "parent snapshot"))
+        flat[(n[0] | FLAT, n[1], n[2])].append(((parent[0] | FLAT, ns, parent[2]),
+                                                 "parent snapshot"))
     # Ingests: live ones are roots; they keep their expected digest.
     for ref, rec in ingests.items():
-        n = Node(INGEST, ns, ref)
-        g.nodes.add(n)
+        n = (INGEST, ns, ref)
+        nodes_add(n)
         g.ingest_bref[n] = rec.get("ref", "")
         if rec.get("expected"):
-            edges[n].append((Node(CONTENT, ns, rec["expected"]), "ingest expects it"))
-            flat[n.flat()].append((Node(CONTENT | FLAT, ns, rec["expected"]),
-                                   "ingest expects it"))
+            edges[n].append(((CONTENT, ns, rec["expected"]), "ingest expects it"))
         exp = rec.get("expireat")
         if exp and int(exp) > now:
             g.roots.append((n, "ingest in progress"))
     # Containers: always roots; keep their snapshot.
     for cid, rec in containers.items():
-        n = Node(CONTAINER, ns, cid)
+        n = (CONTAINER, ns, cid)
         g.roots.append((n, "container"))
         if rec.get("snapshotter") and rec.get("snapshotkey"):
-            edges[n].append((Node(SNAPSHOT, ns, f"{rec['snapshotter']}/{rec['snapshotkey']}"),
+            edges[n].append(((SNAPSHOT, ns, f"{rec['snapshotter']}/{rec['snapshotkey']}"),
                              "container snapshot"))
     # Labels: roots, references, back references.
+    ref_p, bref_p = _P + "ref.", _P + "bref."
     for n, lab in labels.items():
         for k, v in lab.items():
-            if not k.startswith(_P):
-                continue
-            if k == LABEL_GC_ROOT and n.type in (CONTENT, SNAPSHOT):
-                g.roots.append((n, f"label {k}"))
-            elif k.startswith(_P + "ref."):
-                t = _label_target(ns, k, v, _P + "ref.")
+            if k == LABEL_GC_ROOT:
+                if n[0] in (CONTENT, SNAPSHOT):
+                    g.roots.append((n, f"label {k}"))
+            elif k.startswith(ref_p):
+                t = _label_target(ns, k, v, ref_p)
                 if t is not None:
                     edges[n].append((t, f"label {k}"))
-            elif k.startswith(_P + "bref."):
-                t = _label_target(ns, k, v, _P + "bref.")
+            elif k.startswith(bref_p):
+                t = _label_target(ns, k, v, bref_p)
                 if t is not None:
-                    edges[t].append((n, f"back reference label {k} on {n}"))
+                    edges[t].append((n, f"back reference label {k} on {Node(*n)}"))
     # Leases: unexpired ones are roots, and so is each resource they hold.
     for lid in lease_ids:
-        n = Node(LEASE, ns, lid)
-        g.nodes.add(n)
+        n = (LEASE, ns, lid)
+        nodes_add(n)
         lab = lease_labels.get(lid, {})
         exp = lab.get(LABEL_GC_EXPIRE)
         if exp and _expired(exp, now):
@@ -212,14 +245,14 @@ def _scan_ns(tx: Tx, ns: str, now: int, g: Graph) -> None:  # noqa: C901 - one d
         g.roots.append((n, "lease"))
         is_flat = bool(lab.get(LABEL_GC_FLAT))
         for r in leases.get(lid, ()):
-            held = r.flat() if is_flat and r.type != INGEST else r
+            held = (r[0] | FLAT, r[1], r[2]) if is_flat and r[0] != INGEST else r
             g.roots.append((held, f"held by lease {lid}"))
 
 
-def order_for_removal(g: Graph, doomed: set[Node]) -> list[Node]:
+def order_for_removal(g: Graph, doomed: set[T]) -> list[Node]:
     """Doomed nodes in a safe removal order: snapshots children first, the rest after."""
 
-    def depth(n: Node) -> int:
+    def depth(n: T) -> int:
         d = 0
         seen = set()
         while n in g.snapshot_parent and n not in seen:
@@ -228,7 +261,7 @@ def order_for_removal(g: Graph, doomed: set[Node]) -> list[Node]:
             d += 1
         return d
 
-    snaps = sorted((n for n in doomed if n.type & TYPE_MASK == SNAPSHOT), key=depth,
+    snaps = sorted((n for n in doomed if n[0] & TYPE_MASK == SNAPSHOT), key=depth,
                    reverse=True)
-    rest = sorted(n for n in doomed if n.type & TYPE_MASK != SNAPSHOT)
-    return snaps + rest
+    rest = sorted(n for n in doomed if n[0] & TYPE_MASK != SNAPSHOT)
+    return [Node(*n) for n in snaps + rest]

@@ -266,7 +266,14 @@ class _NamespacedWriter:
         hook = self.store._commit_hook(self.ref, size, labels)
 
         def both(digest: str, existed: bool) -> None:
-            hook(digest, existed)
+            # As the contract says: with a ``then`` the caller decides about an existing
+            # digest; without one, AlreadyExists stands.
+            try:
+                hook(digest, existed)
+            except AlreadyExists:
+                if then is None:
+                    raise
+                existed = True
             if then is not None:
                 then(digest, existed)
 
