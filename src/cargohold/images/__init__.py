@@ -1,0 +1,1 @@
+"""Images: manifests, indexes, platforms, import, export, unpack, mount and unmount."""
