@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from cargohold.leases.manager import LeaseManager
     from cargohold.metadata.content import NamespacedStore
     from cargohold.metadata.db import DB
+    from cargohold.metadata.snapshotter import NamespacedSnapshotter
     from cargohold.store.local import LocalStore
 
 
@@ -84,6 +85,16 @@ class Client:
             self._snapshotters[name] = registry.open_snapshotter(
                 name, root, self.config.section("snapshotters", name))
         return self._snapshotters[name]
+
+    def snapshotter(self, name: str | None = None) -> NamespacedSnapshotter:
+        """Snapshotter ``name`` (default: the configured one) as this client's namespace sees
+        it, writing into this client's lease when it has one.
+        """
+        from cargohold.metadata.snapshotter import NamespacedSnapshotter
+
+        name = name or self.config.snapshotter
+        return NamespacedSnapshotter(self.db, self.backend_snapshotter(name), self.namespace,
+                                     name, lease=self.lease)
 
     def close(self) -> None:
         for s in self._snapshotters.values():
