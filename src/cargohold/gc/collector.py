@@ -249,18 +249,24 @@ class Collector:
                 res.removed.append(Removed("ingest-dir", "", bref))
             except (NotFound, Unavailable):
                 continue  # finished meanwhile, or a writer is still on it
-        # Snapshots: remove backend snapshots no namespace records, children first.
-        for r in [r for r in res.removed if r.kind == "snapshot"]:
-            sn = r.key.split("/", 1)[0]
+        # Snapshots: remove backend snapshots no namespace records, children first. Every
+        # snapshotter any namespace uses, not only those that lost a record now: a crash
+        # between a backend prepare and its record leaves garbage with no record to sweep.
+        # Under the snapshotter's exclusive lock no prepare/commit is between its backend call
+        # and its record, and what to keep is read again under it.
+        from cargohold.metadata.snapshotter import backend_lock
+
+        swept = {r.key.split("/", 1)[0] for r in res.removed if r.kind == "snapshot"}
+        for sn in sorted(swept | set(snap_names)):
             backend = self.snapshotters(sn)
             if backend is None:
                 continue
-            self._prune_backend(sn, backend, snap_names.get(sn, set()), res)
+            with backend_lock(self.db, sn).exclusive():
+                with self.db.view() as tx:
+                    keep = _snapshot_names(tx).get(sn, set())
+                self._prune_backend(sn, backend, keep, res)
 
     def _prune_backend(self, sn: str, backend: Any, keep: set[str], res: Result) -> None:
-        if getattr(backend, "_gc_pruned", False):
-            return
-        backend._gc_pruned = True
         infos: list[Any] = []
         backend.walk(infos.append)
         parent = {i.name: i.parent for i in infos}
