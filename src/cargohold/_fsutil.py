@@ -12,7 +12,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import socket
 import struct
 import threading
 import time
@@ -66,6 +65,8 @@ def makedirs(path: str, mode: int = 0o755) -> str:
 
 def holder_text() -> str:
     """Who holds a lock: ``pid N on HOST since RFC3339``."""
+    import socket
+
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return f"pid {os.getpid()} on {socket.gethostname()} since {since}"
 

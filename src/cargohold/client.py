@@ -23,6 +23,19 @@ if TYPE_CHECKING:
     from cargohold.store.local import LocalStore
 
 
+class _Lazy:
+    """Builds the wrapped object on first use (listing records needs no blob store)."""
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+        self._obj: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._obj is None:
+            self._obj = self._make()
+        return getattr(self._obj, name)
+
+
 class Client:
     """Everything under one root, seen from one namespace (and optionally one lease)."""
 
@@ -52,8 +65,8 @@ class Client:
         from cargohold.metadata.content import NamespacedStore
 
         expiry = parse_duration(self.config.section("gc").get("ingest_expiry", "24h"))
-        return NamespacedStore(self.db, self.store, self.namespace, lease=self.lease,
-                               ingest_expiry=expiry)
+        return NamespacedStore(self.db, _Lazy(lambda: self.store), self.namespace,
+                               lease=self.lease, ingest_expiry=expiry)
 
     @cached_property
     def leases(self) -> LeaseManager:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,8 +96,24 @@ def default_text() -> str:
     return DEFAULT_TEXT.format(root=default_root(), state=default_state())
 
 
+# The defaults as data, so that running without a config file needs no TOML parser at start-up;
+# tests check that this equals what DEFAULT_TEXT parses to.
+DEFAULTS: dict[str, Any] = {
+    "namespace": "default", "snapshotter": "overlayfs",
+    "gc": {"pause_threshold": 0.02, "deletion_threshold": 0, "mutation_threshold": 100,
+           "schedule_delay": "0s", "startup_delay": "100ms", "sweep_batch": 500,
+           "ingest_expiry": "24h"},
+    "registry": {"config_path": "/etc/cargohold/certs.d"},
+    "snapshotters": {"overlayfs": {"mount_options": []}, "btrfs": {"root_path": ""},
+                     "zfs": {"dataset": ""},
+                     "devmapper": {"pool_name": "", "base_image_size": "10GB",
+                                   "fs_type": "ext4", "fs_options": "",
+                                   "discard_blocks": True}},
+}
+
+
 def _defaults() -> dict[str, Any]:
-    return tomllib.loads(default_text())
+    return {"root": default_root(), "state": default_state(), **copy.deepcopy(DEFAULTS)}
 
 
 @dataclass
@@ -140,11 +155,13 @@ def _merge(base: dict[str, Any], over: dict[str, Any], where: str) -> None:
 def load(path: str | None = None, *, root: str | None = None, state: str | None = None,
          namespace: str | None = None, snapshotter: str | None = None) -> Config:
     """Resolve the configuration. ``path=None`` reads the default file when it exists."""
-    data = copy.deepcopy(_defaults())
+    data = _defaults()
     source = ""
     explicit = path is not None
     path = path or os.environ.get("HOLD_CONFIG") or default_config_file()
     if os.path.exists(path):
+        import tomllib
+
         try:
             with open(path, "rb") as f:
                 _merge(data, tomllib.load(f), "")

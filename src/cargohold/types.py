@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -53,6 +52,8 @@ class Digest(str):
 
     @classmethod
     def from_bytes(cls, data: bytes, algorithm: str = "sha256") -> Digest:
+        import hashlib
+
         return cls(f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}")
 
 

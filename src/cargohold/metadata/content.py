@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 
 from cargohold.errors import AlreadyExists, CargoholdError, InvalidArgument, NotFound
 from cargohold.filters import Filter, adaptor_for
-from cargohold.metadata import leases as lease_records
 from cargohold.metadata import namespaces
 from cargohold.metadata.db import DB, Tx
 from cargohold.metadata.schema import ns_bucket, ns_path
@@ -171,6 +170,8 @@ class NamespacedStore:
 
     def _lease_add(self, tx: Tx, rtype: str, rid: str) -> None:
         if self.lease:
+            from cargohold.metadata import leases as lease_records
+
             lease_records.add_resource(tx, self.ns, self.lease,
                                        lease_records.Resource(rtype, rid))
 

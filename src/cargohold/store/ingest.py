@@ -37,7 +37,6 @@ from cargohold.errors import (
     IntegrityError,
     InvalidArgument,
 )
-from cargohold.store._pipe import HashingAppender
 from cargohold.store.api import CommitHook, Status
 from cargohold.types import Digest, now_ns, validate_labels
 
@@ -150,6 +149,8 @@ class IngestWriter:
         except BaseException:
             os.close(self._fd)
             raise
+        from cargohold.store._pipe import HashingAppender  # threads: only when writing
+
         self._out = HashingAppender(self._fd, hasher, offset)
         self._offset = offset
 
@@ -194,6 +195,8 @@ class IngestWriter:
         os.ftruncate(self._fd, 0)
         os.lseek(self._fd, 0, os.SEEK_SET)
         self._out.close()
+        from cargohold.store._pipe import HashingAppender
+
         self._out = HashingAppender(self._fd, hashlib.new(self._algorithm), 0)
         self._offset = 0
 
