@@ -1,0 +1,214 @@
+"""``hold snapshots``: ls, prepare, view, commit, rm, mounts, usage, info, tree, label, unmount
+(compatible with ``ctr snapshots``; the global ``--snapshotter NAME`` picks the backend).
+
+Snapshots made here belong to the namespace (``-n``); writes run inside ``--lease ID`` when it
+is given. As in containerd, a snapshot that nothing keeps alive (no lease, no
+``containerd.io/gc.root`` label, no image or container using it) goes at the next ``hold gc``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from cargohold.cli.app import App
+from cargohold.cli.output import (
+    age,
+    emit_json,
+    format_option,
+    human_size,
+    labels_text,
+    quiet_option,
+    table,
+)
+
+label_option = click.option("--label", "labels", multiple=True, metavar="K=V",
+                            help="Label the snapshot (repeatable).")
+target_option = click.option("--target", metavar="DIR", default=None,
+                             help="Mount it on DIR (an existing directory).")
+
+
+@click.group()
+def snapshots() -> None:
+    """Manage snapshots of the selected snapshotter (--snapshotter)."""
+
+
+def _sn(app: App):  # noqa: ANN202 - a NamespacedSnapshotter
+    return app.client.snapshotter()
+
+
+def _infos(app: App, filters: tuple[str, ...] = ()) -> list:
+    out: list = []
+    _sn(app).walk(out.append, list(filters))
+    return sorted(out, key=lambda i: i.name)
+
+
+def _info_json(i) -> dict:  # noqa: ANN001 - an api.Info
+    return {"name": i.name, "parent": i.parent, "kind": str(i.kind), "labels": i.labels,
+            "created_at": i.created_at, "updated_at": i.updated_at}
+
+
+def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
+    from cargohold.types import parse_labels
+
+    return {k: v for k, v in parse_labels(pairs).items() if v}
+
+
+def _show_mounts(app: App, key: str, mounts: list, target: str | None) -> None:
+    """Mount on ``target``, or print the commands that would (with TARGET to fill in)."""
+    if target is None:
+        for m in mounts:
+            click.echo(m.command("TARGET"))
+        return
+    from cargohold.mount import mount_all
+
+    try:
+        mount_all(mounts, target)
+    except BaseException:
+        _sn(app).remove(key)  # nothing was mounted: do not leave a snapshot nobody asked for
+        raise
+    click.echo(target)
+
+
+@snapshots.command("ls")
+@quiet_option
+@format_option
+@click.argument("filters", nargs=-1)
+@click.pass_obj
+def ls(app: App, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
+    """List snapshots (optionally matching FILTERS, e.g. kind==committed, parent==KEY)."""
+    infos = _infos(app, filters)
+    if quiet:
+        for i in infos:
+            click.echo(i.name)
+    elif fmt == "json":
+        emit_json([_info_json(i) for i in infos])
+    else:
+        table(["KEY", "PARENT", "KIND"], [[i.name, i.parent, str(i.kind)] for i in infos])
+
+
+@snapshots.command("prepare")
+@target_option
+@label_option
+@click.argument("key")
+@click.argument("parent", default="")
+@click.pass_obj
+def prepare(app: App, target: str | None, labels: tuple[str, ...], key: str,
+            parent: str) -> None:
+    """Create the writable snapshot KEY on committed PARENT (none: empty)."""
+    mounts = _sn(app).prepare(key, parent, labels=_labels(labels))
+    _show_mounts(app, key, mounts, target)
+
+
+@snapshots.command("view")
+@target_option
+@label_option
+@click.argument("key")
+@click.argument("parent")
+@click.pass_obj
+def view(app: App, target: str | None, labels: tuple[str, ...], key: str, parent: str) -> None:
+    """Create the read-only snapshot KEY showing committed PARENT."""
+    mounts = _sn(app).view(key, parent, labels=_labels(labels))
+    _show_mounts(app, key, mounts, target)
+
+
+@snapshots.command("commit")
+@label_option
+@click.argument("name")
+@click.argument("key")
+@click.pass_obj
+def commit(app: App, labels: tuple[str, ...], name: str, key: str) -> None:
+    """Commit the writable snapshot KEY as NAME (KEY stops existing). Unmount KEY first."""
+    _sn(app).commit(name, key, labels=_labels(labels))
+    click.echo(name)
+
+
+@snapshots.command("rm")
+@click.argument("keys", nargs=-1, required=True)
+@click.pass_obj
+def rm(app: App, keys: tuple[str, ...]) -> None:
+    """Remove snapshots (children before their parents)."""
+    sn = _sn(app)
+    for k in keys:
+        sn.remove(k)
+        click.echo(k)
+
+
+@snapshots.command("mounts")
+@click.argument("target")
+@click.argument("key")
+@click.pass_obj
+def mounts(app: App, target: str, key: str) -> None:
+    """Print the mount command(s) that mount KEY on TARGET, ready to paste into a shell."""
+    for m in _sn(app).mounts(key):
+        click.echo(m.command(target))
+
+
+@snapshots.command("unmount")
+@click.argument("target")
+def unmount(target: str) -> None:
+    """Unmount everything mounted on TARGET; doing it twice is fine."""
+    from cargohold.mount import unmount_all
+
+    unmount_all(target)
+    click.echo(target)
+
+
+@snapshots.command("usage")
+@format_option
+@click.argument("key", required=False)
+@click.pass_obj
+def usage(app: App, fmt: str, key: str | None) -> None:
+    """Show the disk use of KEY (or of every snapshot), its parents excluded.
+
+    Committed snapshots report what was measured at commit; active ones are measured now.
+    """
+    sn = _sn(app)
+    keys = [key] if key else [i.name for i in _infos(app)]
+    rows = [(k, sn.usage(k)) for k in keys]
+    if fmt == "json":
+        emit_json([{"key": k, "size": u.size, "inodes": u.inodes} for k, u in rows])
+    else:
+        table(["KEY", "SIZE", "INODES"], [[k, human_size(u.size), u.inodes] for k, u in rows])
+
+
+@snapshots.command("info")
+@click.argument("key")
+@click.pass_obj
+def info(app: App, key: str) -> None:
+    """Print everything about KEY as JSON."""
+    emit_json(_info_json(_sn(app).stat(key)))
+
+
+@snapshots.command("tree")
+@click.pass_obj
+def tree(app: App) -> None:
+    """Show snapshots as a tree, each under its parent."""
+    infos = _infos(app)
+    kids: dict[str, list] = {}
+    for i in infos:
+        kids.setdefault(i.parent, []).append(i)
+
+    def show(i, depth: int) -> None:  # noqa: ANN001 - an api.Info
+        lead = "" if depth == 0 else "   " * (depth - 1) + " \\_ "
+        click.echo(f"{lead}{i.name} ({str(i.kind).lower()}, {age(i.created_at)} ago)")
+        for c in kids.get(i.name, []):
+            show(c, depth + 1)
+
+    names = {i.name for i in infos}
+    for i in infos:
+        if i.parent not in names:  # "" or a parent that fsck would report missing
+            show(i, 0)
+
+
+@snapshots.command("label")
+@click.argument("key")
+@click.argument("labels", nargs=-1, required=True)
+@click.pass_obj
+def label(app: App, key: str, labels: tuple[str, ...]) -> None:
+    """Set labels K=V on KEY (K= removes K); prints the labels it ends with."""
+    from cargohold.snapshotters.api import Info, Kind
+    from cargohold.types import parse_labels
+
+    lab = parse_labels(labels)
+    new = _sn(app).update(Info(key, Kind.ACTIVE, labels=lab), [f"labels.{k}" for k in lab])
+    click.echo(labels_text(new.labels))
