@@ -1,0 +1,366 @@
+"""Image-level operations over one namespace: get, list, check, tag, remove, label, inspect.
+
+:class:`ImageService` wraps a :class:`~cargohold.client.Client`; importer, exporter and the CLI
+share it. What it adds over the raw records of :mod:`cargohold.metadata.images` is knowledge of
+what an image *is*: its platforms, which of their blobs the store has, and whether each one is
+unpacked on a snapshotter.
+
+Completeness is judged per platform (:func:`platform_states`): a platform is complete when its
+manifest, config and every layer are in the namespace's content store. A multi-platform image
+with only one platform present is a normal thing to hold, not an error; attestation manifests
+(``unknown/unknown``) are listed as such and never count against an image.
+
+Removal deletes records only: blobs and snapshots go when GC finds nothing else keeps them
+(``sync=True`` runs GC before returning, and reports the bytes it freed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cargohold.errors import AlreadyExists, CargoholdError, InvalidArgument, NotFound
+from cargohold.images import mediatypes as mt
+from cargohold.images import platforms as plat
+from cargohold.images.manifest import (
+    chain_ids,
+    children,
+    config_platform,
+    diff_ids,
+    parse_manifest,
+    read_json,
+)
+from cargohold.metadata import images as records
+from cargohold.metadata.images import Image
+from cargohold.store.api import Store
+from cargohold.types import Descriptor
+
+if TYPE_CHECKING:
+    from cargohold.client import Client
+
+ATTESTATION_REF = "vnd.docker.reference.digest"
+
+
+@dataclass(frozen=True)
+class PlatformState:
+    """One manifest of an image, as the store holds it."""
+
+    platform: str  # "linux/amd64"; "" when neither the index nor the config says
+    manifest: str  # the manifest's digest
+    missing: tuple[str, ...] = ()  # digests absent from the store (manifest, config, layers)
+    manifest_missing: bool = False
+    attestation: bool = False  # an unknown/unknown attestation manifest
+    attests: str = ""  # for attestations: the manifest digest they describe
+    chain_id: str = ""  # the top chain ID (needs the config)
+    layers: int = 0
+    size: int = 0  # manifest + config + layers, from the descriptors
+    unpacked: bool | None = None  # None when not checked (or the snapshotter cannot run)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def describe(self) -> str:
+        """``complete``, ``manifest missing`` or ``N blobs missing``."""
+        if self.manifest_missing:
+            return "manifest missing"
+        if not self.missing:
+            return "complete"
+        n = len(self.missing)
+        return f"{n} blob{'s' if n != 1 else ''} missing"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"platform": self.platform or "unknown", "manifest": self.manifest,
+                "complete": self.complete, "status": self.describe(),
+                "missing": list(self.missing), "attestation": self.attestation,
+                "attests": self.attests or None, "chain_id": self.chain_id or None,
+                "layers": self.layers, "size": self.size, "unpacked": self.unpacked}
+
+
+def store_has(store: Store) -> Callable[[str], bool]:
+    """A cached presence test for digests in ``store``."""
+    cache: dict[str, bool] = {}
+
+    def has(digest: str) -> bool:
+        if digest not in cache:
+            try:
+                store.info(digest)
+                cache[digest] = True
+            except NotFound:
+                cache[digest] = False
+        return cache[digest]
+
+    return has
+
+
+def _manifest_state(store: Store, desc: Descriptor, has: Callable[[str], bool],
+                    what: str) -> PlatformState:
+    p = desc.platform
+    attestation = plat.is_unknown(p)
+    attests = desc.annotations.get(ATTESTATION_REF, "")
+    if not has(desc.digest):
+        return PlatformState(str(p) if p else "", desc.digest, (desc.digest,), True,
+                             attestation, attests, size=desc.size)
+    m = parse_manifest(store, desc, what)
+    blobs = [m.config, *m.layers]
+    missing = tuple(d.digest for d in blobs if not has(d.digest))
+    chain = ""
+    if has(m.config.digest) and not attestation:
+        if p is None:
+            p = config_platform(store, m)
+        try:
+            ids = diff_ids(store, m.config, what)
+            chain = chain_ids(ids)[-1] if ids else ""
+        except CargoholdError:
+            chain = ""
+    return PlatformState(str(p) if p else "", desc.digest, missing, False, attestation,
+                         attests, chain, len(m.layers),
+                         desc.size + sum(d.size for d in blobs))
+
+
+def platform_states(store: Store, target: Descriptor, *, what: str = "",
+                    has: Callable[[str], bool] | None = None) -> list[PlatformState]:
+    """Every manifest under ``target`` (nested indexes followed), with what is missing.
+
+    An index blob that is itself missing yields one state with ``manifest_missing``. Raises
+    InvalidArgument for a target that is neither an index nor a manifest, and Unsupported for
+    Docker schema 1.
+    """
+    has = has or store_has(store)
+    if mt.is_manifest(target.media_type):
+        return [_manifest_state(store, target, has, what)]
+    if not mt.is_index(target.media_type):
+        mt.refuse_schema1(target.media_type, what or target.digest)
+        raise InvalidArgument(f"{what or 'image'} {target.digest}: media type "
+                              f"{target.media_type!r} is not an image manifest or index",
+                              hint="only OCI/Docker manifests and indexes can be images")
+    if not has(target.digest):
+        return [PlatformState("", target.digest, (target.digest,), True, size=target.size)]
+    out: list[PlatformState] = []
+    for d in children(store, target, what):
+        if mt.is_index(d.media_type):
+            out.extend(platform_states(store, d, what=what, has=has))
+        elif mt.is_manifest(d.media_type):
+            out.append(_manifest_state(store, d, has, what))
+        # other artifacts in an index (signatures, SBOM blobs) are not platforms
+    return out
+
+
+def platform_list(states: Sequence[PlatformState]) -> list[str]:
+    """The distinct real platforms, in index order (attestations left out)."""
+    seen: list[str] = []
+    for s in states:
+        if not s.attestation and s.platform and s.platform not in seen:
+            seen.append(s.platform)
+    return seen
+
+
+@dataclass
+class Summary:
+    """What ``hold images ls`` shows about one image."""
+
+    image: Image
+    size: int
+    platforms: list[str]
+    states: list[PlatformState] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        t = self.image.target
+        return {"name": self.image.name, "type": t.media_type, "digest": t.digest,
+                "size": self.size, "platforms": self.platforms, "labels": self.image.labels,
+                "created_at": self.image.created_at, "updated_at": self.image.updated_at}
+
+
+@dataclass
+class RemoveResult:
+    """What ``remove`` did: the names removed and, with ``sync``, the GC result."""
+
+    removed: list[str]
+    gc: Any = None
+
+    @property
+    def bytes_freed(self) -> int:
+        return int(getattr(self.gc, "bytes_freed", 0) or 0)
+
+
+class ImageService:
+    """Image operations for the client's namespace (see the module docstring)."""
+
+    def __init__(self, client: Client, *, snapshotter: str | None = None) -> None:
+        self.client = client
+        self.snapshotter_name = snapshotter or client.config.snapshotter
+
+    @property
+    def ns(self) -> str:
+        return self.client.namespace
+
+    @property
+    def store(self) -> Store:
+        return self.client.content
+
+    # --- records ----------------------------------------------------------------------------
+    def get(self, name: str) -> Image:
+        """The record of ``name``; NotFound (with a hint) when there is none."""
+        with self.client.db.view() as tx:
+            return records.get(tx, self.ns, name)
+
+    def list(self, filters: Sequence[str] = ()) -> list[Image]:
+        """Records matching containerd-style filters (``name==x``, ``labels."k"==v``),
+        sorted by name.
+        """
+        with self.client.db.view() as tx:
+            return sorted(records.list_images(tx, self.ns, filters), key=lambda i: i.name)
+
+    def tag(self, src: str, dsts: Sequence[str], *, force: bool = False) -> list[Image]:
+        """Point each name in ``dsts`` at ``src``'s target (labels copied). A destination that
+        exists with another target raises AlreadyExists unless ``force``; one that already
+        points at the same target is left as it is. All or nothing (one transaction).
+        """
+        out = []
+        with self.client.db.update() as tx:
+            img = records.get(tx, self.ns, src)
+            for dst in dsts:
+                if not dst:
+                    raise InvalidArgument("image name '': empty")
+                try:
+                    cur: Image | None = records.get(tx, self.ns, dst)
+                except NotFound:
+                    cur = None
+                if cur is not None and cur.target.digest == img.target.digest:
+                    out.append(cur)
+                    continue
+                if cur is not None and not force:
+                    raise AlreadyExists(f"image {dst}: already exists (target "
+                                        f"{cur.target.digest})",
+                                        hint="use --force to point it at the new target")
+                out.append(records.upsert(tx, self.ns, Image(dst, img.target,
+                                                             dict(img.labels))))
+        return out
+
+    def remove(self, names: Sequence[str], *, sync: bool = False) -> RemoveResult:
+        """Delete the records of ``names`` (all or none: NotFound names the first missing one).
+
+        What they kept alive becomes garbage; ``sync`` runs GC now and returns its result.
+        """
+        with self.client.db.update() as tx:
+            for n in names:
+                records.get(tx, self.ns, n)
+            for n in dict.fromkeys(names):
+                records.delete(tx, self.ns, n)
+        res = RemoveResult(list(dict.fromkeys(names)))
+        if sync:
+            res.gc = self.client.collector.collect()
+        return res
+
+    def label(self, name: str, labels: dict[str, str]) -> Image:
+        """Set labels (an empty value deletes one); returns the updated record."""
+        fps = [f"labels.{k}" for k in labels]
+        with self.client.db.update() as tx:
+            return records.update(tx, self.ns, Image(name, records.get(tx, self.ns, name).target,
+                                                     dict(labels)), fps)
+
+    # --- what an image is -------------------------------------------------------------------
+    def states(self, img: Image, *, unpacked: bool = False,
+               has: Callable[[str], bool] | None = None) -> list[PlatformState]:
+        """Per-manifest states of ``img``; with ``unpacked``, whether each chain is on the
+        snapshotter (None when that snapshotter cannot run here).
+        """
+        states = platform_states(self.store, img.target, what=f"image {img.name}", has=has)
+        if not unpacked:
+            return states
+        sn = self._snapshotter()
+        out = []
+        for s in states:
+            u: bool | None = None
+            if sn is not None and s.chain_id:
+                u = self._has_snapshot(sn, s.chain_id)
+            elif sn is not None:
+                u = False
+            out.append(PlatformState(**{**s.__dict__, "unpacked": u}))
+        return out
+
+    def _snapshotter(self) -> Any:
+        try:
+            return self.client.snapshotter(self.snapshotter_name)
+        except CargoholdError:
+            return None
+
+    @staticmethod
+    def _has_snapshot(sn: Any, key: str) -> bool:
+        try:
+            sn.stat(key)
+            return True
+        except NotFound:
+            return False
+
+    def summary(self, img: Image, has: Callable[[str], bool] | None = None) -> Summary:
+        """Size (for this host's platform, else the first) and platforms of ``img``."""
+        try:
+            states = self.states(img, has=has)
+        except CargoholdError:
+            return Summary(img, img.target.size, [], [])
+        matcher = plat.Matcher()
+        real = [s for s in states if not s.attestation]
+        best = [s for s in real if s.platform and matcher.match(plat.parse(s.platform))]
+        pick = best[0] if best else (real[0] if real else None)
+        size = (pick.size if pick else 0)
+        if mt.is_index(img.target.media_type):
+            size += img.target.size
+        return Summary(img, size, platform_list(states), states)
+
+    def summaries(self, filters: Sequence[str] = ()) -> list[Summary]:
+        has = store_has(self.store)
+        return [self.summary(i, has) for i in self.list(filters)]
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        """A JSON-ready description: record, target, index, manifests, configs, chain IDs and
+        whether each platform is unpacked on the snapshotter.
+        """
+        img = self.get(name)
+        what = f"image {name}"
+        doc: dict[str, Any] = {"name": img.name, "target": img.target.to_json(),
+                               "labels": img.labels, "created_at": img.created_at,
+                               "updated_at": img.updated_at,
+                               "snapshotter": self.snapshotter_name}
+        has = store_has(self.store)
+        if mt.is_index(img.target.media_type) and has(img.target.digest):
+            doc["index"] = read_json(self.store, img.target, what)
+        manifests = []
+        for s in self.states(img, unpacked=True, has=has):
+            entry = s.to_json()
+            if not s.manifest_missing:
+                d = Descriptor(mt.OCI_MANIFEST, s.manifest, 1)
+                mdesc = _find_desc(self.store, img.target, s.manifest, what) or d
+                man = read_json(self.store, mdesc, what)
+                entry["manifest_json"] = man
+                cdesc = Descriptor.from_json(man["config"]) if "config" in man else None
+                if cdesc is not None and has(cdesc.digest) and not s.attestation:
+                    try:
+                        cfg = read_json(self.store, cdesc, what)
+                        entry["config"] = cfg
+                        ids = [str(i) for i in (cfg.get("rootfs") or {}).get("diff_ids") or []]
+                        entry["diff_ids"] = ids
+                        entry["chain_ids"] = chain_ids(ids)
+                    except CargoholdError as exc:
+                        entry["config_error"] = exc.message
+            manifests.append(entry)
+        doc["manifests"] = manifests
+        doc["platforms"] = platform_list(self.states(img, has=has))
+        return doc
+
+
+def _find_desc(store: Store, target: Descriptor, digest: str, what: str) -> Descriptor | None:
+    if target.digest == digest:
+        return target
+    if not mt.is_index(target.media_type):
+        return None
+    try:
+        kids = children(store, target, what)
+    except NotFound:
+        return None
+    for k in kids:
+        found = _find_desc(store, k, digest, what)
+        if found is not None:
+            return found
+    return None
