@@ -89,7 +89,7 @@ for i in range(n):
         if not os.path.exists(c.store.blob_path(digest)):
             bad += 1
     try:
-        d = copy_into(c.content.writer(f"r{i}"), io.BytesIO(data), then=check)
+        d = copy_into(c.content.writer(f"{os.getpid()}-r{i}"), io.BytesIO(data), then=check)
     except AlreadyExists:
         continue
     try:

@@ -117,9 +117,9 @@ class Collector:
             if dry_run:
                 self._plan(res)
             else:
-                self._sweep(res)
+                survivors = self._sweep(res)
                 t = time.monotonic()
-                self._backends(res)
+                self._backends(res, survivors)
                 res.backend_seconds = time.monotonic() - t
         finally:
             if lock is not None:
@@ -134,17 +134,15 @@ class Collector:
         for n in order_for_removal(g, g.nodes - live):
             res.removed.append(Removed(_KINDS[n.type], n.ns, n.key))
         # A file survives when a record that survives (or a live ingest) still names it.
-        keep = {n[2] for n in g.nodes & live if n[0] == CONTENT}
-        for n in g.nodes & live:
-            if n[0] == INGEST:
-                keep.update(c[2] for c, _ in g.edges.get(n, ()))
+        keep = _surviving_digests(g, live)
         for d in self._blob_digests():
             if d not in keep:
                 size = self._file_size(d)
                 res.removed.append(Removed("blob-file", "", d, size))
                 res.bytes_freed += size
 
-    def _sweep(self, res: Result) -> None:
+    def _sweep(self, res: Result) -> set[str]:
+        """Remove unreachable records; return the digests the surviving records name."""
         for attempt in range(self.attempts):
             last = attempt == self.attempts - 1
             if last:
@@ -156,7 +154,7 @@ class Collector:
                     doomed = order_for_removal(g, g.nodes - live)
                     for n in doomed:
                         self._remove_record(tx, g, n, res)
-                return
+                return _surviving_digests(g, live)
             t = time.monotonic()
             with self.db.view() as tx:
                 g, live = self.graph(tx)
@@ -175,8 +173,9 @@ class Collector:
                     seen = seen + 1 if tx.dirty else seen
             res.sweep_seconds += time.monotonic() - t
             if ok:
-                return
+                return _surviving_digests(g, live)
             res.retries += 1
+        return set()
 
     def _remove_record(self, tx: Tx, g: Graph, n: Node, res: Result) -> None:
         if n.type == CONTENT:
@@ -215,9 +214,10 @@ class Collector:
         except (FileNotFoundError, ValueError, CargoholdError):
             return 0
 
-    def _backends(self, res: Result) -> None:
+    def _backends(self, res: Result, recorded: set[str]) -> None:
+        # ``recorded`` comes from the mark: a blob recorded after it is not in the set, but
+        # the check under the digest lock below looks again before anything is deleted.
         with self.db.view() as tx:
-            recorded = _recorded_digests(tx)
             live_brefs = _ingest_brefs(tx)
             snap_names = _snapshot_names(tx)
         # Blob files no namespace records (swept now, or orphaned by a crash).
@@ -307,15 +307,13 @@ def _parse_object(obj: str) -> tuple[int, str]:
                                "lease/<id> or ingest/<ref>")
 
 
-def _recorded_digests(tx: Tx) -> set[str]:
-    out: set[str] = set()
-    for ns in namespaces.list_all(tx):
-        out.update(tx.children(ns_bucket(ns, "content", "blob")))
-        for ref in tx.children(ns_bucket(ns, "content", "ingests")):
-            exp = tx.get_str(ingest_path(ns, ref, "expected"))
-            if exp:
-                out.add(exp)
-    return out
+def _surviving_digests(g: Graph, live: set) -> set[str]:  # type: ignore[type-arg]
+    """Digests that surviving blob records or live ingests name."""
+    keep = {n[2] for n in g.nodes & live if n[0] == CONTENT}
+    for n in g.nodes & live:
+        if n[0] == INGEST:
+            keep.update(c[2] for c, _ in g.edges.get(n, ()))
+    return keep
 
 
 def _ingest_brefs(tx: Tx) -> set[str]:
