@@ -19,12 +19,13 @@ def fsck(app: App, repair: bool, fmt: str) -> None:
 
     Exits 1 when a problem remains. --repair moves corrupt blobs aside to content/corrupt/
     and drops their records (re-import heals them), drops records that point at nothing, and
-    removes unreferenced blobs and orphan ingests.
+    removes unreferenced blobs, orphan ingests and backend snapshots no namespace records.
     """
     from cargohold.fsck.check import Fsck
 
     client = app.client
-    rep = Fsck(client.db, client.store, repair=repair).run()
+    rep = Fsck(client.db, client.store, repair=repair,
+               snapshotters=client.snapshotter_or_none).run()
     if fmt == "json":
         emit_json({"clean": rep.clean, "blobs_checked": rep.blobs_checked,
                    "bytes_checked": rep.bytes_checked, "records_checked": rep.records_checked,

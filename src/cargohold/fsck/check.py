@@ -9,7 +9,9 @@ Checks, each named in the report with its subject:
 - every backend ingest is readable and recorded (``ingest``), every ingest record unexpired or
   backed by data (``expired-ingest``);
 - every image's target is recorded in its namespace (``image``); every snapshot record's
-  parent and child links agree (``snapshot``).
+  parent and child links agree (``snapshot``);
+- given a snapshotter lookup, every snapshot record against its backend and every backend
+  against itself (``missing``, ``unreferenced``, ``backend``; see :mod:`.snapshots`).
 
 Repairs never lose data that could still be good: a corrupt blob is moved aside to
 ``content/corrupt/`` and its records dropped (so a re-import writes it again and heals every
@@ -88,12 +90,16 @@ class Fsck:
     """One check of a root (all namespaces)."""
 
     def __init__(self, db: DB, store: Any, *, repair: bool = False, workers: int = 2,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None,
+                 snapshotters: Callable[[str], Any] | None = None) -> None:
         self.db = db
         self.store = store
         self.repair = repair
         self.workers = workers
         self.progress = progress or (lambda msg: None)
+        # name -> open backend (or None): when given, snapshot records are also reconciled
+        # with each backend (see fsck/snapshots.py).
+        self.snapshotters = snapshotters
 
     def run(self) -> Report:
         t = time.monotonic()
@@ -103,6 +109,12 @@ class Fsck:
         self._check_unreferenced(rep, files)
         self._check_ingests(rep)
         self._check_images_and_snapshots(rep)
+        if self.snapshotters is not None:
+            from cargohold.fsck.snapshots import check_snapshots
+
+            found, n = check_snapshots(self.db, self.snapshotters, repair=self.repair)
+            rep.problems += found
+            rep.records_checked += n
         rep.seconds = time.monotonic() - t
         return rep
 
