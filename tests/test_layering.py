@@ -24,10 +24,22 @@ def part_of(path: pathlib.Path) -> str:
     return rel.parts[0].removesuffix(".py")
 
 
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of import nodes inside ``if TYPE_CHECKING:`` blocks (not runtime dependencies)."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            out.update(id(n) for n in ast.walk(node))
+    return out
+
+
 def imported_parts(path: pathlib.Path) -> set[str]:
     tree = ast.parse(path.read_text())
+    skip = _type_checking_only(tree)
     out = set()
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
