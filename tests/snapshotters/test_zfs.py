@@ -310,3 +310,20 @@ def test_check_support_reasons(tmp_path, monkeypatch):
 def test_plugins_probe_says_why_here(tmp_path):
     status, reason = registry.probe("zfs", str(tmp_path / "z"), {"dataset": DS})
     assert status == "skip" and reason.startswith("kernel has no ZFS"), reason
+
+
+# --- the Runner seam both tool backends use -----------------------------------------------------
+def test_runner_reports_command_status_and_stderr():
+    from cargohold.errors import Unavailable
+    from cargohold.snapshotters.runner import CommandFailed, Runner
+
+    r = Runner()
+    assert r.run(["sh", "-c", "echo out"]).stdout == "out\n"
+    with pytest.raises(CommandFailed) as ei:
+        r.run(["sh", "-c", "echo boom >&2; exit 3"])
+    assert str(ei.value) == "command sh -c 'echo boom >&2; exit 3': exit status 3: boom"
+    assert ei.value.result.returncode == 3
+    res = r.run(["no-such-tool-here", "x"], check=False)
+    assert res.returncode == 127 and "command not found" in res.stderr
+    with pytest.raises(Unavailable, match="no answer after 0.2s"):
+        Runner(timeout=0.2).run(["sleep", "5"])
