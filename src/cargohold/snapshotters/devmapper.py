@@ -359,9 +359,10 @@ class Devmapper(ToolSnapshotter):
                 self.ms.commit_active(tx, key, name, usage, labels)
                 tx.put(self.key("snap", sn.id, "mapped"), mapped)
                 tid = self._dev(tx, sn.id)[0]
-        # Nothing mounts a committed device through us again; if it is still held open it
-        # stays loaded, and children suspend it around create_snap instead.
-        self.pool.deactivate(self.dev_name(tid), check=False)
+        # Nothing mounts a committed device through us again; if it is still held open (or
+        # dmsetup hangs) it stays loaded, and children suspend it around create_snap instead.
+        with contextlib.suppress(CargoholdError):
+            self.pool.deactivate(self.dev_name(tid), check=False)
 
     def remove(self, key: str) -> None:
         """Forget ``key``, then discard, deactivate and delete its thin device.
