@@ -70,7 +70,7 @@ def import_cmd(app: App, base_name: str, index_name: str, name: str, digests: bo
     make the import fail. Nothing is visible until the whole archive is in.
     """
     from cargohold.images import platforms
-    from cargohold.images.importer import ImportOptions, Importer
+    from cargohold.images.importer import Importer, ImportOptions
     from cargohold.images.progress import Progress
     from cargohold.types import parse_labels
 
