@@ -192,3 +192,38 @@ def containerd_daemon() -> Iterator[Containerd]:
         yield d
     finally:
         d.stop()
+
+
+def build_image(client, name: str, dirs: list[str], *, platform=None):  # noqa: ANN001, ANN201
+    """An image of ``len(dirs)`` layers: layer n is the diff from ``dirs[n-1]`` to ``dirs[n]``
+    (whiteouts included), written with the differ and labelled as pack labels its blobs.
+    Returns the manifest descriptor; not unpacked.
+    """
+    from cargohold.differ.compare import compare
+    from cargohold.images import mediatypes as mt
+    from cargohold.images import platforms
+    from cargohold.images.manifest import child_gc_labels
+    from cargohold.images.pack import PackOptions, canonical_json, image_config, write_blob
+    from cargohold.metadata import images as image_records
+    from cargohold.metadata.images import Image
+    from cargohold.types import LABEL_UNCOMPRESSED, Descriptor, Mount
+
+    layers, ids = [], []
+    lower: list = []
+    for d in dirs:
+        upper = [Mount("bind", d, ("rbind", "ro"))]
+        desc = compare(lower, upper, store=client.content, media_type=mt.OCI_LAYER_GZIP)
+        layers.append(desc)
+        ids.append(client.content.info(desc.digest).labels[LABEL_UNCOMPRESSED])
+        lower = upper
+    plat = platforms.normalize(platform or platforms.default())
+    cfg = image_config(ids[0], plat, PackOptions())
+    cfg["rootfs"]["diff_ids"] = ids
+    config = write_blob(client.content, canonical_json(cfg), mt.OCI_CONFIG, {})
+    doc = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": config.to_json(),
+           "layers": [layer.to_json() for layer in layers]}
+    man = write_blob(client.content, canonical_json(doc), mt.OCI_MANIFEST,
+                     child_gc_labels(Descriptor(mt.OCI_MANIFEST, "", 0), [config, *layers]))
+    with client.db.update() as tx:
+        image_records.upsert(tx, client.namespace, Image(name, man))
+    return man

@@ -1,0 +1,74 @@
+"""``hold images mount|unmount|mounts``: an image on a directory, leased while mounted."""
+
+from __future__ import annotations
+
+import click
+
+from cargohold.cli.app import App
+from cargohold.cli.output import emit_json, format_option, quiet_option, table
+
+
+@click.command("mount")
+@click.option("--rw", is_flag=True, help="Writable (an active snapshot) instead of read-only.")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Platform to mount [this host].")
+@click.option("--snapshotter", "snapshotter", metavar="NAME",
+              help="Snapshotter [the global --snapshotter].")
+@click.argument("ref")
+@click.argument("target", type=click.Path(file_okay=False))
+@click.pass_obj
+def mount_cmd(app: App, rw: bool, platform: str | None, snapshotter: str | None, ref: str,
+              target: str) -> None:
+    """Mount the image REF on TARGET (created when missing), read-only unless --rw.
+
+    The mount holds a lease that never expires, so GC keeps it until 'hold images unmount'.
+    Prints the chain ID of the mounted layers.
+    """
+    from cargohold.images import mount as mounting
+    from cargohold.images import platforms
+
+    rec = mounting.mount(app.client, ref, target, rw=rw,
+                         platform=platforms.parse(platform) if platform else None,
+                         snapshotter=snapshotter)
+    click.echo(rec.chain_id)
+    click.echo(rec.target)
+
+
+@click.command("unmount")
+@click.option("--rm/--no-rm", "rm", default=None,
+              help="Remove the snapshot and lease too [--rm for read-only mounts, --no-rm for "
+                   "--rw ones].")
+@click.argument("target", type=click.Path(file_okay=False))
+@click.pass_obj
+def unmount_cmd(app: App, rm: bool | None, target: str) -> None:
+    """Unmount TARGET (not an error when nothing is mounted there)."""
+    from cargohold.images import mount as mounting
+
+    res = mounting.unmount(app.client, target, rm=rm)
+    state = "unmounted" if res.was_mounted else "not mounted"
+    if res.removed:
+        state += "; snapshot and lease removed"
+    elif rm is False or (res.record is not None and res.record.rw and rm is None):
+        state += "; snapshot kept"
+    click.echo(f"{res.target}: {state}")
+
+
+@click.command("mounts")
+@quiet_option
+@format_option
+@click.pass_obj
+def mounts_cmd(app: App, quiet: bool, fmt: str) -> None:
+    """List image mounts and flag stale ones (not mounted, snapshot or lease gone)."""
+    from cargohold.images import mount as mounting
+
+    found = mounting.list_mounts(app.client)
+    if quiet:
+        for s in found:
+            click.echo(s.record.target)
+    elif fmt == "json":
+        emit_json([{**s.record.to_json(), "state": s.state, "problems": list(s.problems)}
+                   for s in found])
+    else:
+        table(["TARGET", "IMAGE", "NAMESPACE", "SNAPSHOTTER", "MODE", "STATE"],
+              [[s.record.target, s.record.image or "-", s.record.namespace,
+                s.record.snapshotter or "-", "rw" if s.record.rw else "ro", s.state]
+               for s in found])
