@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,26 +221,31 @@ class Collector:
         with self.db.view() as tx:
             live_brefs = _ingest_brefs(tx)
             snap_names = _snapshot_names(tx)
-        # Blob files no namespace records (swept now, or orphaned by a crash).
-        for d in self._blob_digests():
-            if d in recorded:
-                continue
+        # Blob files no namespace records (swept now, or orphaned by a crash). Unlinks wait
+        # on the disk and release the GIL, so a few run at once.
+        def unrecorded(d: str) -> bool:
+            with self.db.view() as tx:
+                return not recorded_anywhere(tx, d)
+
+        def drop(d: str) -> tuple[str, int, str]:
             size = self._file_size(d)
-
-            def still_unrecorded(d: str = d) -> bool:
-                with self.db.view() as tx:
-                    return not recorded_anywhere(tx, d)
-
             try:
-                self.store.delete(d, check=still_unrecorded)
+                self.store.delete(d, check=unrecorded)
             except NotFound:
-                continue
+                return d, 0, ""
             except CargoholdError as exc:
-                res.errors.append(str(exc))
-                continue
-            if not os.path.exists(self.store.blob_path(d)):
-                res.removed.append(Removed("blob-file", "", d, size))
-                res.bytes_freed += size
+                return d, 0, str(exc)
+            gone = not os.path.exists(self.store.blob_path(d))
+            return d, size if gone else -1, ""
+
+        doomed = [d for d in self._blob_digests() if d not in recorded]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for d, size, err in pool.map(drop, doomed):
+                if err:
+                    res.errors.append(err)
+                elif size >= 0 and (size or os.path.exists(self.store.root)):
+                    res.removed.append(Removed("blob-file", "", d, size))
+                    res.bytes_freed += size
         # Backend ingests nobody records (expired, aborted, or a crash before the record).
         for bref in self.store.ingest_refs():
             if bref in live_brefs:
