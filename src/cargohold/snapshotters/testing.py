@@ -203,11 +203,12 @@ def check_usage(make: Make, tmp: str) -> None:
 
         layer(sn, tmp, "u1", "", fill)
         u = sn.usage("u1")
-        assert u.size >= 1 << 20 and u.inodes >= 5, f"usage {u}"
+        assert u.size >= 1 << 20 and (u.inodes >= 5 or u.inodes == -1), f"usage {u}"
         assert sn.usage("u1") == u
         layer(sn, tmp, "u2", "u1", lambda d: _write(os.path.join(d, "tiny"), b"t"))
         u2 = sn.usage("u2")
-        assert u2.inodes >= 1 and u2.size < u.size, f"child usage {u2} counts its parent"
+        assert (u2.inodes >= 1 or u2.inodes == -1) and u2.size < u.size, \
+            f"child usage {u2} counts its parent"
         sn.prepare("act", "u2")
         assert sn.usage("act").size < 1 << 20
 
