@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-# Reuse the snapshotter tests' session fixtures (stale-mount sweep, loop-mounted btrfs).
-from tests.snapshotters.conftest import btrfs_mount, sweep_stale_mounts  # noqa: F401
+# The loop-mounted btrfs of the snapshotter tests (its own instance in this module).
+from tests.snapshotters.conftest import btrfs_mount  # noqa: F401
 
 from cargohold.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cargohold.metadata import leases

@@ -122,8 +122,12 @@ def _translate(exc: CargoholdError, names: dict[str, str]) -> CargoholdError:
     for bname, key in names.items():
         if bname:
             msg = msg.replace(bname, key)
-    new = type(exc)(msg, hint=exc.hint)
-    new.__cause__ = exc
+    if msg == exc.message:
+        return exc
+    try:
+        new = type(exc)(msg, hint=exc.hint)
+    except TypeError:  # a subclass with its own constructor: keep the original
+        return exc
     return new
 
 
@@ -164,7 +168,10 @@ class NamespacedSnapshotter:
         try:
             return fn(*args, **kw)
         except CargoholdError as exc:
-            raise _translate(exc, names) from exc
+            new = _translate(exc, names)
+            if new is exc:
+                raise
+            raise new from exc
 
     def _check_lease(self, tx: Tx) -> None:
         if self.lease:
