@@ -120,8 +120,9 @@ class _Prefetch(io.RawIOBase):
             self._eof = True
             if isinstance(item, (EOFError, OSError, ValueError)) and not isinstance(
                     item, (FileNotFoundError, PermissionError)):
+                at = f" after {self.count} bytes" if self.count else ""
                 raise ArchiveError(f"archive {self.what}: truncated or corrupt compressed "
-                                   f"stream after {self.count} bytes ({item})",
+                                   f"stream{at} ({item})",
                                    hint="the file is incomplete or damaged; copy or export "
                                         "it again") from item
             raise item
@@ -296,11 +297,11 @@ class _TarArchive(Archive):
                                             "oci-archive, ctr images export) or a layout "
                                             "directory")
                 return  # a clean end at a header boundary, as Go's archive/tar accepts
-            if len(hdr) < BLOCK:
+            if len(hdr) < BLOCK and not first:
                 raise self._truncated("in a tar header")
             if hdr == bytes(BLOCK):
                 return
-            if not _checksum_ok(hdr):
+            if len(hdr) < BLOCK or not _checksum_ok(hdr):
                 if first:
                     raise ArchiveError(
                         f"archive {self.label}: not an image archive (not a tar stream, "

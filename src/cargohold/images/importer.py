@@ -39,16 +39,12 @@ images, ``index_name`` an image that points at the whole index.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
-import json
-import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cargohold.errors import (
-    AlreadyExists,
     CargoholdError,
     IntegrityError,
     InvalidArgument,
@@ -58,25 +54,29 @@ from cargohold.errors import (
 from cargohold.images import mediatypes as mt
 from cargohold.images import platforms as plat
 from cargohold.images import refs
-from cargohold.images.archive import ArchiveError, Member, open_archive
-from cargohold.images.manifest import MAX_JSON, child_gc_labels, children, parse_manifest
+from cargohold.images.archive import ArchiveError, open_archive
+from cargohold.images.ingest import (
+    NAME_ANNOTATION,
+    REF_ANNOTATION,
+    ArchiveIngest,
+    Entry,
+    docker_entries,
+    load_json,
+    put_blob,
+)
+from cargohold.images.manifest import child_gc_labels, children, parse_manifest
 from cargohold.images.progress import Progress
 from cargohold.images.service import PlatformState, platform_states, store_has
+from cargohold.leases.manager import DEFAULT_EXPIRY
 from cargohold.metadata import images as records
 from cargohold.metadata.images import Image
-from cargohold.store.api import Info, copy_into
+from cargohold.store.api import Info
 from cargohold.types import Descriptor, Platform
 
 if TYPE_CHECKING:
     from cargohold.client import Client
     from cargohold.metadata.content import NamespacedStore
 
-NAME_ANNOTATION = "io.containerd.image.name"
-REF_ANNOTATION = "org.opencontainers.image.ref.name"
-META_FILES = ("oci-layout", "index.json", "manifest.json", "repositories")
-_BLOB = re.compile(r"^blobs/(sha256|sha512)/([0-9a-f]+)$")
-_LEGACY = re.compile(r"^[0-9a-f]{64}/(json|VERSION)$")
-DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"
 
 
 @dataclass
@@ -133,134 +133,6 @@ class ImportResult:
                 "bytes": self.bytes, "seconds": round(self.seconds, 3)}
 
 
-@dataclass
-class _Blob:
-    digest: str
-    size: int
-
-
-class _Reader:
-    """Pass 1: stream the archive's members into the store."""
-
-    def __init__(self, store: NamespacedStore, lease: str, progress: Progress,
-                 label: str) -> None:
-        self.store = store
-        self.lease = lease
-        self.progress = progress
-        self.label = label
-        self.blobs: dict[str, _Blob] = {}
-        self.links: dict[str, str] = {}
-        self.meta: dict[str, bytes] = {}
-        self.bad: dict[str, str] = {}  # member name -> problem
-        self.count = 0
-        self.bytes = 0
-
-    def run(self, members: Any) -> None:
-        for m in members:
-            if m.kind == "symlink":
-                base = m.name.rsplit("/", 1)[0] if "/" in m.name else ""
-                target = m.linkname if m.linkname.startswith("/") else f"{base}/{m.linkname}"
-                self.links[m.name] = _resolve_dots(target)
-            elif m.kind == "hardlink":
-                self.links[m.name] = m.linkname
-            elif m.kind == "file":
-                self._file(m)
-
-    def _file(self, m: Member) -> None:
-        assert m.reader is not None
-        if m.name in META_FILES:
-            if m.size > MAX_JSON:
-                raise ArchiveError(f"archive {self.label}: {m.name} is {m.size} bytes, too "
-                                   "large for image metadata")
-            self.meta[m.name] = m.reader.read()
-            return
-        if _LEGACY.match(m.name):
-            return  # docker's v1 layer metadata: no manifest refers to it
-        match = _BLOB.match(m.name)
-        expected = f"{match.group(1)}:{match.group(2)}" if match else ""
-        self._ingest(m, expected)
-
-    def _ingest(self, m: Member, expected: str) -> None:
-        ref = f"import-{self.lease}-{hashlib.sha256(m.name.encode()).hexdigest()[:20]}"
-        key = expected or m.name
-        short = (expected.split(":", 1)[1][:12] if expected else m.name)
-        try:
-            w = self.store.writer(ref, total=m.size, expected=expected)
-        except AlreadyExists:
-            self.blobs[m.name] = _Blob(expected, m.size)
-            self.progress.start(key, short, m.size)
-            self.progress.done(key, "exists")
-            return
-        existed: list[bool] = []
-        self.progress.start(key, short, m.size)
-        try:
-            digest = copy_into(w, m.reader, size=m.size, expected=expected,  # type: ignore
-                               progress=lambda n: self.progress.advance(key, n),
-                               then=lambda d, e: existed.append(e))
-        except IntegrityError as exc:
-            self.progress.done(key, "failed")
-            with contextlib.suppress(CargoholdError):
-                self.store.abort(ref)
-            self.bad[m.name] = exc.message
-            return
-        except BaseException:
-            with contextlib.suppress(Exception):
-                w.close()
-                self.store.abort(ref)
-            raise
-        self.progress.done(key, "exists" if any(existed) else "done")
-        self.blobs[m.name] = _Blob(digest, m.size)
-        if not any(existed):
-            self.count += 1
-            self.bytes += m.size
-
-    def resolve(self, name: str) -> str:
-        name = _resolve_dots(name)
-        for _ in range(16):
-            if name not in self.links:
-                return name
-            name = self.links[name]
-        return name
-
-
-def _resolve_dots(path: str) -> str:
-    out: list[str] = []
-    for p in path.split("/"):
-        if p in ("", "."):
-            continue
-        if p == "..":
-            if out:
-                out.pop()
-            continue
-        out.append(p)
-    return "/".join(out)
-
-
-def _json(data: bytes, what: str, label: str) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError as exc:
-        raise ArchiveError(f"archive {label}: {what} is not valid JSON ({exc})",
-                           hint="the archive is damaged; export it again") from exc
-
-
-def _put_blob(store: NamespacedStore, data: bytes, lease: str) -> str:
-    """Store a small blob we made (synthesized manifest, index.json); returns its digest."""
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    try:
-        w = store.writer(f"import-{lease}-{digest[7:27]}", total=len(data), expected=digest)
-    except AlreadyExists:
-        return digest
-    copy_into(w, io.BytesIO(data), size=len(data), expected=digest, then=lambda d, e: None)
-    return digest
-
-
-@dataclass
-class _Entry:
-    desc: Descriptor
-    names: list[str]
-
-
 class Importer:
     """Imports archives into ``client``'s namespace (see the module docstring)."""
 
@@ -277,14 +149,14 @@ class Importer:
         opts = opts or ImportOptions()
         t0 = time.monotonic()
         c = self.client
-        ctx = (contextlib.nullcontext(c.lease) if c.lease else c.leases.lease())
+        ctx = contextlib.nullcontext(c.lease) if c.lease else _import_lease(c)
         with ctx as lease:
             from cargohold.metadata.content import NamespacedStore
 
             store = NamespacedStore(c.db, c.store, c.namespace, lease=lease,
                                     ingest_expiry=c.content.ingest_expiry)
             with open_archive(path) as archive:
-                reader = _Reader(store, lease, self.progress, archive.label)
+                reader = ArchiveIngest(store, lease, self.progress, archive.label)
                 reader.run(archive.members())
                 res = ImportResult(archive.label, "", archive.compression,
                                    blobs=reader.count, bytes=reader.bytes)
@@ -298,11 +170,11 @@ class Importer:
         return res
 
     # --- step 2: entries and names ----------------------------------------------------------
-    def _entries(self, store: NamespacedStore, r: _Reader, opts: ImportOptions, lease: str,
-                 res: ImportResult) -> tuple[list[_Entry], Descriptor | None]:
+    def _entries(self, store: NamespacedStore, r: ArchiveIngest, opts: ImportOptions, lease: str,
+                 res: ImportResult) -> tuple[list[Entry], Descriptor | None]:
         label = res.source
         if "oci-layout" in r.meta:
-            layout = _json(r.meta["oci-layout"], "oci-layout", label)
+            layout = load_json(r.meta["oci-layout"], "oci-layout", label)
             version = layout.get("imageLayoutVersion") if isinstance(layout, dict) else None
             if version != "1.0.0":
                 raise Unsupported(f"archive {label}: OCI layout version {version!r} is not "
@@ -314,7 +186,7 @@ class Importer:
             return self._oci_entries(store, r, opts, lease, label)
         if "manifest.json" in r.meta:
             res.format = "docker"
-            return self._docker_entries(store, r, opts, lease, label)
+            return docker_entries(store, r, lease, label, index=bool(opts.index_name))
         if "repositories" in r.meta:
             raise Unsupported(f"archive {label}: docker save format v1.0 (no manifest.json) "
                               "is not supported",
@@ -325,10 +197,10 @@ class Importer:
                            hint="import docker save or OCI image-layout archives (skopeo "
                                 "copy can convert other formats)")
 
-    def _oci_entries(self, store: NamespacedStore, r: _Reader, opts: ImportOptions,
-                     lease: str, label: str) -> tuple[list[_Entry], Descriptor | None]:
+    def _oci_entries(self, store: NamespacedStore, r: ArchiveIngest, opts: ImportOptions,
+                     lease: str, label: str) -> tuple[list[Entry], Descriptor | None]:
         raw = r.meta["index.json"]
-        idx = _json(raw, "index.json", label)
+        idx = load_json(raw, "index.json", label)
         if not isinstance(idx, dict) or not isinstance(idx.get("manifests"), list):
             raise ArchiveError(f"archive {label}: index.json has no manifests list")
         out = []
@@ -345,66 +217,15 @@ class Importer:
                 ref = ann[REF_ANNOTATION]
                 names.append(refs.normalize(ref) if refs.looks_like_reference(ref)
                              else f"{base}:{ref}")
-            out.append(_Entry(desc, names))
+            out.append(Entry(desc, names))
         index_desc = None
         if opts.index_name:
-            digest = _put_blob(store, raw, lease)
+            digest = put_blob(store, raw, lease)
             index_desc = Descriptor(idx.get("mediaType") or mt.OCI_INDEX, digest, len(raw))
         return out, index_desc
 
-    def _docker_entries(self, store: NamespacedStore, r: _Reader, opts: ImportOptions,
-                        lease: str, label: str) -> tuple[list[_Entry], Descriptor | None]:
-        doc = _json(r.meta["manifest.json"], "manifest.json", label)
-        if not isinstance(doc, list):
-            raise ArchiveError(f"archive {label}: manifest.json is not a list")
-        out: list[_Entry] = []
-        index_entries = []
-        for i, ent in enumerate(doc):
-            if not isinstance(ent, dict) or "Config" not in ent:
-                raise ArchiveError(f"archive {label}: manifest.json entry {i} has no Config")
-            tags = [str(t) for t in ent.get("RepoTags") or []]
-            what = f"image {tags[0]}" if tags else f"manifest.json entry {i}"
-            config = self._docker_blob(store, r, str(ent["Config"]), what, "config", label)
-            layers = []
-            for n, lname in enumerate(ent.get("Layers") or []):
-                b = self._docker_blob(store, r, str(lname), what, f"layer {n + 1}", label)
-                layers.append({"mediaType": _layer_type(store, b.digest), "size": b.size,
-                               "digest": b.digest})
-            man = {"schemaVersion": 2, "mediaType": mt.DOCKER_MANIFEST,
-                   "config": {"mediaType": mt.DOCKER_CONFIG, "size": config.size,
-                              "digest": config.digest},
-                   "layers": layers}
-            data = json.dumps(man, indent=3).encode()
-            digest = _put_blob(store, data, lease)
-            platform = _config_platform(store, config.digest)
-            names = [refs.normalize(t) for t in tags]
-            desc = Descriptor(mt.DOCKER_MANIFEST, digest, len(data), platform=platform)
-            out.append(_Entry(desc, names))
-            for n in names or [""]:
-                ann = {NAME_ANNOTATION: n, REF_ANNOTATION: refs.split(n)[1]} if n else {}
-                index_entries.append(Descriptor(mt.DOCKER_MANIFEST, digest, len(data), ann,
-                                                platform=platform).to_json())
-        index_desc = None
-        if opts.index_name:
-            data = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
-                               "manifests": index_entries}, indent=3).encode()
-            index_desc = Descriptor(mt.OCI_INDEX, _put_blob(store, data, lease), len(data))
-        return out, index_desc
-
-    def _docker_blob(self, store: NamespacedStore, r: _Reader, member: str, what: str,
-                     kind: str, label: str) -> _Blob:
-        name = r.resolve(member)
-        if name in r.bad:
-            raise IntegrityError(f"{what}: {kind} {member}: {r.bad[name]}",
-                                 hint="the archive is damaged; save or export it again")
-        b = r.blobs.get(name)
-        if b is None:
-            raise NotFound(f"{what}: {kind} {member}: missing from archive {label}",
-                           hint="the archive is incomplete; save or export the image again")
-        return b
-
     # --- step 3: completeness ----------------------------------------------------------------
-    def _check_and_report(self, store: NamespacedStore, r: _Reader, entries: list[_Entry],
+    def _check_and_report(self, store: NamespacedStore, r: ArchiveIngest, entries: list[Entry],
                           opts: ImportOptions, res: ImportResult) -> None:
         has = store_has(store)
         explicit = bool(opts.platforms) and not opts.all_platforms
@@ -461,7 +282,7 @@ class Importer:
                                  f"{e.names[0]} (give one with --name, or 'hold images tag')")
 
     @staticmethod
-    def _raise_bad(r: _Reader, desc: Descriptor, what: str, platform: str = "") -> None:
+    def _raise_bad(r: ArchiveIngest, desc: Descriptor, what: str, platform: str = "") -> None:
         member = next((m for m in r.bad if m.endswith(desc.digest.split(":", 1)[-1])), None)
         if member is not None:
             where = f" platform {platform}:" if platform else ""
@@ -522,7 +343,7 @@ class Importer:
                                  f"({plat.default()}); imported without unpacking")
 
     # --- step 6: image records --------------------------------------------------------------
-    def _write_images(self, res: ImportResult, entries: list[_Entry],
+    def _write_images(self, res: ImportResult, entries: list[Entry],
                       index_desc: Descriptor | None, opts: ImportOptions) -> None:
         want: dict[str, Descriptor] = {}
         for e in res.entries:
@@ -549,6 +370,23 @@ class Importer:
                 t = Descriptor(target.media_type, target.digest, target.size)
                 records.upsert(tx, c.namespace, Image(name, t, labels))
                 res.images.append(name)
+
+
+@contextlib.contextmanager
+def _import_lease(client: Client) -> Iterator[str]:
+    """A lease for one import. On success it is deleted (the images now hold what they
+    need); on failure it is deleted *and* GC runs, so the blobs and snapshots of a failed
+    import do not linger in ``hold content ls`` until some later collection.
+    """
+    lease = client.leases.create(expire=DEFAULT_EXPIRY).id
+    try:
+        yield lease
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.leases.delete(lease, sync=True)
+        raise
+    with contextlib.suppress(CargoholdError):
+        client.leases.delete(lease)
 
 
 def _selected(s: PlatformState, opts: ImportOptions, host: plat.Matcher) -> bool:
@@ -587,29 +425,6 @@ def _missing(what: str, s: PlatformState, source: str) -> CargoholdError:
     return NotFound(f"{what}: platform {p}: {s.describe()} ({shown}) in archive {source}",
                     hint="export the image again with that platform's blobs (e.g. pull "
                          "with --all-platforms first), or choose another with --platform")
-
-
-def _layer_type(store: NamespacedStore, digest: str) -> str:
-    with store.reader(digest) as r:
-        head = r.read_at(6, 0)
-    if head.startswith(b"\x1f\x8b"):
-        return mt.DOCKER_LAYER_GZIP
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return DOCKER_LAYER_ZSTD
-    return mt.DOCKER_LAYER
-
-
-def _config_platform(store: NamespacedStore, digest: str) -> Platform | None:
-    from cargohold.images.manifest import read_json
-
-    try:
-        cfg = read_json(store, Descriptor(mt.DOCKER_CONFIG, digest, 1))
-    except CargoholdError:
-        return None
-    if not cfg.get("os"):
-        return None
-    return Platform(str(cfg.get("os", "")), str(cfg.get("architecture", "")),
-                    str(cfg.get("variant", "")), str(cfg.get("os.version", "")))
 
 
 def _set_labels(store: NamespacedStore, digest: str, labels: dict[str, str]) -> None:

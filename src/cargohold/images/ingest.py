@@ -1,0 +1,253 @@
+"""Pass 1 of an import: archive members into the content store; docker manifests made up.
+
+:class:`ArchiveIngest` consumes :meth:`cargohold.images.archive.Archive.members` once. Files
+under ``blobs/<alg>/<hex>`` are written with that digest as ``expected``: a blob the namespace
+already has costs no bytes, and one whose content hashes otherwise is recorded in ``bad``
+(its ingest aborted) so that the importer can name the image and platform it belongs to.
+Other files (docker layers and configs) are hashed on the way in. ``oci-layout``,
+``index.json``, ``manifest.json`` and ``repositories`` are kept in memory (20 MiB at most);
+docker's v1 ``<id>/json`` and ``<id>/VERSION`` are skipped; symlinks and hardlinks (docker's
+layer dedup) are remembered and resolved by :meth:`ArchiveIngest.resolve`.
+
+Every ingest runs under the import's lease, so an interrupted import leaves only collectable
+garbage. :func:`docker_entries` turns ``manifest.json`` into Docker schema 2 manifests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cargohold.errors import AlreadyExists, CargoholdError, IntegrityError, NotFound
+from cargohold.images import mediatypes as mt
+from cargohold.images import refs
+from cargohold.images.archive import ArchiveError, Member
+from cargohold.images.manifest import MAX_JSON
+from cargohold.images.progress import Progress
+from cargohold.store.api import copy_into
+from cargohold.types import Descriptor, Platform
+
+if TYPE_CHECKING:
+    from cargohold.metadata.content import NamespacedStore
+
+NAME_ANNOTATION = "io.containerd.image.name"
+REF_ANNOTATION = "org.opencontainers.image.ref.name"
+META_FILES = ("oci-layout", "index.json", "manifest.json", "repositories")
+_BLOB = re.compile(r"^blobs/(sha256|sha512)/([0-9a-f]+)$")
+_LEGACY = re.compile(r"^[0-9a-f]{64}/(json|VERSION)$")
+DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"
+
+
+@dataclass
+class Entry:
+    """A top-level manifest or index of an archive, with the names it carries."""
+
+    desc: Descriptor
+    names: list[str]
+
+
+@dataclass
+class Blob:
+    """A member stored as a blob."""
+
+    digest: str
+    size: int
+
+
+class ArchiveIngest:
+    """Pass 1: stream every member into the store (see the module docstring)."""
+
+    def __init__(self, store: NamespacedStore, lease: str, progress: Progress,
+                 label: str) -> None:
+        self.store = store
+        self.lease = lease
+        self.progress = progress
+        self.label = label
+        self.blobs: dict[str, Blob] = {}
+        self.links: dict[str, str] = {}
+        self.meta: dict[str, bytes] = {}
+        self.bad: dict[str, str] = {}  # member name -> problem
+        self.count = 0
+        self.bytes = 0
+
+    def run(self, members: Any) -> None:
+        for m in members:
+            if m.kind == "symlink":
+                base = m.name.rsplit("/", 1)[0] if "/" in m.name else ""
+                target = m.linkname if m.linkname.startswith("/") else f"{base}/{m.linkname}"
+                self.links[m.name] = _resolve_dots(target)
+            elif m.kind == "hardlink":
+                self.links[m.name] = m.linkname
+            elif m.kind == "file":
+                self._file(m)
+
+    def _file(self, m: Member) -> None:
+        assert m.reader is not None
+        if m.name in META_FILES:
+            if m.size > MAX_JSON:
+                raise ArchiveError(f"archive {self.label}: {m.name} is {m.size} bytes, too "
+                                   "large for image metadata")
+            self.meta[m.name] = m.reader.read()
+            return
+        if _LEGACY.match(m.name):
+            return  # docker's v1 layer metadata: no manifest refers to it
+        match = _BLOB.match(m.name)
+        expected = f"{match.group(1)}:{match.group(2)}" if match else ""
+        self._ingest(m, expected)
+
+    def _ingest(self, m: Member, expected: str) -> None:
+        ref = f"import-{self.lease}-{hashlib.sha256(m.name.encode()).hexdigest()[:20]}"
+        key = expected or m.name
+        short = (expected.split(":", 1)[1][:12] if expected else m.name)
+        try:
+            w = self.store.writer(ref, total=m.size, expected=expected)
+        except AlreadyExists:
+            self.blobs[m.name] = Blob(expected, m.size)
+            self.progress.start(key, short, m.size)
+            self.progress.done(key, "exists")
+            return
+        existed: list[bool] = []
+        self.progress.start(key, short, m.size)
+        try:
+            digest = copy_into(w, m.reader, size=m.size, expected=expected,  # type: ignore
+                               progress=lambda n: self.progress.advance(key, n),
+                               then=lambda d, e: existed.append(e))
+        except IntegrityError as exc:
+            self.progress.done(key, "failed")
+            with contextlib.suppress(CargoholdError):
+                self.store.abort(ref)
+            self.bad[m.name] = exc.message
+            return
+        except BaseException:
+            with contextlib.suppress(Exception):
+                w.close()
+                self.store.abort(ref)
+            raise
+        self.progress.done(key, "exists" if any(existed) else "done")
+        self.blobs[m.name] = Blob(digest, m.size)
+        if not any(existed):
+            self.count += 1
+            self.bytes += m.size
+
+    def resolve(self, name: str) -> str:
+        name = _resolve_dots(name)
+        for _ in range(16):
+            if name not in self.links:
+                return name
+            name = self.links[name]
+        return name
+
+
+def _resolve_dots(path: str) -> str:
+    out: list[str] = []
+    for p in path.split("/"):
+        if p in ("", "."):
+            continue
+        if p == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(p)
+    return "/".join(out)
+
+
+def load_json(data: bytes, what: str, label: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ArchiveError(f"archive {label}: {what} is not valid JSON ({exc})",
+                           hint="the archive is damaged; export it again") from exc
+
+
+def put_blob(store: NamespacedStore, data: bytes, lease: str) -> str:
+    """Store a small blob we made (synthesized manifest, index.json); returns its digest."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    try:
+        w = store.writer(f"import-{lease}-{digest[7:27]}", total=len(data), expected=digest)
+    except AlreadyExists:
+        return digest
+    copy_into(w, io.BytesIO(data), size=len(data), expected=digest, then=lambda d, e: None)
+    return digest
+
+
+def docker_entries(store: NamespacedStore, r: ArchiveIngest, lease: str, label: str, *,
+                   index: bool = False) -> tuple[list[Entry], Descriptor | None]:
+    """Synthesize a Docker schema 2 manifest per ``manifest.json`` entry (deterministic
+    JSON, so a repeat gives the same digest); with ``index``, also an OCI index of them all.
+    Raises NotFound (a Config or Layers member missing) or IntegrityError (a bad member).
+    """
+    doc = load_json(r.meta["manifest.json"], "manifest.json", label)
+    if not isinstance(doc, list):
+        raise ArchiveError(f"archive {label}: manifest.json is not a list")
+    out: list[Entry] = []
+    index_entries = []
+    for i, ent in enumerate(doc):
+        if not isinstance(ent, dict) or "Config" not in ent:
+            raise ArchiveError(f"archive {label}: manifest.json entry {i} has no Config")
+        tags = [str(t) for t in ent.get("RepoTags") or []]
+        what = f"image {tags[0]}" if tags else f"manifest.json entry {i}"
+        config = _docker_blob(r, str(ent["Config"]), what, "config", label)
+        layers = []
+        for n, lname in enumerate(ent.get("Layers") or []):
+            b = _docker_blob(r, str(lname), what, f"layer {n + 1}", label)
+            layers.append({"mediaType": _layer_type(store, b.digest), "size": b.size,
+                           "digest": b.digest})
+        man = {"schemaVersion": 2, "mediaType": mt.DOCKER_MANIFEST,
+               "config": {"mediaType": mt.DOCKER_CONFIG, "size": config.size,
+                          "digest": config.digest},
+               "layers": layers}
+        data = json.dumps(man, indent=3).encode()
+        digest = put_blob(store, data, lease)
+        platform = _config_platform(store, config.digest)
+        names = [refs.normalize(t) for t in tags]
+        desc = Descriptor(mt.DOCKER_MANIFEST, digest, len(data), platform=platform)
+        out.append(Entry(desc, names))
+        for n in names or [""]:
+            ann = {NAME_ANNOTATION: n, REF_ANNOTATION: refs.split(n)[1]} if n else {}
+            index_entries.append(Descriptor(mt.DOCKER_MANIFEST, digest, len(data), ann,
+                                            platform=platform).to_json())
+    index_desc = None
+    if index:
+        data = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
+                           "manifests": index_entries}, indent=3).encode()
+        index_desc = Descriptor(mt.OCI_INDEX, put_blob(store, data, lease), len(data))
+    return out, index_desc
+
+def _docker_blob(r: ArchiveIngest, member: str, what: str, kind: str, label: str) -> Blob:
+    name = r.resolve(member)
+    if name in r.bad:
+        raise IntegrityError(f"{what}: {kind} {member}: {r.bad[name]}",
+                             hint="the archive is damaged; save or export it again")
+    b = r.blobs.get(name)
+    if b is None:
+        raise NotFound(f"{what}: {kind} {member}: missing from archive {label}",
+                       hint="the archive is incomplete; save or export the image again")
+    return b
+
+
+def _layer_type(store: NamespacedStore, digest: str) -> str:
+    with store.reader(digest) as r:
+        head = r.read_at(6, 0)
+    if head.startswith(b"\x1f\x8b"):
+        return mt.DOCKER_LAYER_GZIP
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return DOCKER_LAYER_ZSTD
+    return mt.DOCKER_LAYER
+
+
+def _config_platform(store: NamespacedStore, digest: str) -> Platform | None:
+    from cargohold.images.manifest import read_json
+
+    try:
+        cfg = read_json(store, Descriptor(mt.DOCKER_CONFIG, digest, 1))
+    except CargoholdError:
+        return None
+    if not cfg.get("os"):
+        return None
+    return Platform(str(cfg.get("os", "")), str(cfg.get("architecture", "")),
+                    str(cfg.get("variant", "")), str(cfg.get("os.version", "")))
