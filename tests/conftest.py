@@ -20,6 +20,8 @@ def run_hold(root: str, *args: str, input: bytes | None = None, check: bool = Tr
              env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the real `hold` command in a child process against ``root``."""
     e = dict(os.environ)
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    e["PYTHONPATH"] = src + os.pathsep + e.get("PYTHONPATH", "")
     e.update({"HOLD_ROOT": root, "HOLD_STATE": os.path.join(root, "_state"),
               "HOLD_CONFIG": os.path.join(root, "_no_config.toml")})
     if env:
