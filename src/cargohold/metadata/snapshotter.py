@@ -20,7 +20,8 @@ backend prune (:meth:`cargohold.gc.collector.Collector._prune_backend`) and ``ho
   renames the record (:func:`~cargohold.metadata.snapshots.rename`) and leases the name. *Crash
   between the backend commit and tx2*: the committed backend snapshot is unrecorded (GC prunes
   it) and the record of ``key`` names a backend snapshot that no longer exists (``hold fsck``
-  reports it as "missing" and ``--repair`` drops it). The window is one LMDB transaction long.
+  reports it as "missing" and ``--repair`` drops it). The window is one LMDB transaction long;
+  a tx2 that fails without a crash (disk full) leaves the same, and raises.
 - ``remove``: synchronous. The record goes first (refused while children exist); the backend
   snapshot is removed right after the transaction commits. Backend names are never shared, so
   no other record can need it. If that removal fails (busy, crash), the backend snapshot is
