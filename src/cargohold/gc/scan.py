@@ -118,8 +118,11 @@ def _scan_ns(tx: Tx, ns: str, now: int, g: Graph) -> None:  # noqa: C901 - one d
     # store are blob fields), so it is written out bare: no generator, no splitting.
     prefix = ns_bucket(ns, "content", "blob")
     plen = len(prefix)
+    content_refs = g.edges
+    ref_content = _GC + b"ref.content"
     if cur.set_range(prefix):
-        for k, v in cur.iternext():
+        # Keys only: values are fetched just for the few keys that are gc labels.
+        for k in cur.iternext(keys=True, values=False):
             if not k.startswith(prefix):
                 break
             j = k.find(SEP, plen)
@@ -127,7 +130,14 @@ def _scan_ns(tx: Tx, ns: str, now: int, g: Graph) -> None:  # noqa: C901 - one d
             if f == b"size":
                 nodes_add((CONTENT, ns, k[plen:j].decode()))
             elif f.startswith(_LBL) and f.startswith(_GC, 7):
-                labels[(CONTENT, ns, k[plen:j].decode())][f[7:].decode()] = v.decode()
+                lk = f[7:]
+                # The common case, blob -> blob references, straight into the edge list.
+                if lk.startswith(ref_content) and (len(lk) == 28 or lk[28] in b"./"):
+                    content_refs[(CONTENT, ns, k[plen:j].decode())].append(
+                        ((CONTENT, ns, cur.value().decode()), "label " + lk.decode()))
+                else:
+                    labels[(CONTENT, ns, k[plen:j].decode())][lk.decode()] = \
+                        cur.value().decode()
 
     ingests: dict[str, dict[str, str]] = defaultdict(dict)
     for rest, v in _bucket(cur, ns_bucket(ns, "content", "ingests")):
