@@ -94,4 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("hold: interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a bug: say so plainly, trace on request
+        if os.environ.get("HOLD_DEBUG"):
+            raise
+        click.echo(f"hold: internal error: {type(exc).__name__}: {exc}", err=True)
+        click.echo("hint: run again with HOLD_DEBUG=1 for the traceback, and report it",
+                   err=True)
+        sys.exit(1)
     sys.exit(0)

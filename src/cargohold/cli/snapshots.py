@@ -212,3 +212,22 @@ def label(app: App, key: str, labels: tuple[str, ...]) -> None:
     lab = parse_labels(labels)
     new = _sn(app).update(Info(key, Kind.ACTIVE, labels=lab), [f"labels.{k}" for k in lab])
     click.echo(labels_text(new.labels))
+
+
+@snapshots.command("diff")
+@click.option("--media-type", default="application/vnd.oci.image.layer.v1.tar+gzip",
+              show_default=True, help="Layer media type: tar, tar+gzip or tar+zstd.")
+@click.option("--label", "labels", multiple=True, metavar="K=V", help="Label the blob.")
+@click.argument("key")
+@click.pass_obj
+def diff(app: App, media_type: str, labels: tuple[str, ...], key: str) -> None:
+    """Write the changes of KEY against its parent as a layer blob; print its digest.
+
+    The blob has whiteouts, opaque markers and every xattr. Run inside --lease to keep it
+    (an unreferenced blob goes at the next 'hold gc').
+    """
+    from cargohold.metadata.snapdiff import diff as snapshot_diff
+
+    desc = snapshot_diff(_sn(app), key, app.client.content, media_type=media_type,
+                         labels={k: v for k, v in _labels(labels).items() if v})
+    click.echo(desc.digest)
