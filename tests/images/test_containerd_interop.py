@@ -180,5 +180,6 @@ def test_skopeo_reads_our_export_as_oci_and_docker_archive(image_root, tmp_path,
     finally:
         run_hold(image_root, "images", "unmount", ours)
 
+
 def _skopeo(*args: str) -> bytes:
     return run("skopeo", "--insecure-policy", *args).stdout
