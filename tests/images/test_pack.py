@@ -122,3 +122,14 @@ def test_pack_missing_directory_is_a_clear_error(hold, tmp_path):
     p = hold("images", "pack", str(tmp_path / "nope"), "x:1", check=False)
     assert p.returncode != 0
     assert b"not found" in p.stderr or b"does not exist" in p.stderr
+
+
+def test_pack_unpacks_for_the_host_unless_told_not_to(client, tmp_path):
+    src = make_tree(str(tmp_path / "src"))
+    res = pack(client, src, "u:1")
+    assert res.chain_id == res.diff_id  # one layer: the chain ID is its diffID
+    assert client.snapshotter().stat(res.chain_id).kind.name == "COMMITTED"
+    other = pack(client, src, "u:2", PackOptions(unpack=False, compression="none"))
+    assert other.chain_id == ""
+    foreign = pack(client, src, "u:3", PackOptions(platform=platforms.parse("linux/s390x")))
+    assert foreign.chain_id == ""

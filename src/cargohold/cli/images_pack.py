@@ -22,18 +22,20 @@ from cargohold.cli.output import emit_json, format_option, human_size
 @click.option("--label", "labels", multiple=True, metavar="K=V", help="Label the image record.")
 @click.option("--index", is_flag=True,
               help="Point the image at an OCI index that lists the manifest with its platform.")
+@click.option("--no-unpack", is_flag=True, help="Do not unpack into snapshots.")
 @format_option
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("ref")
 @click.pass_obj
 def pack_cmd(app: App, platform: str | None, compression: str, entrypoint: str | None,
              cmd: str | None, env: tuple[str, ...], workdir: str, user: str,
-             labels: tuple[str, ...], index: bool, fmt: str, directory: str, ref: str) -> None:
+             labels: tuple[str, ...], index: bool, no_unpack: bool, fmt: str, directory: str,
+             ref: str) -> None:
     """Make the image REF from the files under DIRECTORY (one layer).
 
-    Reproducible: the created time is $SOURCE_DATE_EPOCH (or 1970-01-01 when unset), so
-    packing an unchanged directory twice gives the same digest. Owners, modes, mtimes and
-    xattrs of the files are kept as they are.
+    Unpacks it like an import (unless --no-unpack). Reproducible: the created time is
+    $SOURCE_DATE_EPOCH (or 1970-01-01 when unset), so packing an unchanged directory twice
+    gives the same digest. Owners, modes, mtimes and xattrs of the files are kept as they are.
     """
     from cargohold.images import pack as packing
     from cargohold.images import platforms
@@ -43,12 +45,13 @@ def pack_cmd(app: App, platform: str | None, compression: str, entrypoint: str |
         platform=platforms.parse(platform) if platform else None, compression=compression,
         entrypoint=packing.split_command(entrypoint), cmd=packing.split_command(cmd),
         env=packing.parse_env(env), workdir=workdir, user=user,
-        labels=parse_labels(labels), index=index)
+        labels=parse_labels(labels), index=index, unpack=not no_unpack)
     res = packing.pack(app.client, directory, ref, opts)
     if fmt == "json":
         emit_json({"name": res.image.name, "target": res.image.target.to_json(),
                    "manifest": res.manifest.digest, "config": res.config.digest,
-                   "layer": res.layer.to_json(), "diff_id": res.diff_id})
+                   "layer": res.layer.to_json(), "diff_id": res.diff_id,
+                   "unpacked": res.chain_id or None})
         return
     click.echo(f"{res.image.name}: {res.image.target.digest} "
                f"(layer {human_size(res.layer.size)}, diff {res.diff_id})")

@@ -18,8 +18,11 @@ sorted by name with whole-second mtimes, and the gzip header carries no time or 
 an unchanged directory twice therefore gives the same layer, config, manifest and digest.
 File mtimes, owners and modes are kept as they are on disk (they are the content).
 
-Nothing is unpacked here: the mount path (``cargohold.images.mount``) unpacks on demand.
-A crash leaves only leased blobs, which GC removes once the lease expires.
+Then, like ``ctr images import``, the image is unpacked onto the configured snapshotter
+(``unpack=False`` skips it; an image packed for a platform this host cannot run is never
+unpacked, and ``hold images mount`` unpacks on demand anyway). A crash before the record leaves
+only leased blobs, which GC removes once the lease expires; a crash during the unpack leaves a
+complete image that is not (fully) unpacked.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class PackOptions:
     user: str = ""
     labels: dict[str, str] = field(default_factory=dict)  # labels of the image record
     index: bool = False
+    unpack: bool = True
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class PackResult:
     config: Descriptor
     layer: Descriptor
     diff_id: str
+    chain_id: str = ""  # the unpacked top snapshot, "" when not unpacked
 
 
 def created_time() -> str:
@@ -216,7 +221,12 @@ def pack(client: Client, directory: str, ref: str, opts: PackOptions | None = No
         with client.db.update() as tx:
             image = image_records.upsert(tx, client.namespace,
                                          Image(ref, target, dict(opts.labels)))
-    return PackResult(image, manifest, config, layer, diff_id)
+    chain = ""
+    if opts.unpack and platforms.Matcher().match(platform):
+        from cargohold.images.unpack import unpack_image
+
+        chain = unpack_image(client, ref, platform=platform)
+    return PackResult(image, manifest, config, layer, diff_id, chain)
 
 
 def parse_env(pairs: Sequence[str]) -> list[str]:
