@@ -11,6 +11,7 @@ import tarfile
 import isal.igzip as igzip
 import pytest
 import zstandard
+from tests.conftest import run_hold
 from tests.peers import make_tree, open_client
 
 from cargohold.errors import IntegrityError, NotFound
@@ -205,3 +206,30 @@ def test_default_with_host_blobs_missing_names_the_host(client, tmp_path):
         export(client, str(tmp_path / "a.tar"), ["example.com/multi:1"])
     assert str(HOST) in str(ei.value) and man["layers"][0]["digest"] in str(ei.value)
     assert f"--platform {OTHER}" in ei.value.hint
+
+
+def test_partial_multi_platform_export_import_export_is_byte_identical(client, tmp_path, hold):
+    # The containerd complaint: an image with one platform present. Export (host only),
+    # import into a fresh root, export again: the same bytes, and the index digest kept.
+    idx, _host, _other = _two_platform_image(client, tmp_path, drop_other_layer=True,
+                                             attestation=True)
+    first = tmp_path / "first.tar"
+    export(client, str(first), ["example.com/multi:1"])
+    fresh = str(tmp_path / "fresh")
+    os.makedirs(fresh)
+    run_hold(fresh, "images", "import", "--no-unpack", str(first))
+    second = tmp_path / "second.tar"
+    run_hold(fresh, "images", "export", str(second), "example.com/multi:1")
+    assert first.read_bytes() == second.read_bytes()
+    index = json.loads(_members(second.read_bytes())["index.json"][1])
+    assert index["manifests"][0]["digest"] == idx.digest
+
+
+def test_cli_progress_json_reports_each_blob(hold, tmp_path):
+    src = make_tree(str(tmp_path / "src"))
+    hold("images", "pack", "--no-unpack", src, "p:1")
+    p = hold("images", "export", "--progress", "json", str(tmp_path / "p.tar"), "p:1")
+    events = [json.loads(line) for line in p.stderr.decode().splitlines() if line.strip()]
+    done = [e for e in events if e["event"] == "done"]
+    assert len(done) == 3 and all(e["status"] == "done" for e in done)
+    assert {e["label"].split()[0] for e in done} == {"manifest", "config", "layer"}

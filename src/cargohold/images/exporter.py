@@ -97,12 +97,9 @@ class Plan:
 # --- names -----------------------------------------------------------------------------------
 def split_name(name: str) -> tuple[str, str, str]:
     """``(repository, tag, digest)`` of an image name; tag and digest may be empty."""
-    repo, _, digest = name.partition("@")
-    last = repo.rsplit("/", 1)[-1]
-    tag = ""
-    if ":" in last:
-        repo, tag = repo.rsplit(":", 1)
-    return repo, tag, digest
+    from cargohold.images import refs
+
+    return refs.split(name)
 
 
 def familiar(repo: str) -> str:
