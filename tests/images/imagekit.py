@@ -17,6 +17,7 @@ an ``unknown/unknown`` attestation manifest.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import lzma
 import os
@@ -208,6 +209,33 @@ def compress(path: str, kind: str) -> str:
     return out
 
 
+def docker_legacy(src: str, out: str) -> str:
+    """docker save as docker < 25 wrote it: ``<id>/layer.tar`` regular files named by
+    manifest.json (no top-level layer tars), plus ``<id>/json`` and ``VERSION``."""
+    with tarfile.open(src) as t:
+        man = json.load(t.extractfile("manifest.json"))
+        files = {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}
+        links = {m.name: m.linkname for m in t.getmembers() if m.issym()}
+    layers = []
+    with tarfile.open(out, "w") as o:
+        def add(name: str, data: bytes) -> None:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            o.addfile(ti, io.BytesIO(data))
+
+        for name, target in sorted(links.items()):
+            layer_id = name.split("/", 1)[0]
+            add(name, files[os.path.normpath(os.path.join(layer_id, target))])
+            add(f"{layer_id}/json", files[f"{layer_id}/json"])
+            add(f"{layer_id}/VERSION", b"1.0")
+        order = {os.path.basename(v): k for k, v in links.items()}
+        layers = [order[x] for x in man[0]["Layers"]]
+        add(man[0]["Config"], files[man[0]["Config"]])
+        add("manifest.json", json.dumps([{**man[0], "Layers": layers}]).encode())
+        add("repositories", files["repositories"])
+    return out
+
+
 def build_all(w: str) -> dict:
     """Everything the tests need, under ``w`` (see the module docstring)."""
     sh("umoci", "init", "--layout", "img", cwd=w)
@@ -234,6 +262,7 @@ def build_all(w: str) -> dict:
        cwd=w)
     a["docker_familiar"] = f"{w}/docker-familiar.tar"
     sh("skopeo", "copy", "-q", "oci:img:t", f"docker-archive:{a['docker_familiar']}:busy", cwd=w)
+    a["docker_legacy"] = docker_legacy(a["docker"], f"{w}/docker-legacy.tar")
     a["docker_nameless"] = f"{w}/docker-nameless.tar"
     sh("skopeo", "copy", "-q", "oci:img:t", f"docker-archive:{a['docker_nameless']}", cwd=w)
     a["ocidir"] = f"{w}/ocidir"

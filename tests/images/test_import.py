@@ -43,6 +43,7 @@ def _visible(hold):
     ("docker_zstd", (), ["example.com/team/busy:1"]),
     ("docker_xz", (), ["example.com/team/busy:1"]),
     ("docker_familiar", (), ["docker.io/library/busy:latest"]),
+    ("docker_legacy", (), ["example.com/team/busy:1"]),
     ("ocidir", (), ["example.com/dir:2"]),
 ])
 def test_import_each_format(hold, archives, key, args, names):
@@ -67,7 +68,7 @@ def test_import_each_format(hold, archives, key, args, names):
 
 def test_docker_manifests_are_deterministic_and_layers_typed(tmp_path, archives):
     digests = set()
-    for i, key in enumerate(("docker", "docker_gzip", "docker_familiar", "docker")):
+    for i, key in enumerate(("docker", "docker_gzip", "docker_familiar", "docker_legacy")):
         r = str(tmp_path / f"r{i}")
         os.makedirs(r)
         out = run_hold(r, "images", "import", "--no-unpack", "--format", "json", archives[key])
