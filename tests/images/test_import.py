@@ -287,3 +287,15 @@ def test_import_of_a_layout_directory_reads_only_what_it_needs(hold, archives, t
     shutil.copytree(archives["ocidir"], d)
     res = _import(hold, d)
     assert res["entries"][0]["names"] == ["example.com/dir:2"]
+
+
+def test_damaged_blob_of_a_platform_nobody_asked_for_is_reported(hold, archives, tmp_path):
+    d = str(tmp_path / "multi")
+    shutil.copytree(archives["multi_dir"], d)
+    att = json.load(open(os.path.join(d, "blobs/sha256", archives["multi"]["attestation"][7:])))
+    victim = os.path.join(d, "blobs/sha256", att["layers"][0]["digest"][7:])
+    data = open(victim, "rb").read()
+    open(victim, "wb").write(data[:-1] + b"X")
+    p = hold("images", "import", "--progress", "none", tar_layout(d, str(tmp_path / "m.tar")))
+    assert b"damaged in the archive; skipped" in p.stderr
+    assert hold("images", "ls", "-q").stdout.decode().split() == ["example.com/multi:1"]

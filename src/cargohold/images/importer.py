@@ -162,7 +162,8 @@ class Importer:
                                    blobs=reader.count, bytes=reader.bytes)
             entries, index_desc = self._entries(store, reader, opts, lease, res)
             self._check_and_report(store, reader, entries, opts, res)
-            self._label_parents(store, [e.target for e in res.entries])
+            self._label_parents(store, [e.target for e in res.entries]
+                                + ([index_desc] if index_desc is not None else []))
             if opts.unpack:
                 self._unpack(store, lease, opts, res)
             self._write_images(res, entries, index_desc, opts)
@@ -239,15 +240,20 @@ class Importer:
                                   "indexes can be imported as images")
             self._raise_bad(r, e.desc, what)
             states = platform_states(store, e.desc, what=what, has=has)
-            for s in states:
-                if s.missing:
-                    for dgst in s.missing:
-                        self._raise_bad(r, Descriptor("", dgst, 0), what, s.platform)
             single = mt.is_manifest(e.desc.media_type)
-            if single and states[0].missing:
-                raise _missing(what, states[0], res.source)
             picked = [s for s in states if not s.attestation
                       and matcher.match(plat.parse(s.platform) if s.platform else None)]
+            # A damaged blob fails the import only where someone needs it; elsewhere it is
+            # reported like a missing one (never fail on a platform nobody asked for).
+            for s in states:
+                for dgst in s.missing:
+                    if single or s in picked:
+                        self._raise_bad(r, Descriptor("", dgst, 0), what, s.platform)
+                    elif _bad_member(r, dgst):
+                        res.notes.append(f"note: {what}: platform {s.platform or 'unknown'}: "
+                                         f"blob {dgst} is damaged in the archive; skipped")
+            if single and states[0].missing:
+                raise _missing(what, states[0], res.source)
             if explicit:
                 for p in opts.platforms:
                     pm = plat.Matcher([p])
@@ -283,7 +289,7 @@ class Importer:
 
     @staticmethod
     def _raise_bad(r: ArchiveIngest, desc: Descriptor, what: str, platform: str = "") -> None:
-        member = next((m for m in r.bad if m.endswith(desc.digest.split(":", 1)[-1])), None)
+        member = _bad_member(r, desc.digest)
         if member is not None:
             where = f" platform {platform}:" if platform else ""
             raise IntegrityError(f"{what}:{where} blob {desc.digest}: {r.bad[member]}",
@@ -417,6 +423,12 @@ def _to_unpack(states: list[PlatformState], opts: ImportOptions,
     hits.sort(key=lambda s: (not s.complete,
                              host.rank(plat.parse(s.platform) if s.platform else None)))
     return hits[:1]
+
+
+def _bad_member(r: ArchiveIngest, digest: str) -> str | None:
+    """The archive member that should have held ``digest`` but hashed otherwise."""
+    hexpart = digest.split(":", 1)[-1]
+    return next((m for m in r.bad if m.endswith("/" + hexpart)), None)
 
 
 def _missing(what: str, s: PlatformState, source: str) -> CargoholdError:
