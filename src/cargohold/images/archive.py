@@ -256,9 +256,11 @@ class _TarArchive(Archive):
         self._src: _Prefetch | None = None
 
     def _open(self) -> _Prefetch:
-        head = _peek(self._raw, 6)
+        head = _read_head(self._raw, 6)
         kind = sniff(head)
         self.compression = kind
+        # The magic bytes were consumed (a pipe cannot be peeked reliably): put them back.
+        self._raw = _Prefixed(head, self._raw)  # type: ignore[assignment]
         stream: BinaryIO = self._raw
         if kind == "gzip":
             try:
@@ -368,11 +370,46 @@ class _TarArchive(Archive):
             self._owned.close()
 
 
-def _peek(raw: BinaryIO, n: int) -> bytes:
-    peek = getattr(raw, "peek", None)
-    if peek is not None:
-        return bytes(peek(n)[:n])
-    return b""
+def _read_head(raw: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes (fewer only at the end), however the writer of a pipe splits them."""
+    out = b""
+    while len(out) < n:
+        chunk = raw.read(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+class _Prefixed(io.RawIOBase):
+    """``head`` followed by the rest of ``raw``."""
+
+    def __init__(self, head: bytes, raw: BinaryIO) -> None:
+        self.head = head
+        self.raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.head:
+            n = min(len(b), len(self.head))
+            b[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        data = self.raw.read(len(b))
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            if n < 0:
+                data, self.head = self.head + self.raw.read(), b""
+                return data
+            data, self.head = self.head[:n], self.head[n:]
+            return data
+        return self.raw.read(n)
 
 
 def _checksum_ok(hdr: bytes) -> bool:
@@ -422,10 +459,7 @@ def open_archive(path: str) -> Archive:
     Raises NotFound-like :class:`InvalidArgument` for paths that do not exist.
     """
     if path == "-":
-        raw = sys.stdin.buffer
-        if not hasattr(raw, "peek"):
-            raw = io.BufferedReader(raw, CHUNK)  # type: ignore[arg-type]
-        return _TarArchive("(stdin)", raw, None)  # type: ignore[arg-type]
+        return _TarArchive("(stdin)", sys.stdin.buffer, None)  # type: ignore[arg-type]
     if os.path.isdir(path):
         return _DirArchive(path)
     try:
