@@ -20,7 +20,7 @@ def _service(app: App, snapshotter: str = ""):  # noqa: ANN202 - an ImageService
 @click.argument("filters", nargs=-1)
 @click.pass_obj
 def ls_cmd(app: App, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
-    """List images (optionally matching FILTERS, e.g. 'name~=alpine', 'labels."k"==v')."""
+    """List images; FILTERS (like 'name~=alpine' or 'labels."k"==v') narrow the list."""
     svc = _service(app)
     if quiet:
         for img in svc.list(list(filters)):

@@ -103,7 +103,7 @@ class ArchiveIngest:
     def _ingest(self, m: Member, expected: str) -> None:
         ref = f"import-{self.lease}-{hashlib.sha256(m.name.encode()).hexdigest()[:20]}"
         key = expected or m.name
-        short = (expected.split(":", 1)[1][:12] if expected else m.name)
+        short = f"blob {expected.split(':', 1)[1][:12]}" if expected else m.name[-40:]
         try:
             w = self.store.writer(ref, total=m.size, expected=expected)
         except AlreadyExists:
