@@ -164,8 +164,9 @@ def single_layout(src: str, dst: str, tag: str, *, name: str = "", edit=None) ->
 
 
 def multi_layout(src: str, dst: str) -> dict:
-    """A layout whose index lists this host's platform (present), another platform (absent)
-    and an unknown/unknown attestation manifest for the first (present)."""
+    """A layout whose index lists this host's platform (present), another platform (absent),
+    a third with its layers absent and an unknown/unknown attestation manifest for the first
+    (present)."""
     entry = single_layout(src, dst, "t")
     host = platforms.default()
     other = "arm64" if host.architecture != "arm64" else "amd64"
@@ -179,11 +180,23 @@ def multi_layout(src: str, dst: str) -> dict:
                     "size": len(blob(dst, intoto))}]}).encode()
     adig = put(dst, aman)
     absent = "sha256:" + hashlib.sha256(b"not in this archive").hexdigest()
+    # A third platform whose manifest and config came along but whose two layers did not.
+    pcfg = json.dumps({"architecture": "s390x", "os": "linux",
+                       "rootfs": {"type": "layers", "diff_ids": [absent, absent]}}).encode()
+    fake = ["sha256:" + hashlib.sha256(f"layer {i}".encode()).hexdigest() for i in range(2)]
+    pman = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": put(dst, pcfg), "size": len(pcfg)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": f,
+                    "size": 100} for f in fake]}).encode()
     index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
              "manifests": [
                  {**entry, "platform": {"os": "linux", "architecture": host.architecture}},
                  {"mediaType": entry["mediaType"], "digest": absent, "size": 1234,
                   "platform": {"os": "linux", "architecture": other}},
+                 {"mediaType": entry["mediaType"], "digest": put(dst, pman), "size": len(pman),
+                  "platform": {"os": "linux", "architecture": "s390x"}},
                  {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": adig,
                   "size": len(aman), "platform": {"os": "unknown", "architecture": "unknown"},
                   "annotations": {"vnd.docker.reference.digest": entry["digest"],
@@ -196,7 +209,7 @@ def multi_layout(src: str, dst: str) -> dict:
         json.dump({"schemaVersion": 2, "manifests": [top]}, f)
     return {"index": top["digest"], "present": entry["digest"], "absent": absent,
             "attestation": adig, "host": f"linux/{host.architecture}",
-            "other": f"linux/{other}"}
+            "other": f"linux/{other}", "partial": "linux/s390x"}
 
 
 def compress(path: str, kind: str) -> str:

@@ -3,6 +3,7 @@ hostile archives, a kill -9 in the middle, and two imports at once."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -120,12 +121,15 @@ def test_multi_platform_partial_archive(hold, archives):
     out = p.stdout.decode()
     assert f"{m['host']}" in out and "complete, unpacked" in out
     assert f"{m['other']}" in out and "manifest missing" in out
+    assert f"{m['partial']}      2 blobs missing" in out
     assert "attestations" in out
     check = json.loads(hold("images", "check", "--format", "json").stdout)
     [img] = check
     byplat = {(s["platform"], s["attestation"]): s for s in img["platforms"]}
     assert byplat[(m["host"], False)]["complete"] and byplat[(m["host"], False)]["unpacked"]
     assert byplat[(m["other"], False)]["status"] == "manifest missing"
+    assert byplat[(m["partial"], False)]["status"] == "2 blobs missing"
+    assert not img["complete"]
     assert byplat[("unknown/unknown", True)]["complete"]
     # Asking for the absent platform by name fails, names it, and leaves nothing new.
     p = hold("images", "import", "--platform", m["other"], archives["multi_tar"], check=False)
@@ -199,13 +203,27 @@ def _hostile(archives, tmp_path, case):
                 if mem.name != victim:
                     o.addfile(mem, t.extractfile(mem) if mem.isfile() else None)
         return out, ["example.com/team/busy:1", "layer 3", "missing", "hint"]
+    if case == "docker layers swapped":
+        out = str(tmp_path / "ds.tar")
+        with tarfile.open(archives["docker"]) as t, tarfile.open(out, "w") as o:
+            for mem in t.getmembers():
+                f = t.extractfile(mem) if mem.isfile() else None
+                if mem.name == "manifest.json":
+                    man = json.load(f)
+                    ly = man[0]["Layers"]
+                    ly[0], ly[1] = ly[1], ly[0]
+                    data = json.dumps(man).encode()
+                    mem.size = len(data)
+                    f = io.BytesIO(data)
+                o.addfile(mem, f)
+        return out, ["example.com/team/busy:1", "layer 1", "diffID", "hint"]
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", ["missing blob", "bad digest", "diffID mismatch",
                                   "unknown media type", "truncated", "truncated gzip",
                                   "not an archive", "tar without an image",
-                                  "docker layer missing"])
+                                  "docker layer missing", "docker layers swapped"])
 def test_hostile_archives_leave_nothing_visible(hold, archives, tmp_path, case):
     path, words = _hostile(archives, tmp_path, case)
     p = hold("images", "import", "--progress", "none", path, check=False)

@@ -79,4 +79,5 @@ def test_inspect_multi_platform_index(hold, archives):
     assert states[(m["host"], False)]["unpacked"] is True
     assert states[(m["other"], False)]["status"] == "manifest missing"
     assert states[("unknown/unknown", True)]["attests"] == m["present"]
-    assert doc["platforms"] == [m["host"], m["other"]]
+    assert states[(m["partial"], False)]["missing"] and doc["platforms"] == [
+        m["host"], m["other"], m["partial"]]

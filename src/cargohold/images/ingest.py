@@ -192,18 +192,32 @@ def docker_entries(store: NamespacedStore, r: ArchiveIngest, lease: str, label: 
         tags = [str(t) for t in ent.get("RepoTags") or []]
         what = f"image {tags[0]}" if tags else f"manifest.json entry {i}"
         config = _docker_blob(r, str(ent["Config"]), what, "config", label)
+        cfg = _config(store, config.digest)
+        ids = (cfg.get("rootfs") or {}).get("diff_ids") or []
+        names_in = [str(x) for x in ent.get("Layers") or []]
+        if len(ids) != len(names_in):
+            raise IntegrityError(f"{what}: config {config.digest} lists {len(ids)} diff IDs "
+                                 f"for {len(names_in)} layers",
+                                 hint="the archive is damaged; save or export it again")
         layers = []
-        for n, lname in enumerate(ent.get("Layers") or []):
-            b = _docker_blob(r, str(lname), what, f"layer {n + 1}", label)
-            layers.append({"mediaType": _layer_type(store, b.digest), "size": b.size,
-                           "digest": b.digest})
+        for n, lname in enumerate(names_in):
+            b = _docker_blob(r, lname, what, f"layer {n + 1}", label)
+            kind = _layer_type(store, b.digest)
+            # A plain tar's digest is its diffID: check it now, so that even --no-unpack
+            # imports of docker archives are verified end to end.
+            if kind == mt.DOCKER_LAYER and b.digest != ids[n]:
+                raise IntegrityError(
+                    f"{what}: layer {n + 1} {lname}: content {b.digest} does not match the "
+                    f"config's diffID {ids[n]}",
+                    hint="the archive is damaged or mixes images; save or export it again")
+            layers.append({"mediaType": kind, "size": b.size, "digest": b.digest})
         man = {"schemaVersion": 2, "mediaType": mt.DOCKER_MANIFEST,
                "config": {"mediaType": mt.DOCKER_CONFIG, "size": config.size,
                           "digest": config.digest},
                "layers": layers}
         data = json.dumps(man, indent=3).encode()
         digest = put_blob(store, data, lease)
-        platform = _config_platform(store, config.digest)
+        platform = _platform(cfg)
         names = [refs.normalize(t) for t in tags]
         desc = Descriptor(mt.DOCKER_MANIFEST, digest, len(data), platform=platform)
         out.append(Entry(desc, names))
@@ -240,13 +254,13 @@ def _layer_type(store: NamespacedStore, digest: str) -> str:
     return mt.DOCKER_LAYER
 
 
-def _config_platform(store: NamespacedStore, digest: str) -> Platform | None:
+def _config(store: NamespacedStore, digest: str) -> dict[str, Any]:
     from cargohold.images.manifest import read_json
 
-    try:
-        cfg = read_json(store, Descriptor(mt.DOCKER_CONFIG, digest, 1))
-    except CargoholdError:
-        return None
+    return read_json(store, Descriptor(mt.DOCKER_CONFIG, digest, 1), "docker config")
+
+
+def _platform(cfg: dict[str, Any]) -> Platform | None:
     if not cfg.get("os"):
         return None
     return Platform(str(cfg.get("os", "")), str(cfg.get("architecture", "")),
