@@ -174,8 +174,10 @@ class Importer:
     def _entries(self, store: NamespacedStore, r: ArchiveIngest, opts: ImportOptions, lease: str,
                  res: ImportResult) -> tuple[list[Entry], Descriptor | None]:
         label = res.source
-        if "oci-layout" in r.meta:
-            layout = load_json(r.meta["oci-layout"], "oci-layout", label)
+        # Some tools leave out oci-layout; an index.json alone is still an OCI layout.
+        if "oci-layout" in r.meta or ("index.json" in r.meta and "manifest.json" not in r.meta):
+            layout = load_json(r.meta.get("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+                               "oci-layout", label)
             version = layout.get("imageLayoutVersion") if isinstance(layout, dict) else None
             if version != "1.0.0":
                 raise Unsupported(f"archive {label}: OCI layout version {version!r} is not "
