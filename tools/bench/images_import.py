@@ -12,7 +12,9 @@ Then, in the same run, for ``--runs`` rounds: a fresh private containerd (tmp ro
 socket, started with ``containerd --config``, via ``tests/peers.py``) timing ``ctr images
 import`` (which unpacks the host platform onto overlayfs), and a fresh hold root timing
 ``hold images import`` (unpack onto overlayfs, every layer synced before commit). Prints
-seconds per run, the best of each and the ratio hold / containerd (goal: <= 0.5).
+seconds per run, the best of each and the ratio hold / containerd (goal: <= 0.5). Each timed
+run starts after ``sync``, so that hold's per-layer ``syncfs`` never flushes the data
+containerd left dirty (containerd does not sync its unpacked layers).
 
 Usage: ``python3 tools/bench/images_import.py [--runs 3] [--dir /var/tmp/hold-bench]``
 """
@@ -168,6 +170,7 @@ def time_hold(archive: str, base: str) -> float:
     root = tempfile.mkdtemp(prefix="hb-", dir=base)
     env = dict(os.environ, HOLD_ROOT=root, HOLD_STATE=os.path.join(root, "_state"),
                HOLD_CONFIG=os.path.join(root, "_none.toml"))
+    os.sync()  # start clean: nobody pays for the other's writeback
     t0 = time.monotonic()
     p = subprocess.run([sys.executable, "-m", "cargohold", "images", "import", "--progress",
                         "none", archive], env=env, capture_output=True)
@@ -183,6 +186,7 @@ def time_ctr(archive: str) -> float:
 
     d = Containerd(namespace="bench").start()
     try:
+        os.sync()
         t0 = time.monotonic()
         d.ctr("images", "import", "--snapshotter", "overlayfs", archive, timeout=600)
         dt = time.monotonic() - t0
