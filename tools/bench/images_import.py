@@ -177,14 +177,13 @@ def time_hold(archive: str, base: str) -> float:
     dt = time.monotonic() - t0
     if p.returncode != 0:
         raise SystemExit(f"hold import failed:\n{p.stderr.decode()}")
-    shutil.rmtree(root, ignore_errors=True)
-    return dt
+    return dt  # the root is removed with the whole work dir at the end
 
 
-def time_ctr(archive: str) -> float:
+def time_ctr(archive: str, base: str) -> float:
     from tests.peers import Containerd
 
-    d = Containerd(namespace="bench").start()
+    d = Containerd(base=base, namespace="bench").start()
     try:
         os.sync()
         t0 = time.monotonic()
@@ -194,7 +193,16 @@ def time_ctr(archive: str) -> float:
         if len(out.splitlines()) < 5:
             raise SystemExit(f"ctr did not unpack the image:\n{out}")
     finally:
-        d.stop()
+        # Stop the daemon but keep its files until the end, like hold's roots: deleting
+        # hundreds of MB here would make the next timed run pay for the discards.
+        keep, d.dir = d.dir, tempfile.mkdtemp(prefix="empty-", dir=base)
+        try:
+            d.stop()
+        finally:
+            d.dir = keep
+            from tests.peers import _unmount_under
+
+            _unmount_under(keep)
     return dt
 
 
@@ -209,16 +217,23 @@ def main() -> None:
     archive = build(args.dir, args.lib_mb, args.share_mb)
     print(f"archive: {archive} ({os.path.getsize(archive) / 1e6:.1f} MB)", flush=True)
     holds, ctrs = [], []
-    for i in range(args.runs):
-        # Alternate who goes first, so neither always inherits the other's writeback.
-        if i % 2:
-            holds.append(time_hold(archive, args.dir))
-            ctrs.append(time_ctr(archive))
-        else:
-            ctrs.append(time_ctr(archive))
-            holds.append(time_hold(archive, args.dir))
-        print(f"run {i + 1}: ctr images import {ctrs[-1]:.2f}s, hold images import "
-              f"{holds[-1]:.2f}s, ratio {holds[-1] / ctrs[-1]:.2f}", flush=True)
+    # Both sides work in the same fresh directory: ext4 places a new directory's files near
+    # its parent, and a region full of recently deleted (still being discarded) blocks makes
+    # file creation several times slower — a dirty parent would decide the result.
+    work = tempfile.mkdtemp(prefix="run-", dir=args.dir)
+    try:
+        for i in range(args.runs):
+            # Alternate who goes first, so neither always inherits the other's writeback.
+            if i % 2:
+                holds.append(time_hold(archive, work))
+                ctrs.append(time_ctr(archive, work))
+            else:
+                ctrs.append(time_ctr(archive, work))
+                holds.append(time_hold(archive, work))
+            print(f"run {i + 1}: ctr images import {ctrs[-1]:.2f}s, hold images import "
+                  f"{holds[-1]:.2f}s, ratio {holds[-1] / ctrs[-1]:.2f}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     h, c = min(holds), min(ctrs)
     ratios = sorted(x / y for x, y in zip(holds, ctrs, strict=True))
     print(f"best: hold {h:.2f}s, containerd {c:.2f}s, ratio {h / c:.2f}; median per-run "
