@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import tempfile
@@ -42,7 +41,14 @@ def libc() -> ctypes.CDLL:
     """The C library, loaded once, with errno kept."""
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The interpreter is linked against libc, so its own symbols are libc's: no
+        # ctypes.util.find_library, which runs ldconfig in a subprocess (~10 ms a start).
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            if not hasattr(_libc, "mount"):  # a static or unusual build may lack it
+                raise AttributeError("mount")
+        except (OSError, AttributeError):
+            _libc = ctypes.CDLL("libc.so.6", use_errno=True)
     return _libc
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,7 +35,7 @@ _SYNC_FILE_RANGE_WRITE = 2
 
 def _load_sync_file_range() -> Any:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the interpreter's own libc symbols
         fn = libc.sync_file_range
     except (OSError, AttributeError):
         return None
