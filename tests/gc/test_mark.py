@@ -3,6 +3,8 @@ fixed-point walk."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -87,3 +89,31 @@ nodes = st.builds(lambda t, k, f: Node(t | (FLAT if f else 0), "ns", k),
                                                     max_size=30))
 def test_mark_equals_naive_fixed_point(roots, edges):
     assert mark(roots, lambda n: edges.get(n, ())) == naive(roots, edges)
+
+
+def test_scan_reads_sha256_and_sha512_records_alike(tmp_path):
+    """The blob scan reads sha256 keys at a fixed offset and others by search: both count."""
+    from cargohold.gc.scan import scan
+    from cargohold.metadata.content import write_record
+    from cargohold.metadata.db import open_db
+
+    s256 = "sha256:" + hashlib.sha256(b"a").hexdigest()
+    s512 = "sha512:" + hashlib.sha512(b"b").hexdigest()
+    other = "sha256:" + hashlib.sha256(b"c").hexdigest()
+    db = open_db(str(tmp_path))
+    with db.update() as tx:
+        write_record(tx, "ns", s512, 1, {"containerd.io/gc.ref.content.x": s256,
+                                         "containerd.io/gc.root": "1"})
+        write_record(tx, "ns", s256, 1, {"containerd.io/gc.ref.content": other,
+                                         "containerd.io/gc.ref.snapshot.native": "snap",
+                                         "plain": "ignored"})
+        write_record(tx, "ns", other, 1, {})
+    with db.view() as tx:
+        g = scan(tx, 0)
+    db.close()
+    assert g.nodes == {(CONTENT, "ns", d) for d in (s256, s512, other)}
+    assert g.refs_why((CONTENT, "ns", s512)) == [
+        ((CONTENT, "ns", s256), "label containerd.io/gc.ref.content.x")]
+    assert sorted(g.refs((CONTENT, "ns", s256))) == [
+        (CONTENT, "ns", other), (SNAPSHOT, "ns", "native/snap")]
+    assert ((CONTENT, "ns", s512), "label containerd.io/gc.root") in g.roots

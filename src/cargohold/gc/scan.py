@@ -61,7 +61,9 @@ class Graph:
 
     def refs_why(self, n: T) -> list[tuple[T, str]]:
         src = self.flat_edges if n[0] & FLAT else self.edges
-        return list(src.get(n, ()))
+        # The hot scan leaves blob -> blob reasons as the raw label key (bytes); spell them out.
+        return [(c, why if isinstance(why, str) else "label " + why.decode())
+                for c, why in src.get(n, ())]
 
 
 def _label_target(ns: str, k: str, v: str, prefix: str) -> T | None:
@@ -96,6 +98,7 @@ def scan(tx: Tx, now: int) -> Graph:
 
 _GC = b"containerd.io/gc."
 _LBL = b"labels" + SEP
+_LBL_GC = _LBL + _GC
 
 
 def _bucket(cur, prefix: bytes):  # noqa: ANN001, ANN202 - an lmdb cursor; yields (rest, v)
@@ -115,26 +118,38 @@ def _scan_ns(tx: Tx, ns: str, now: int, g: Graph) -> None:  # noqa: C901 - one d
     nodes_add = g.nodes.add
 
     # Blobs: a node per record; only gc labels matter here. The hottest loop (most keys of a
-    # store are blob fields), so it is written out bare: no generator, no splitting.
+    # store are blob fields), so it is written out bare: no generator, no splitting, no method
+    # calls for the keys it skips. A sha256 key's field starts at a fixed offset, so its first
+    # byte (c/l/s/u) tells createdat, labels, size and updatedat apart; other digest lengths
+    # take the general path.
     prefix = ns_bucket(ns, "content", "blob")
     plen = len(prefix)
+    end = prefix[:-1] + bytes([prefix[-1] + 1])  # first key after the bucket
+    f0 = plen + len("sha256:") + 64 + 1  # field offset of a sha256 key
     content_refs = g.edges
     ref_content = _GC + b"ref.content"
     if cur.set_range(prefix):
         # Keys only: values are fetched just for the few keys that are gc labels.
         for k in cur.iternext(keys=True, values=False):
-            if not k.startswith(prefix):
+            if k >= end:
                 break
-            j = k.find(SEP, plen)
-            f = k[j + 1:]
-            if f == b"size":
-                nodes_add((CONTENT, ns, k[plen:j].decode()))
-            elif f.startswith(_LBL) and f.startswith(_GC, 7):
-                lk = f[7:]
-                # The common case, blob -> blob references, straight into the edge list.
+            if len(k) > f0 and k[f0 - 1] == 0:
+                j = f0 - 1
+            else:
+                j = k.find(SEP, plen)
+                if j < 0 or j + 1 >= len(k):
+                    continue
+            c = k[j + 1]
+            if c == 115:  # "s"
+                if k[j + 1:] == b"size":
+                    nodes_add((CONTENT, ns, k[plen:j].decode()))
+            elif c == 108 and k.startswith(_LBL_GC, j + 1):  # "l": labels<SEP>containerd.io/gc.
+                lk = k[j + 8:]
+                # The common case, blob -> blob references, straight into the edge list; the
+                # reason stays the raw label key until someone asks (refs_why).
                 if lk.startswith(ref_content) and (len(lk) == 28 or lk[28] in b"./"):
                     content_refs[(CONTENT, ns, k[plen:j].decode())].append(
-                        ((CONTENT, ns, cur.value().decode()), "label " + lk.decode()))
+                        ((CONTENT, ns, cur.value().decode()), lk))
                 else:
                     labels[(CONTENT, ns, k[plen:j].decode())][lk.decode()] = \
                         cur.value().decode()
