@@ -1,8 +1,17 @@
 """Decompression on a worker thread: compressed reader → sha256-hashed plain chunks.
 
 :class:`PlainStream` runs read → decompress → hash on one thread (ISA-L, zstd and hashlib all
-release the GIL on large buffers) and hands 1 MiB+ chunks to the consumer through a bounded
-queue, so the tar parser and the file writes on the calling thread overlap with it.
+release the GIL on large buffers) and hands chunks of up to 1 MiB to the consumer through a
+buffer capped in bytes, so the tar parser and the file writes on the calling thread overlap
+with it. When the buffer holds ``buffer`` bytes the worker waits for the consumer: memory stays
+bounded whatever the layer expands to (one chunk is always let through, so a cap smaller than
+a chunk still makes progress).
+
+The stream starts when entered (or on :meth:`PlainStream.start`), which need not be where it
+is consumed: unpack starts the next layer's stream with a large buffer while the current layer
+is still being applied, and hands the running stream to ``apply(stream=...)`` when that layer's
+turn comes. Errors found by the worker (corrupt data, truncation, a read error) wait in the
+buffer behind the chunks before them, and re-raise in the consumer only when it reaches them.
 
 The compression comes from the media type; the first bytes must agree (a gzip layer must start
 ``1f 8b``, a zstd layer ``28 b5 2f fd``, and an uncompressed layer must not start with either).
@@ -18,9 +27,9 @@ the cut falls after the end-of-archive blocks, the diffID check does.
 
 from __future__ import annotations
 
+import collections
 import gzip
 import hashlib
-import queue
 import threading
 from collections.abc import Callable
 from typing import BinaryIO
@@ -28,7 +37,8 @@ from typing import BinaryIO
 from cargohold.differ.api import Compression, LayerError, sniff
 
 CHUNK = 1 << 20
-_DEPTH = 8  # queued chunks: enough to ride over a slow fsync without holding much memory
+#: plain bytes a stream buffers by default: enough to ride over a slow fsync, little memory
+BUFFER = 8 << 20
 
 try:  # ISA-L inflates ~5x faster than zlib; zlib (the stdlib gzip module) stays as a fallback
     from isal import igzip as _igzip
@@ -87,27 +97,39 @@ def open_plain(raw: BinaryIO, compression: Compression, *, use_isal: bool = True
 class PlainStream:
     """The uncompressed bytes of a layer, produced on a worker thread and hashed on the way.
 
-    Use as a context manager; iterate :meth:`chunks` (or use :meth:`next_chunk`) until it
-    returns ``b""``. :meth:`drain` consumes the rest so that :attr:`digest` covers the whole
-    stream. Worker errors re-raise in the consumer. Leaving the ``with`` early stops the worker.
+    Use as a context manager (entering starts the worker, unless :meth:`start` already did);
+    call :meth:`next_chunk` until it returns ``b""``. :meth:`drain` consumes the rest so that
+    :attr:`digest` covers the whole stream. Worker errors re-raise in the consumer, in stream
+    order. :meth:`close` (leaving the ``with``) stops the worker, waits for it and drops what
+    is buffered; it may be called at any time, repeatedly. The reader is not closed here: its
+    owner closes it after the stream.
+
+    ``buffer`` caps the plain bytes waiting for the consumer (:attr:`buffered`, with its peak
+    in :attr:`high_water`); a chunk larger than the cap still passes when the buffer is empty.
     """
 
     def __init__(self, reader: BinaryIO, compression: Compression, layer: str, *,
-                 progress: Callable[[int], None] | None = None,
-                 chunk: int = CHUNK, use_isal: bool = True) -> None:
+                 progress: Callable[[int], None] | None = None, chunk: int = CHUNK,
+                 buffer: int = BUFFER, use_isal: bool = True) -> None:
         self.reader = reader
         self.compression = compression
         self.layer = layer
         self.progress = progress
         self.chunk = chunk
+        self.buffer = buffer
         self.use_isal = use_isal
         self.size = 0
         self.compressed_size = 0
+        self.buffered = 0
+        self.high_water = 0
         self._hash = hashlib.sha256()
-        self._q: queue.Queue[object] = queue.Queue(_DEPTH)
-        self._stop = threading.Event()
+        self._items: collections.deque[object] = collections.deque()
+        self._cond = threading.Condition()
+        self._stop = False  # set under _cond by close()
+        self._ended = False  # set under _cond when the worker returns, however it returns
         self._thread = threading.Thread(target=self._run, name=f"unpack {layer[:19]}",
                                         daemon=True)
+        self._started = False
         self._finished = False
 
     # -- worker ------------------------------------------------------------------------------
@@ -121,16 +143,29 @@ class PlainStream:
             f"(first bytes {head[:4].hex() or 'none'})",
             hint="the manifest's media type and the blob disagree: fix the image")
 
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def _put(self, item: object, size: int = 0) -> bool:
+        """Queue ``item`` once there is room for ``size`` more bytes; False once closed."""
+        with self._cond:
+            while not self._stop and self.buffered and self.buffered + size > self.buffer:
+                self._cond.wait()
+            if self._stop:
+                return False
+            self._items.append(item)
+            self.buffered += size
+            if self.buffered > self.high_water:
+                self.high_water = self.buffered
+            self._cond.notify_all()
+            return True
 
     def _run(self) -> None:
+        try:
+            self._produce()
+        finally:
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+
+    def _produce(self) -> None:
         try:
             src = _Counting(self.reader, self.progress)
             head = src.read(self.chunk)
@@ -140,13 +175,13 @@ class PlainStream:
             plain = open_plain(src, self.compression, use_isal=self.use_isal)  # type: ignore
             read = plain.read
             update = self._hash.update
-            while not self._stop.is_set():
+            while not self._stop:
                 data = read(self.chunk)
                 if not data:
                     break
                 update(data)
                 self.size += len(data)
-                if not self._put(data):
+                if not self._put(data, len(data)):
                     return
             self.compressed_size = src.count
             self._put(_END)
@@ -162,35 +197,66 @@ class PlainStream:
                                  f"failed: {text}"))
 
     # -- consumer ----------------------------------------------------------------------------
-    def __enter__(self) -> PlainStream:
+    def start(self) -> PlainStream:
+        """Start the worker; a repeat (or a start after :meth:`close`) does nothing."""
+        with self._cond:
+            if self._started or self._stop:
+                return self
+            self._started = True
         self._thread.start()
         return self
+
+    def __enter__(self) -> PlainStream:
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        """Stop the worker (if running) and wait for it."""
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._q.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        self._thread.join()
+        """Stop the worker (if running), wait for it and drop the buffered chunks."""
+        with self._cond:
+            self._stop = True
+            self._items.clear()
+            self.buffered = 0
+            self._cond.notify_all()
+        if self._started:
+            self._thread.join()
+
+    def resize(self, buffer: int) -> None:
+        """Change the cap on buffered bytes; a lower cap holds the worker until the consumer
+        has taken the buffer below it (nothing already buffered is dropped).
+        """
+        with self._cond:
+            self.buffer = buffer
+            self._cond.notify_all()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread is still running."""
+        return self._thread.is_alive()
 
     def next_chunk(self) -> bytes:
         """The next plain chunk, ``b""`` at the end; raises the worker's error."""
         if self._finished:
             return b""
-        item = self._q.get()
+        with self._cond:
+            if self._stop or not self._started:
+                raise RuntimeError(f"layer {self.layer}: stream read while "
+                                   f"{'closed' if self._stop else 'not started'}")
+            while not self._items:
+                if self._ended:  # the worker died without an end marker (a bug, not data)
+                    self._finished = True
+                    raise LayerError(self.layer, "decompression stopped unexpectedly")
+                self._cond.wait()
+            item = self._items.popleft()
+            if item is not _END and not isinstance(item, BaseException):
+                self.buffered -= len(item)  # type: ignore[arg-type]
+                self._cond.notify_all()
+                return item  # type: ignore[return-value]
+        self._finished = True
         if item is _END:
-            self._finished = True
             return b""
-        if isinstance(item, BaseException):
-            self._finished = True
-            raise item
-        return item  # type: ignore[return-value]
+        raise item  # type: ignore[misc]
 
     def drain(self) -> int:
         """Consume what is left (so the digest covers it); return how many bytes that was."""
