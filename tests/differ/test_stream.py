@@ -1,4 +1,4 @@
-"""PlainStream: its bounded buffer, early start, errors in stream order, and release."""
+"""PlainStream's bounded buffer, early start and release; apply(stream=)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import threading
 import time
 
 import pytest
-from treeutil import diff_id, gz
+from treeutil import MEDIA, bind, desc, diff_id, gz, tar_bytes
 
-from cargohold.differ.api import Compression, LayerError
+from cargohold.differ.api import MEDIA_TYPE_TAR, Compression, LayerError
+from cargohold.differ.apply import apply
 from cargohold.differ.compression import PlainStream
+from cargohold.errors import InvalidArgument
 
 KIB = 1 << 10
 
@@ -99,3 +101,34 @@ def test_resize_lowers_the_cap_once_the_consumer_catches_up():
         s.resize(128 * KIB)
         s.drain()
     assert s.digest == diff_id(data) and s.high_water == 1 << 20
+
+
+SIMPLE = [("d", "dir"), ("d/a", "file", {"data": os.urandom(3 << 20)}),
+          ("d/b", "file", {"data": b"beta"}), ("s", "sym", {"target": "d/a"})]
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd", "none"])
+def test_apply_consumes_a_stream_started_earlier(tmp_path, kind):
+    plain = tar_bytes(SIMPLE)
+    media_type, comp = MEDIA[kind]
+    blob = comp(plain)
+    d = desc(blob, media_type)
+    s = PlainStream(io.BytesIO(blob), Compression(kind), d.digest, buffer=512 * KIB).start()
+    _until(lambda: s.buffered or not s.alive, "early chunks")
+    out = apply(d, bind(tmp_path), stream=s, expected_diff_id=diff_id(plain), sync=True)
+    assert (out.media_type, out.digest, out.size) == (MEDIA_TYPE_TAR, diff_id(plain), len(plain))
+    assert (tmp_path / "d/a").read_bytes() == SIMPLE[1][2]["data"]
+    assert not s.alive and s.high_water <= 1 << 20
+
+
+def test_apply_closes_a_stream_it_refuses(tmp_path):
+    blob = gz(tar_bytes(SIMPLE))
+    other = PlainStream(io.BytesIO(blob), Compression.GZIP, "sha256:" + "c" * 64).start()
+    with pytest.raises(InvalidArgument, match="the stream given is of layer sha256:c"):
+        apply(desc(blob), bind(tmp_path), stream=other)
+    assert not other.alive
+    both = PlainStream(io.BytesIO(blob), Compression.GZIP, desc(blob).digest)
+    with pytest.raises(InvalidArgument, match="exactly one of reader= and stream="):
+        apply(desc(blob), bind(tmp_path), reader=io.BytesIO(blob), stream=both)
+    with pytest.raises(InvalidArgument, match="exactly one of reader= and stream="):
+        apply(desc(blob), bind(tmp_path))

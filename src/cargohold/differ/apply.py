@@ -8,22 +8,28 @@ Target selection (the same three cases as containerd's Linux applier):
 - anything else → mount it on a temporary directory (``cargohold.mount.temp_mount``) and
   apply there with real whiteout semantics.
 
-Pipeline: a worker thread reads the blob, checks its magic against the media type,
-decompresses (ISA-L for gzip, ``zstandard``) and hashes the plain stream (sha256 → diffID);
-the calling thread parses tar headers and writes files, so decompression overlaps with I/O.
-After the end-of-archive marker the rest of the stream is drained so the diffID covers every
-byte, as ``sha256sum`` of the uncompressed blob would.
+Pipeline: a :class:`~cargohold.differ.compression.PlainStream` worker thread reads the blob,
+checks its magic against the media type, decompresses (ISA-L for gzip, ``zstandard``) and
+hashes the plain stream (sha256 → diffID); the calling thread parses tar headers and writes
+files, so decompression overlaps with I/O. After the end-of-archive marker the rest of the
+stream is drained so the diffID covers every byte, as ``sha256sum`` of the uncompressed blob
+would. The caller either passes the blob's ``reader`` (apply makes and runs the stream) or a
+``stream`` it made and possibly started earlier — unpack starts layer ``n+1``'s stream while
+layer ``n`` is applied and synced, so its first chunks are ready when its turn comes. Then
+the diffID is checked and, with ``sync``, the target filesystem is flushed (``syncfs``).
 
 What a failure leaves: the target holds whatever entries were written before the error. That
 is never visible as an image: the caller applies into an *active* snapshot and removes it when
-``apply`` raises (unpack does). Threads, descriptors and temporary mounts are always released.
+``apply`` raises (unpack does). Threads, descriptors and temporary mounts are always released,
+and a stream handed in is closed whatever happens.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, BinaryIO
 
 from cargohold.differ.api import MEDIA_TYPE_TAR, ApplyError, compression_for
 from cargohold.differ.compression import PlainStream
@@ -40,77 +46,97 @@ def _opt(m: Mount, key: str) -> str | None:
     return None
 
 
-def apply(desc: Descriptor, mounts: Sequence[Mount], *, reader: BinaryIO,
-          expected_diff_id: str = "", progress: Callable[[int], None] | None = None,
-          sync: bool = False, warnings: list[str] | None = None,
-          devices: bool | None = None, use_isal: bool = True) -> Descriptor:
-    """Apply the layer ``desc`` (read from ``reader``) onto ``mounts``.
+def apply(desc: Descriptor, mounts: Sequence[Mount], *, reader: BinaryIO | None = None,
+          stream: PlainStream | None = None, expected_diff_id: str = "",
+          progress: Callable[[int], None] | None = None, sync: bool = False,
+          warnings: list[str] | None = None, devices: bool | None = None,
+          use_isal: bool = True) -> Descriptor:
+    """Apply the layer ``desc`` (read from ``reader``, or from ``stream``) onto ``mounts``.
 
     Returns ``Descriptor(application/vnd.oci.image.layer.v1.tar, diffID, uncompressed size)``.
 
+    - ``reader``: the layer blob; apply decompresses it on a thread of its own.
+    - ``stream``: instead of ``reader``, a :class:`PlainStream` of this layer (same digest and
+      compression), started or not. Apply consumes it and closes it on return and on every
+      error, including errors raised before it is read; its reader stays the caller's.
+      ``progress`` and ``use_isal`` were the stream's to take, and are ignored here.
     - ``expected_diff_id``: when given and different from the computed one, raise
       :class:`~cargohold.errors.IntegrityError` naming the layer and both digests (after the
       whole layer was written: the caller discards the snapshot).
     - ``progress(n)``: called from the decompression thread with each count of compressed
       bytes read.
     - ``sync``: ``syncfs(2)`` the target filesystem before returning, so that a snapshot
-      committed afterwards is durable.
+      committed afterwards is durable. Not done when the diffID does not match.
     - ``warnings``: a list that receives one line per thing skipped on purpose (device nodes
       when not root, forbidden or unsupported xattrs); they are also logged.
     - ``devices``: create device nodes (default: when running as root).
 
     Raises :class:`~cargohold.differ.api.LayerError` (an ``InvalidArgument``) for malformed or
     hostile layers, naming the layer and the entry; :class:`ApplyError` when the target
-    filesystem refuses writes; ``Unsupported`` for a media type that is not a layer.
-    Applying the same layer twice onto the same target gives the same tree.
+    filesystem refuses writes; ``Unsupported`` for a media type that is not a layer;
+    ``InvalidArgument`` when both or neither of ``reader`` and ``stream`` are given, or the
+    stream belongs to another layer. Applying the same layer twice onto the same target gives
+    the same tree.
     """
+    try:
+        return _apply(desc, mounts, reader=reader, stream=stream,
+                      expected_diff_id=expected_diff_id, progress=progress, sync=sync,
+                      warnings=warnings, devices=devices, use_isal=use_isal)
+    finally:
+        if stream is not None:
+            stream.close()
+
+
+def _apply(desc: Descriptor, mounts: Sequence[Mount], *, reader: BinaryIO | None,
+           stream: PlainStream | None, expected_diff_id: str,
+           progress: Callable[[int], None] | None, sync: bool, warnings: list[str] | None,
+           devices: bool | None, use_isal: bool) -> Descriptor:
     compression = compression_for(desc.media_type)
     layer = desc.digest or "<unnamed layer>"
     if not mounts:
         raise InvalidArgument(f"layer {layer}: no mounts to apply onto")
-    kw = dict(layer=layer, compression=compression, reader=reader, progress=progress,
-              warnings=warnings, devices=devices, use_isal=use_isal)
+    if (reader is None) == (stream is None):
+        raise InvalidArgument(f"layer {layer}: apply needs exactly one of reader= and stream=")
+    if stream is None:
+        stream = PlainStream(reader, compression, layer, progress=progress,  # type: ignore
+                             use_isal=use_isal)
+    elif (stream.layer, stream.compression) != (layer, compression):
+        raise InvalidArgument(f"layer {layer}: the stream given is of layer {stream.layer} "
+                              f"({stream.compression.value}), not {compression.value}")
+    with _target(mounts) as (root, how):
+        if not os.path.isdir(root):
+            raise InvalidArgument(f"layer {layer}: target {root!r} is not a directory")
+        x = Extractor(root, layer, devices=devices, warnings=warnings, **how)
+        with stream:  # starts it unless the caller did; stops and joins its worker
+            x.run(TarReader(stream, layer))
+            stream.drain()
+        digest, size = stream.digest, stream.size
+        if expected_diff_id and expected_diff_id != digest:
+            raise IntegrityError(
+                f"layer {layer}: diffID {digest} does not match the expected "
+                f"{expected_diff_id}",
+                hint="the layer blob does not belong to this image config; fetch it again "
+                     "or check the image")
+        if sync:
+            syncfs(root)
+    return Descriptor(MEDIA_TYPE_TAR, digest, size)
+
+
+@contextlib.contextmanager
+def _target(mounts: Sequence[Mount]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The directory to write into, and how (the Extractor's overlay options)."""
     m = mounts[0]
     if len(mounts) == 1 and m.type == "overlay" and _opt(m, "upperdir"):
         lowers = [d for d in (_opt(m, "lowerdir") or "").split(":") if d]
-        root = _opt(m, "upperdir") or ""
-        digest, size = _apply_into(root, overlay=True, userxattr="userxattr" in m.options,
-                                   lowerdirs=lowers, **kw)  # type: ignore[arg-type]
+        yield _opt(m, "upperdir") or "", dict(overlay=True, lowerdirs=lowers,
+                                               userxattr="userxattr" in m.options)
     elif len(mounts) == 1 and (m.type == "bind" or "bind" in m.options or "rbind" in m.options):
-        root = m.source
-        digest, size = _apply_into(root, **kw)  # type: ignore[arg-type]
+        yield m.source, {}
     else:
         from cargohold.mount import temp_mount
 
         with temp_mount(mounts) as root:
-            digest, size = _apply_into(root, **kw)  # type: ignore[arg-type]
-            if sync:
-                syncfs(root)
-            sync = False
-    if sync:
-        syncfs(root)
-    if expected_diff_id and expected_diff_id != digest:
-        raise IntegrityError(
-            f"layer {layer}: diffID {digest} does not match the expected {expected_diff_id}",
-            hint="the layer blob does not belong to this image config; fetch it again or "
-                 "check the image")
-    return Descriptor(MEDIA_TYPE_TAR, digest, size)
-
-
-def _apply_into(root: str, *, layer: str, compression: object, reader: BinaryIO,
-                progress: Callable[[int], None] | None, warnings: list[str] | None,
-                devices: bool | None, use_isal: bool, overlay: bool = False,
-                userxattr: bool = False, lowerdirs: list[str] | None = None,
-                ) -> tuple[str, int]:
-    if not os.path.isdir(root):
-        raise InvalidArgument(f"layer {layer}: target {root!r} is not a directory")
-    x = Extractor(root, layer, overlay=overlay, userxattr=userxattr, lowerdirs=lowerdirs,
-                  devices=devices, warnings=warnings)
-    with PlainStream(reader, compression, layer, progress=progress,  # type: ignore[arg-type]
-                     use_isal=use_isal) as stream:
-        x.run(TarReader(stream, layer))
-        stream.drain()
-        return stream.digest, stream.size
+            yield root, {}
 
 
 def syncfs(path: str) -> None:
