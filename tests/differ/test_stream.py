@@ -1,7 +1,8 @@
-"""PlainStream's bounded buffer, early start and release; apply(stream=)."""
+"""PlainStream's bounded buffer, early start and release; apply(stream=) and its durability."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import threading
@@ -10,7 +11,8 @@ import time
 import pytest
 from treeutil import MEDIA, bind, desc, diff_id, gz, tar_bytes
 
-from cargohold.differ.api import MEDIA_TYPE_TAR, Compression, LayerError
+import cargohold.differ.apply as apply_mod
+from cargohold.differ.api import MEDIA_TYPE_TAR, ApplyError, Compression, LayerError
 from cargohold.differ.apply import apply
 from cargohold.differ.compression import PlainStream
 from cargohold.errors import InvalidArgument
@@ -132,3 +134,61 @@ def test_apply_closes_a_stream_it_refuses(tmp_path):
         apply(desc(blob), bind(tmp_path), reader=io.BytesIO(blob), stream=both)
     with pytest.raises(InvalidArgument, match="exactly one of reader= and stream="):
         apply(desc(blob), bind(tmp_path))
+
+
+class _Gated(io.BytesIO):
+    """A blob reader that stops after its first read until ``gate`` opens."""
+
+    def __init__(self, data: bytes, gate: threading.Event) -> None:
+        super().__init__(data)
+        self.gate = gate
+        self.reads = 0
+
+    def read(self, n: int = -1) -> bytes:
+        self.reads += 1
+        if self.reads == 2 and not self.gate.wait(20):
+            raise OSError(errno.ETIMEDOUT, "gate never opened")
+        return super().read(n)
+
+
+def _record_syncfs(monkeypatch, fail: int = 0, on_background=None):
+    calls: list[str] = []
+    real = apply_mod._syncfs
+
+    def syncfs(fd: int) -> int:
+        name = threading.current_thread().name
+        calls.append(name)
+        if name.startswith("writeback ") and on_background is not None:
+            on_background()
+        if fail and not name.startswith("writeback "):
+            return fail
+        return real(fd)
+    monkeypatch.setattr(apply_mod, "_syncfs", syncfs)
+    monkeypatch.setattr(apply_mod, "WRITEBACK_INTERVAL", 0.01)
+    return calls
+
+
+def test_sync_writes_back_while_the_layer_is_written(tmp_path, monkeypatch):
+    gate = threading.Event()
+    calls = _record_syncfs(monkeypatch, on_background=gate.set)
+    blob = gz(tar_bytes(SIMPLE))
+    # the layer cannot finish before a background flush ran: the reader waits for one
+    apply(desc(blob), bind(tmp_path), reader=_Gated(blob, gate), sync=True)
+    assert calls[0].startswith("writeback sha256:")
+    assert calls[-1] == threading.current_thread().name  # the final flush, before returning
+    assert (tmp_path / "d/b").read_bytes() == b"beta"
+
+
+def test_a_failed_final_flush_fails_the_apply(tmp_path, monkeypatch):
+    calls = _record_syncfs(monkeypatch, fail=errno.EIO)
+    blob = gz(tar_bytes(SIMPLE))
+    with pytest.raises(ApplyError, match="syncfs .*Input/output error"):
+        apply(desc(blob), bind(tmp_path), reader=io.BytesIO(blob), sync=True)
+    assert calls[-1] == threading.current_thread().name
+
+
+def test_no_sync_no_flush(tmp_path, monkeypatch):
+    calls = _record_syncfs(monkeypatch)
+    blob = gz(tar_bytes(SIMPLE))
+    apply(desc(blob), bind(tmp_path), reader=io.BytesIO(blob))
+    assert calls == []

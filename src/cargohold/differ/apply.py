@@ -18,6 +18,13 @@ would. The caller either passes the blob's ``reader`` (apply makes and runs the 
 layer ``n`` is applied and synced, so its first chunks are ready when its turn comes. Then
 the diffID is checked and, with ``sync``, the target filesystem is flushed (``syncfs``).
 
+Durability (``sync``): the final ``syncfs`` is what a caller's commit waits for, and flushing
+a whole layer at the end leaves the CPU idle for a large part of a second. So while the files
+are written a ``writeback`` thread flushes the filesystem every :data:`WRITEBACK_INTERVAL`
+seconds, and the final call finds little left; it goes through a descriptor opened before the
+first write, so that a writeback error met at any point of the apply still fails it (see
+:class:`_Durable`). Nothing is skipped: the layer is durable when ``apply`` returns.
+
 What a failure leaves: the target holds whatever entries were written before the error. That
 is never visible as an image: the caller applies into an *active* snapshot and removes it when
 ``apply`` raises (unpack does). Threads, descriptors and temporary mounts are always released,
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
@@ -37,6 +45,10 @@ from cargohold.differ.extract import Extractor
 from cargohold.differ.tarread import TarReader
 from cargohold.errors import IntegrityError, InvalidArgument
 from cargohold.types import Descriptor, Mount
+
+#: with ``sync``, flush the target filesystem this often (seconds) while the layer is written,
+#: so that the final ``syncfs`` — which the layer's commit waits for — finds little left to do
+WRITEBACK_INTERVAL = 0.1
 
 
 def _opt(m: Mount, key: str) -> str | None:
@@ -66,7 +78,8 @@ def apply(desc: Descriptor, mounts: Sequence[Mount], *, reader: BinaryIO | None 
     - ``progress(n)``: called from the decompression thread with each count of compressed
       bytes read.
     - ``sync``: ``syncfs(2)`` the target filesystem before returning, so that a snapshot
-      committed afterwards is durable. Not done when the diffID does not match.
+      committed afterwards is durable (and flush it in the background meanwhile). Not done
+      when the diffID does not match.
     - ``warnings``: a list that receives one line per thing skipped on purpose (device nodes
       when not root, forbidden or unsupported xattrs); they are also logged.
     - ``devices``: create device nodes (default: when running as root).
@@ -107,18 +120,18 @@ def _apply(desc: Descriptor, mounts: Sequence[Mount], *, reader: BinaryIO | None
         if not os.path.isdir(root):
             raise InvalidArgument(f"layer {layer}: target {root!r} is not a directory")
         x = Extractor(root, layer, devices=devices, warnings=warnings, **how)
-        with stream:  # starts it unless the caller did; stops and joins its worker
-            x.run(TarReader(stream, layer))
-            stream.drain()
-        digest, size = stream.digest, stream.size
-        if expected_diff_id and expected_diff_id != digest:
-            raise IntegrityError(
-                f"layer {layer}: diffID {digest} does not match the expected "
-                f"{expected_diff_id}",
-                hint="the layer blob does not belong to this image config; fetch it again "
-                     "or check the image")
-        if sync:
-            syncfs(root)
+        with _Durable(root, layer, WRITEBACK_INTERVAL if sync else None) as durable:
+            with stream:  # starts it unless the caller did; stops and joins its worker
+                x.run(TarReader(stream, layer))
+                stream.drain()
+            digest, size = stream.digest, stream.size
+            if expected_diff_id and expected_diff_id != digest:
+                raise IntegrityError(
+                    f"layer {layer}: diffID {digest} does not match the expected "
+                    f"{expected_diff_id}",
+                    hint="the layer blob does not belong to this image config; fetch it again "
+                         "or check the image")
+            durable.sync()
     return Descriptor(MEDIA_TYPE_TAR, digest, size)
 
 
@@ -139,16 +152,92 @@ def _target(mounts: Sequence[Mount]) -> Iterator[tuple[str, dict[str, Any]]]:
             yield root, {}
 
 
-def syncfs(path: str) -> None:
-    """Flush the filesystem holding ``path`` to disk (``syncfs(2)``)."""
+class _Durable:
+    """Makes one apply durable: background writeback while files are written, then a final
+    ``syncfs`` (:meth:`sync`) through a descriptor opened before the first write.
+
+    ``syncfs`` reports a writeback error only through descriptors opened before the error
+    (the superblock's error sequence is sampled at open), so opening the final one first means
+    an error met during the apply — by the background flushes or the kernel's own writeback —
+    still fails it. The background thread flushes every ``interval`` seconds through its own
+    descriptor and ignores errors (reporting one there would consume it for that descriptor
+    only): by the final call most data is on disk and the layer's commit waits for little.
+    ``interval=None``: no sync at all; 0: only the final one.
+    """
+
+    def __init__(self, root: str, layer: str, interval: float | None) -> None:
+        self.root = root
+        self.interval = interval
+        self.fd = -1 if interval is None else _open_dir(root)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if interval:
+            self._thread = threading.Thread(target=self._writeback, daemon=True,
+                                            name=f"writeback {layer[:19]}")
+
+    def __enter__(self) -> _Durable:
+        if self._thread is not None:
+            try:
+                self._thread.start()
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _writeback(self) -> None:
+        try:
+            fd = _open_dir(self.root)
+        except ApplyError:
+            return
+        try:
+            while not self._stop.wait(self.interval):  # type: ignore[arg-type]
+                if _syncfs(fd):
+                    return
+        finally:
+            os.close(fd)
+
+    def _join(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join()
+
+    def sync(self) -> None:
+        """Stop the background writeback and flush the rest; raise ApplyError on failure."""
+        self._join()
+        if self.fd >= 0 and (e := _syncfs(self.fd)):
+            raise ApplyError(f"syncfs {self.root}: {os.strerror(e)}")
+
+    def close(self) -> None:
+        self._join()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _open_dir(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ApplyError(f"open {path}: {exc.strerror}") from exc
+
+
+def _syncfs(fd: int) -> int:
+    """``syncfs(fd)``; 0 or the errno."""
     import ctypes
 
     from cargohold.mount import libc
 
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return 0 if libc().syncfs(fd) == 0 else ctypes.get_errno()
+
+
+def syncfs(path: str) -> None:
+    """Flush the filesystem holding ``path`` to disk (``syncfs(2)``)."""
+    fd = _open_dir(path)
     try:
-        if libc().syncfs(fd) != 0:
-            e = ctypes.get_errno()
+        if e := _syncfs(fd):
             raise ApplyError(f"syncfs {path}: {os.strerror(e)}")
     finally:
         os.close(fd)
