@@ -17,10 +17,21 @@ Then the layer blob is labelled ``containerd.io/uncompressed=<diffID>`` and the 
 ``containerd.io/gc.ref.snapshot.<snapshotter>=<top chainID>`` (so the image keeps its
 snapshots alive through its config, as in containerd).
 
+Pipeline: just before layer ``n`` is applied, when ``chainID[n+1]`` does not exist yet, layer
+``n+1``'s blob is opened and its :class:`~cargohold.differ.compression.PlainStream` started,
+so it reads, decompresses and hashes on its own thread while layer ``n`` is extracted, synced
+and committed — ``syncfs`` leaves the CPU idle, and this fills it. At most ``prefetch`` plain
+bytes wait for their turn (the worker then waits; never more), and when the turn comes the
+cap drops to the differ's usual buffer and ``apply(stream=...)`` consumes the running stream.
+Layer ``n+1``'s snapshot is still prepared only on committed ``n``, and nothing of it is
+written before its turn: what runs early is read-only. An error in ``n+1``'s data (corrupt,
+truncated, wrong diffID) waits in its stream and is reported against ``n+1`` at its turn;
+layer ``n`` never sees it. When the turn finds ``chainID[n+1]`` made meanwhile by another
+process, or an earlier layer fails, the stream is stopped and dropped: every thread and
+descriptor is released on every path.
+
 Everything created runs inside the caller's lease; a crash leaves an extract snapshot (active,
-leased) that GC removes once the lease expires or is deleted. Overlap: while layer ``n`` is
-applied (its decompression already runs on the differ's own thread), the blob of layer
-``n+1`` is read ahead into the page cache.
+leased) that GC removes once the lease expires or is deleted.
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from cargohold import _fsutil
+from cargohold.differ.api import compression_for
+from cargohold.differ.compression import BUFFER, PlainStream
 from cargohold.errors import AlreadyExists, CargoholdError, InvalidArgument, NotFound
 from cargohold.images import mediatypes as mt
 from cargohold.images.manifest import chain_ids, diff_ids, parse_manifest, snapshot_gc_label
@@ -41,7 +54,12 @@ from cargohold.store.api import Info, Store
 from cargohold.types import LABEL_SNAPSHOT_REF, LABEL_UNCOMPRESSED, Descriptor
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cargohold.client import Client
+
+#: plain bytes of the next layer decompressed ahead while the current one is applied
+PREFETCH = 64 << 20
 
 
 class Unpacker:
@@ -49,11 +67,13 @@ class Unpacker:
 
     ``store`` is the (leased) content store to read blobs from; ``lease`` receives the
     snapshots (created here, or found and reused), so GC cannot take them before the caller
-    writes the image record.
+    writes the image record. ``prefetch`` caps the plain bytes of the next layer decompressed
+    while the current one is applied (0: no early start).
     """
 
     def __init__(self, client: Client, store: Store, *, snapshotter: str | None = None,
-                 lease: str | None = None, progress: Progress | None = None) -> None:
+                 lease: str | None = None, progress: Progress | None = None,
+                 prefetch: int = PREFETCH) -> None:
         from cargohold.metadata.snapshotter import NamespacedSnapshotter
 
         self.client = client
@@ -61,10 +81,12 @@ class Unpacker:
         self.name = snapshotter or client.config.snapshotter
         self.lease = lease
         self.progress = progress or Progress()
+        self.prefetch = prefetch
         self.sn = NamespacedSnapshotter(client.db, client.backend_snapshotter(self.name),
                                         client.namespace, self.name, lease=lease)
         self.lock_dir = _fsutil.makedirs(os.path.join(client.root, "locks", "unpack"))
         self.applied = 0  # layers applied by this unpacker (the rest were found)
+        self.early = 0  # of those, layers whose stream started while the one before applied
 
     def exists(self, chain: str) -> bool:
         try:
@@ -95,34 +117,45 @@ class Unpacker:
         chains = chain_ids(ids)
         if not chains:
             return ""
-        prefetch = _ReadAhead(self.store)
-        try:
-            for i, layer in enumerate(layers):
-                if i + 1 < len(layers):
-                    prefetch.want(layers[i + 1].digest)
-                self._layer(layer, ids[i], chains[i], chains[i - 1] if i else "",
-                            f"{what}: layer {i + 1}/{len(layers)}")
-        finally:
-            prefetch.stop()
+        early: _Early | None = None
+        for i, layer in enumerate(layers):
+            nxt = (layers[i + 1], chains[i + 1]) if i + 1 < len(layers) else None
+            early = self._layer(layer, ids[i], chains[i], chains[i - 1] if i else "",
+                                f"{what}: layer {i + 1}/{len(layers)}", early, nxt)
         _add_labels(self.store, m.config.digest, snapshot_gc_label(self.name, chains[-1]))
         return chains[-1]
 
-    def _layer(self, layer: Descriptor, diff_id: str, chain: str, parent: str,
-               what: str) -> None:
-        if self.exists(chain):
-            self._lease_existing(chain)
-        else:
-            lock = _fsutil.FileLock(os.path.join(self.lock_dir, chain.split(":", 1)[-1]),
-                                    f"unpack of {chain}")
-            lock.acquire(wait=True)
-            try:
-                if self.exists(chain):  # a concurrent unpack finished it while we waited
-                    self._lease_existing(chain)
-                else:
-                    self._apply(layer, diff_id, chain, parent, what)
-            finally:
-                lock.release()
-        _add_labels(self.store, layer.digest, {LABEL_UNCOMPRESSED: diff_id})
+    def _layer(self, layer: Descriptor, diff_id: str, chain: str, parent: str, what: str,
+               early: _Early | None, nxt: tuple[Descriptor, str] | None) -> _Early | None:
+        """Unpack one layer (from ``early`` when its stream was started, which this closes);
+        return the next layer's stream when it started one, which the caller then owns.
+        """
+        ahead: _Early | None = None
+        try:
+            if self.exists(chain):
+                self._lease_existing(chain)
+            else:
+                lock = _fsutil.FileLock(os.path.join(self.lock_dir, chain.split(":", 1)[-1]),
+                                        f"unpack of {chain}")
+                lock.acquire(wait=True)
+                try:
+                    if self.exists(chain):  # a concurrent unpack finished it while we waited
+                        self._lease_existing(chain)
+                    else:
+                        if nxt is not None and self.prefetch > 0 and not self.exists(nxt[1]):
+                            ahead = _Early.start(self.store, nxt[0], self.prefetch)
+                        self._apply(layer, diff_id, chain, parent, what, early)
+                finally:
+                    lock.release()
+            _add_labels(self.store, layer.digest, {LABEL_UNCOMPRESSED: diff_id})
+        except BaseException:
+            if ahead is not None:
+                ahead.close()
+            raise
+        finally:
+            if early is not None:
+                early.close()  # consumed by apply, or dropped: the chain was found
+        return ahead
 
     def _lease_existing(self, chain: str) -> None:
         if not self.lease:
@@ -132,7 +165,7 @@ class Unpacker:
                                                                  chain))
 
     def _apply(self, layer: Descriptor, diff_id: str, chain: str, parent: str,
-               what: str) -> None:
+               what: str, early: _Early | None) -> None:
         from cargohold.differ.apply import apply
 
         key = f"extract-{random_id()} {chain}"
@@ -140,15 +173,23 @@ class Unpacker:
         mounts = self.sn.prepare(key, parent, labels=labels)
         pkey = layer.digest
         self.progress.start(pkey, f"unpack {layer.digest.split(':', 1)[-1][:12]}", layer.size)
+
+        def report(n: int) -> None:
+            self.progress.advance(pkey, n)
         try:
-            with self.store.reader(layer.digest) as r:
-                apply(layer, mounts, reader=r, expected_diff_id=diff_id, sync=True,
-                      progress=lambda n: self.progress.advance(pkey, n))
+            if early is not None:
+                early.claim(report)
+                apply(layer, mounts, stream=early.stream, expected_diff_id=diff_id, sync=True)
+            else:
+                with self.store.reader(layer.digest) as r:
+                    apply(layer, mounts, reader=r, expected_diff_id=diff_id, sync=True,
+                          progress=report)
             try:
                 self.sn.commit(chain, key, labels=labels)
             except AlreadyExists:
                 self.sn.remove(key)  # another namespace user committed the same chain
             self.applied += 1
+            self.early += early is not None
         except BaseException as exc:
             self.progress.done(pkey, "failed")
             with contextlib.suppress(Exception):
@@ -163,37 +204,63 @@ class Unpacker:
         self.sn.close()
 
 
-class _ReadAhead:
-    """Reads the next layer's blob into the page cache while the current one is applied."""
+class _Early:
+    """A layer's blob reader and its :class:`PlainStream`, started before the layer's turn.
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._threads: list[threading.Thread] = []
-        self._stop = threading.Event()
+    Compressed-byte progress is held back until :meth:`claim` (the layer's turn), so a stream
+    that is dropped reports nothing. :meth:`close` stops the stream and closes the reader.
+    """
 
-    def want(self, digest: str) -> None:
-        t = threading.Thread(target=self._read, args=(digest,), daemon=True,
-                             name=f"read ahead {digest[7:19]}")
-        t.start()
-        self._threads.append(t)
+    def __init__(self, reader: Any, layer: Descriptor, prefetch: int) -> None:
+        self.reader = reader
+        self._mu = threading.Lock()
+        self._report: Callable[[int], None] | None = None
+        self._pending = 0
+        self.stream = PlainStream(reader, compression_for(layer.media_type), layer.digest,
+                                  progress=self._progress, buffer=prefetch)
 
-    def _read(self, digest: str) -> None:
-        with contextlib.suppress(Exception), self.store.reader(digest) as r:
-            fd = r.fileno()
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            # fadvise is a hint; reading makes sure (and costs no copy we keep).
-            off = 0
-            while not self._stop.is_set():
-                chunk = os.pread(fd, 4 << 20, off)
-                if not chunk:
-                    break
-                off += len(chunk)
+    @classmethod
+    def start(cls, store: Store, layer: Descriptor, prefetch: int) -> _Early | None:
+        """Open ``layer``'s blob and start decompressing it into at most ``prefetch`` bytes.
 
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=5)
+        Returns None when that cannot start (a missing blob, say): the layer's turn opens it
+        again and reports the problem against the right layer.
+        """
+        try:
+            reader = store.reader(layer.digest)
+        except (CargoholdError, OSError):
+            return None
+        try:
+            early = cls(reader, layer, prefetch)
+            early.stream.start()
+        except BaseException as exc:
+            reader.close()
+            if isinstance(exc, CargoholdError):
+                return None
+            raise
+        return early
+
+    def _progress(self, n: int) -> None:
+        with self._mu:
+            if self._report is None:
+                self._pending += n
+                return
+        self._report(n)
+
+    def claim(self, report: Callable[[int], None]) -> None:
+        """The layer's turn: report progress from now on, and buffer only the usual amount."""
+        self.stream.resize(min(self.stream.buffer, BUFFER))
+        with self._mu:
+            self._report = report
+            pending, self._pending = self._pending, 0
+        if pending:
+            report(pending)
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        finally:
+            self.reader.close()
 
 
 def _add_labels(store: Store, digest: str, labels: dict[str, str]) -> None:
