@@ -316,3 +316,21 @@ def test_a_failure_leaves_no_thread_behind_even_mid_prefetch(client, started, mo
         u.close()
     [s] = streams[layers[1].digest]
     assert not s.alive  # the waiting worker was stopped; the fixture checks every thread
+
+
+def test_no_thread_for_the_early_start_means_it_starts_at_its_turn(client, monkeypatch):
+    desc, layers, chains = _image(client, _layers())
+    real, refused = threading.Thread.start, []
+
+    def start(self):
+        if self.name == f"unpack {layers[1].digest[:19]}" and not refused:
+            refused.append(self.name)
+            raise RuntimeError("can't start new thread")
+        return real(self)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    u = Unpacker(client, client.content)
+    try:
+        assert u.unpack(desc) == chains[-1]
+    finally:
+        u.close()
+    assert refused and (u.applied, u.early) == (4, 2)  # layer 2 started at its turn instead

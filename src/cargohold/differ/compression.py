@@ -203,7 +203,13 @@ class PlainStream:
             if self._started or self._stop:
                 return self
             self._started = True
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:  # no thread to spare: the stream counts as closed
+            with self._cond:
+                self._started = False
+                self._stop = True
+            raise
         return self
 
     def __enter__(self) -> PlainStream:

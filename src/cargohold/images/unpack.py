@@ -20,15 +20,16 @@ snapshots alive through its config, as in containerd).
 Pipeline: just before layer ``n`` is applied, when ``chainID[n+1]`` does not exist yet, layer
 ``n+1``'s blob is opened and its :class:`~cargohold.differ.compression.PlainStream` started,
 so it reads, decompresses and hashes on its own thread while layer ``n`` is extracted, synced
-and committed — ``syncfs`` leaves the CPU idle, and this fills it. At most ``prefetch`` plain
-bytes wait for their turn (the worker then waits; never more), and when the turn comes the
-cap drops to the differ's usual buffer and ``apply(stream=...)`` consumes the running stream.
-Layer ``n+1``'s snapshot is still prepared only on committed ``n``, and nothing of it is
-written before its turn: what runs early is read-only. An error in ``n+1``'s data (corrupt,
-truncated, wrong diffID) waits in its stream and is reported against ``n+1`` at its turn;
-layer ``n`` never sees it. When the turn finds ``chainID[n+1]`` made meanwhile by another
-process, or an earlier layer fails, the stream is stopped and dropped: every thread and
-descriptor is released on every path.
+and committed (one layer ahead, no more). At most ``prefetch`` plain bytes wait for their turn
+(the worker then waits; never more); when the turn comes the cap drops to the differ's usual
+buffer and ``apply(stream=...)`` consumes the running stream. Layer ``n+1``'s snapshot is
+still prepared only on committed ``n``, and nothing of it is written before its turn: what
+runs early is read-only. An error in ``n+1``'s data (corrupt, truncated, wrong diffID) waits
+in its stream and is reported against ``n+1`` at its turn; layer ``n`` never sees it. When the
+turn finds ``chainID[n+1]`` made meanwhile by another process, or an earlier layer fails, the
+stream is stopped and dropped: every thread and descriptor is released on every path. The
+sync of layer ``n`` itself overlaps with its extraction (the differ writes back in the
+background), so its commit waits only for the last of its data.
 
 Everything created runs inside the caller's lease; a crash leaves an extract snapshot (active,
 leased) that GC removes once the lease expires or is deleted.
@@ -232,10 +233,16 @@ class _Early:
             return None
         try:
             early = cls(reader, layer, prefetch)
-            early.stream.start()
         except BaseException as exc:
             reader.close()
             if isinstance(exc, CargoholdError):
+                return None
+            raise
+        try:
+            early.stream.start()
+        except BaseException as exc:
+            early.close()
+            if isinstance(exc, RuntimeError):  # no thread to spare: it starts at its turn
                 return None
             raise
         return early
