@@ -4,7 +4,8 @@ For each layer ``n`` (chain IDs from the config's ``rootfs.diff_ids``):
 
 1. a snapshot named ``chainID[n]`` already exists → skip it (an earlier import, another
    image sharing the base layers);
-2. otherwise take the cross-process lock ``<root>/locks/unpack/<chainid-hex>`` and look again:
+2. otherwise take the cross-process lock of that chain ID (a byte range of
+   ``<root>/locks/unpack.lock``, so no per-layer lock files pile up) and look again:
    a concurrent import of the same image may have unpacked it meanwhile, so two imports at
    once apply each layer once;
 3. ``prepare("extract-<unique> <chainID>", chainID[n-1])`` with ``containerd.io/snapshot.ref``,
@@ -85,7 +86,8 @@ class Unpacker:
         self.prefetch = prefetch
         self.sn = NamespacedSnapshotter(client.db, client.backend_snapshotter(self.name),
                                         client.namespace, self.name, lease=lease)
-        self.lock_dir = _fsutil.makedirs(os.path.join(client.root, "locks", "unpack"))
+        self.locks = _fsutil.KeyedLocks(os.path.join(
+            _fsutil.makedirs(os.path.join(client.root, "locks")), "unpack.lock"))
         self.applied = 0  # layers applied by this unpacker (the rest were found)
         self.early = 0  # of those, layers whose stream started while the one before applied
 
@@ -136,18 +138,13 @@ class Unpacker:
             if self.exists(chain):
                 self._lease_existing(chain)
             else:
-                lock = _fsutil.FileLock(os.path.join(self.lock_dir, chain.split(":", 1)[-1]),
-                                        f"unpack of {chain}")
-                lock.acquire(wait=True)
-                try:
+                with self.locks.hold(chain):
                     if self.exists(chain):  # a concurrent unpack finished it while we waited
                         self._lease_existing(chain)
                     else:
                         if nxt is not None and self.prefetch > 0 and not self.exists(nxt[1]):
                             ahead = _Early.start(self.store, nxt[0], self.prefetch)
                         self._apply(layer, diff_id, chain, parent, what, early)
-                finally:
-                    lock.release()
             _add_labels(self.store, layer.digest, {LABEL_UNCOMPRESSED: diff_id})
         except BaseException:
             if ahead is not None:
