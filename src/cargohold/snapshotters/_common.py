@@ -29,7 +29,6 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Sequence
 
 from cargohold._fsutil import makedirs
 from cargohold.errors import (
@@ -39,8 +38,9 @@ from cargohold.errors import (
     NotFound,
     Unavailable,
 )
-from cargohold.snapshotters.api import Info, Kind, Usage
-from cargohold.snapshotters.storage import MetaStore, Snapshot
+from cargohold.snapshotters._base import Bookkept
+from cargohold.snapshotters.api import Kind, Usage
+from cargohold.snapshotters.storage import Snapshot
 from cargohold.types import Mount
 
 
@@ -96,7 +96,7 @@ def diff_usage(parent: str, child: str) -> Usage:
     return Usage(size, inodes)
 
 
-class DirSnapshotter:
+class DirSnapshotter(Bookkept):
     """A snapshotter whose snapshots are objects under ``<root>/snapshots/<id>``.
 
     Every mutation runs inside one bookkeeping write transaction, which also excludes other
@@ -108,11 +108,8 @@ class DirSnapshotter:
     name = "dir"
 
     def __init__(self, root: str) -> None:
-        self.root = os.path.abspath(root)
-        makedirs(self.root, 0o700)
+        super().__init__(root)
         self.snapshots_dir = makedirs(os.path.join(self.root, "snapshots"), 0o700)
-        self.ms = MetaStore(os.path.join(self.root, "metadata"))
-        self._closed = False
 
     # --- hooks for backends ------------------------------------------------------------------
     def _create(self, path: str, kind: Kind, parent_ids: tuple[str, ...]) -> None:
@@ -141,23 +138,6 @@ class DirSnapshotter:
         """The directory (or subvolume) of the snapshot with internal id ``id``."""
         return os.path.join(self.snapshots_dir, id)
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise FailedPrecondition(f"snapshotter {self.name} at {self.root}: closed")
-
-    # --- the contract --------------------------------------------------------------------------
-    def stat(self, key: str) -> Info:
-        """The Info of ``key`` (any kind); NotFound when missing."""
-        self._check_open()
-        with self.ms.view() as tx:
-            return self.ms.get_info(tx, key)[1]
-
-    def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
-        """Change labels (see :meth:`MetaStore.update_info`); return the new Info."""
-        self._check_open()
-        with self.ms.update() as tx:
-            return self.ms.update_info(tx, info, fieldpaths)
-
     def usage(self, key: str) -> Usage:
         """Committed: the usage stored at commit (no walk). Active/view: measured now."""
         self._check_open()
@@ -174,16 +154,6 @@ class DirSnapshotter:
         with self.ms.view() as tx:
             sn = self.ms.get_snapshot(tx, key)
         return self._mounts(sn)
-
-    def prepare(self, key: str, parent: str = "", *,
-                labels: dict[str, str] | None = None) -> list[Mount]:
-        """A new writable snapshot on ``parent``; see the contract in ``api.py``."""
-        return self._new(Kind.ACTIVE, key, parent, labels)
-
-    def view(self, key: str, parent: str = "", *,
-             labels: dict[str, str] | None = None) -> list[Mount]:
-        """A new read-only snapshot of ``parent``; see the contract in ``api.py``."""
-        return self._new(Kind.VIEW, key, parent, labels)
 
     def _new(self, kind: Kind, key: str, parent: str,
              labels: dict[str, str] | None) -> list[Mount]:
@@ -262,17 +232,6 @@ class DirSnapshotter:
         if moved:
             self._delete_quietly(moved[1])
 
-    def walk(self, fn: Callable[[Info], None], filters: Sequence[str] = ()) -> None:
-        """Call ``fn`` for every matching snapshot, outside any transaction (so ``fn`` may call
-        back into this snapshotter).
-        """
-        self._check_open()
-        found: list[Info] = []
-        with self.ms.view() as tx:
-            self.ms.walk_info(tx, found.append, filters)
-        for info in found:
-            fn(info)
-
     def cleanup(self) -> None:
         """Delete every object under ``snapshots/`` that no snapshot record owns.
 
@@ -339,15 +298,3 @@ class DirSnapshotter:
             self._delete(path)
         except (OSError, CargoholdError):
             pass
-
-    def close(self) -> None:
-        """Release the bookkeeping; a second call does nothing."""
-        if not self._closed:
-            self._closed = True
-            self.ms.close()
-
-    def __enter__(self) -> DirSnapshotter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

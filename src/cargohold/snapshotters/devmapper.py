@@ -224,18 +224,11 @@ class Devmapper(ToolSnapshotter):
                               hint=exc.hint) from exc
 
     # --- the contract ----------------------------------------------------------------------------
-    def prepare(self, key: str, parent: str = "", *,
-                labels: dict[str, str] | None = None) -> list[Mount]:
-        """A writable thin device: a new file system, or a thin snapshot of ``parent``."""
-        return self._new(Kind.ACTIVE, key, parent, labels)
-
-    def view(self, key: str, parent: str = "", *,
-             labels: dict[str, str] | None = None) -> list[Mount]:
-        """Like prepare; its mounts are read-only."""
-        return self._new(Kind.VIEW, key, parent, labels)
-
     def _new(self, kind: Kind, key: str, parent: str,
              labels: dict[str, str] | None) -> list[Mount]:
+        """prepare/view: a thin device with a new file system, or a thin snapshot of the
+        committed parent; a view's mounts are read-only.
+        """
         self._check_open()
         undo: list[Callable[[], object]] = []
         committed = False

@@ -162,18 +162,11 @@ class ZFS(ToolSnapshotter):
     def _mounts(self, sn: Snapshot) -> list[Mount]:
         return [Mount("zfs", self.ds(sn.id), ("ro",) if sn.kind == Kind.VIEW else ("rw",))]
 
-    def prepare(self, key: str, parent: str = "", *,
-                labels: dict[str, str] | None = None) -> list[Mount]:
-        """A writable dataset: created empty, or a clone of the committed ``parent``."""
-        return self._new(Kind.ACTIVE, key, parent, labels)
-
-    def view(self, key: str, parent: str = "", *,
-             labels: dict[str, str] | None = None) -> list[Mount]:
-        """Like prepare, with readonly=on and read-only mounts."""
-        return self._new(Kind.VIEW, key, parent, labels)
-
     def _new(self, kind: Kind, key: str, parent: str,
              labels: dict[str, str] | None) -> list[Mount]:
+        """prepare/view: a dataset created empty, or a clone of the committed parent; a view's
+        dataset is also readonly=on and its mounts read-only.
+        """
         self._check_open()
         made = ""
         try:

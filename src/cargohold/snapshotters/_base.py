@@ -1,0 +1,86 @@
+"""What every backend shares: its bookkeeping and the half of the contract that only reads it.
+
+Each backend keeps its records in a :class:`~cargohold.snapshotters.storage.MetaStore` under
+``<root>/metadata/``. Stat, update and walk read or change only those records, and prepare and
+view differ only in the kind they ask for, so they live here once; the backends
+(:class:`~cargohold.snapshotters._common.DirSnapshotter` for directory trees,
+:class:`~cargohold.snapshotters._tool.ToolSnapshotter` for zfs and devmapper) supply ``_new``
+and the rest of the contract.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from cargohold._fsutil import makedirs
+from cargohold.errors import FailedPrecondition
+from cargohold.snapshotters.api import Info, Kind
+from cargohold.snapshotters.storage import MetaStore
+from cargohold.types import Mount
+
+
+class Bookkept:
+    """A snapshotter rooted at ``root`` with its records in ``<root>/metadata``."""
+
+    name = "snapshotter"
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        makedirs(self.root, 0o700)
+        self.ms = MetaStore(os.path.join(self.root, "metadata"))
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FailedPrecondition(f"snapshotter {self.name} at {self.root}: closed")
+
+    def _new(self, kind: Kind, key: str, parent: str,
+             labels: dict[str, str] | None) -> list[Mount]:
+        raise NotImplementedError
+
+    # --- the contract: the bookkeeping side ----------------------------------------------------
+    def stat(self, key: str) -> Info:
+        """The Info of ``key`` (any kind); NotFound when missing."""
+        self._check_open()
+        with self.ms.view() as tx:
+            return self.ms.get_info(tx, key)[1]
+
+    def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
+        """Change labels (see :meth:`MetaStore.update_info`); return the new Info."""
+        self._check_open()
+        with self.ms.update() as tx:
+            return self.ms.update_info(tx, info, fieldpaths)
+
+    def walk(self, fn: Callable[[Info], None], filters: Sequence[str] = ()) -> None:
+        """Call ``fn`` for every matching snapshot, outside any transaction (so ``fn`` may call
+        back into this snapshotter).
+        """
+        self._check_open()
+        found: list[Info] = []
+        with self.ms.view() as tx:
+            self.ms.walk_info(tx, found.append, filters)
+        for info in found:
+            fn(info)
+
+    def prepare(self, key: str, parent: str = "", *,
+                labels: dict[str, str] | None = None) -> list[Mount]:
+        """A new writable snapshot on ``parent``; see the contract in ``api.py``."""
+        return self._new(Kind.ACTIVE, key, parent, labels)
+
+    def view(self, key: str, parent: str = "", *,
+             labels: dict[str, str] | None = None) -> list[Mount]:
+        """A new read-only snapshot of ``parent``; its mounts are read-only."""
+        return self._new(Kind.VIEW, key, parent, labels)
+
+    def close(self) -> None:
+        """Release the bookkeeping; a second call does nothing."""
+        if not self._closed:
+            self._closed = True
+            self.ms.close()
+
+    def __enter__(self) -> Bookkept:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
