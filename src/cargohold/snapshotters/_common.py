@@ -192,12 +192,7 @@ class DirSnapshotter(Bookkept):
         frozen = ""
         try:
             with self.ms.update() as tx:
-                _, info, _ = self.ms.get_info(tx, key)
-                if info.kind != Kind.ACTIVE:
-                    raise FailedPrecondition(f"snapshot {key}: {info.kind} cannot be committed",
-                                             hint="only snapshots made by prepare can be "
-                                                  "committed")
-                sn = self.ms.get_snapshot(tx, key)
+                sn = self.ms.get_active(tx, key)
                 usage = self._active_usage(sn)
                 self.ms.commit_active(tx, key, name, usage, labels)
                 self._freeze(sn.id)

@@ -342,12 +342,7 @@ class Devmapper(ToolSnapshotter):
         self._check_open()
         with self._diagnosed():
             with self.ms.update() as tx:
-                _, info, _ = self.ms.get_info(tx, key)
-                if info.kind != Kind.ACTIVE:
-                    raise FailedPrecondition(f"snapshot {key}: {info.kind} cannot be committed",
-                                             hint="only snapshots made by prepare can be "
-                                                  "committed")
-                sn = self.ms.get_snapshot(tx, key)
+                sn = self.ms.get_active(tx, key)
                 mapped, usage = self._own_usage(tx, sn)
                 self.ms.commit_active(tx, key, name, usage, labels)
                 tx.put(self.key("snap", sn.id, "mapped"), mapped)

@@ -124,6 +124,16 @@ class MetaStore:
         return Snapshot(tx.get_str(_f(rec, "id")), kind,
                         tuple(self._chain(tx, tx.get_str(_f(rec, "parent")))))
 
+    def get_active(self, tx: Tx, key: str) -> Snapshot:
+        """The active snapshot ``key``, about to be committed: a view or a committed one is
+        refused with FailedPrecondition, a missing one with NotFound.
+        """
+        _, info, _ = self.get_info(tx, key)
+        if info.kind != Kind.ACTIVE:
+            raise FailedPrecondition(f"snapshot {key}: {info.kind} cannot be committed",
+                                     hint="only snapshots made by prepare can be committed")
+        return self.get_snapshot(tx, key)
+
     def _chain(self, tx: Tx, parent: str) -> list[str]:
         ids = []
         while parent:

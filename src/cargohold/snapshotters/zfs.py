@@ -210,12 +210,7 @@ class ZFS(ToolSnapshotter):
         snapped = ""
         try:
             with self.ms.update() as tx:
-                _, info, _ = self.ms.get_info(tx, key)
-                if info.kind != Kind.ACTIVE:
-                    raise FailedPrecondition(f"snapshot {key}: {info.kind} cannot be committed",
-                                             hint="only snapshots made by prepare can be "
-                                                  "committed")
-                sn = self.ms.get_snapshot(tx, key)
+                sn = self.ms.get_active(tx, key)
                 usage = Usage(self._used(sn.id), -1)
                 self.ms.commit_active(tx, key, name, usage, labels)  # AlreadyExists before zfs
                 self._snapshot(sn.id)
