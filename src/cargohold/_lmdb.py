@@ -8,6 +8,7 @@ A key is its bucket path with the segments joined by NUL, so a bucket is a key p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -175,7 +176,42 @@ def release_env(path: str) -> None:
             _envs[path] = (env, refs - 1)
 
 
-def begin_update(env: lmdb.Environment) -> tuple[lmdb.Transaction, Tx]:
-    """Start a write transaction (blocks while another process writes)."""
-    txn = env.begin(write=True, buffers=False)
-    return txn, Tx(txn, True)
+class Env:
+    """A shared LMDB environment in directory ``path``, with its two kinds of transaction.
+
+    :meth:`view` is a read transaction (one consistent snapshot); :meth:`update` a write
+    transaction that commits when the block ends and aborts on an exception. Only one write
+    transaction runs at a time across all processes: do no slow I/O inside. A subclass may add
+    to every write that changed something in :meth:`_before_commit`.
+    """
+
+    def __init__(self, path: str, what: str = "metadata") -> None:
+        self.path = path
+        self.env = open_env(path, what)
+        self._closed = False
+
+    @contextlib.contextmanager
+    def view(self) -> Iterator[Tx]:
+        with self.env.begin(write=False, buffers=False) as txn:
+            yield Tx(txn, False)
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[Tx]:
+        txn = self.env.begin(write=True, buffers=False)
+        tx = Tx(txn, True)
+        try:
+            yield tx
+            self._before_commit(tx)
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+
+    def _before_commit(self, tx: Tx) -> None:
+        """Called inside every write transaction just before it commits."""
+
+    def close(self) -> None:
+        """Release the environment; a second call does nothing."""
+        if not self._closed:
+            self._closed = True
+            release_env(self.path)

@@ -6,11 +6,9 @@ read transaction and sweeps only while the epoch it marked at still holds.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 
-from cargohold._lmdb import Tx, open_env, release_env
+from cargohold._lmdb import Env, Tx
 from cargohold.metadata import schema
 
 __all__ = ["DB", "Tx", "open_db", "epoch"]
@@ -21,41 +19,12 @@ def epoch(tx: Tx) -> int:
     return tx.get_int(schema.EPOCH_KEY)
 
 
-class DB:
+class DB(Env):
     """The metadata database under ``<root>/metadata``."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.env = open_env(path)
-        self._closed = False
-
-    @contextlib.contextmanager
-    def view(self) -> Iterator[Tx]:
-        """A read-only transaction: one consistent snapshot."""
-        with self.env.begin(write=False, buffers=False) as txn:
-            yield Tx(txn, False)
-
-    @contextlib.contextmanager
-    def update(self) -> Iterator[Tx]:
-        """A write transaction; commits when the block ends, aborts on an exception.
-
-        Only one write transaction runs at a time across all processes; do no slow I/O inside.
-        """
-        txn = self.env.begin(write=True, buffers=False)
-        tx = Tx(txn, True)
-        try:
-            yield tx
-            if tx.dirty:
-                txn.put(schema.EPOCH_KEY, str(epoch(tx) + 1).encode())
-            txn.commit()
-        except BaseException:
-            txn.abort()
-            raise
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            release_env(self.path)
+    def _before_commit(self, tx: Tx) -> None:
+        if tx.dirty:  # the GC's sweep checks this counter (see the module docstring)
+            tx.put(schema.EPOCH_KEY, epoch(tx) + 1)
 
 
 def open_db(root: str) -> DB:

@@ -22,11 +22,10 @@ caller. Changing this tree needs a new ``v2`` prefix and a migration here.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cargohold._lmdb import SEP, Tx, open_env, release_env
+from cargohold._lmdb import SEP, Env, Tx
 from cargohold.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cargohold.filters import Clause, Filter, adaptor_for
 from cargohold.snapshotters.api import Info, Kind, Usage
@@ -64,7 +63,7 @@ def _f(rec: bytes, field: str) -> bytes:
     return rec + SEP + field.encode()
 
 
-class MetaStore:
+class MetaStore(Env):
     """The bookkeeping database of one backend root.
 
     Use :meth:`view` for reads and :meth:`update` for changes; every other method takes the
@@ -73,36 +72,7 @@ class MetaStore:
     """
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        self.env = open_env(path, "snapshot metadata")
-        self._closed = False
-
-    # --- transactions -------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def view(self) -> Iterator[Tx]:
-        """A read transaction: one consistent snapshot of the bookkeeping."""
-        with self.env.begin(write=False, buffers=False) as txn:
-            yield Tx(txn, False)
-
-    @contextlib.contextmanager
-    def update(self) -> Iterator[Tx]:
-        """A write transaction that commits when the block ends and aborts on an exception.
-
-        It excludes every other writer on this root, in any process, until it ends.
-        """
-        txn = self.env.begin(write=True, buffers=False)
-        try:
-            yield Tx(txn, True)
-            txn.commit()
-        except BaseException:
-            txn.abort()
-            raise
-
-    def close(self) -> None:
-        """Release the environment; a second call does nothing."""
-        if not self._closed:
-            self._closed = True
-            release_env(self.path)
+        super().__init__(path, "snapshot metadata")
 
     # --- reads -------------------------------------------------------------------------------
     def _kind(self, tx: Tx, key: str) -> tuple[bytes, Kind]:
