@@ -6,9 +6,9 @@ import errno
 import io
 import os
 import threading
-import time
 
 import pytest
+from tests.differ.treeutil import pipeline_threads, wait_until
 from treeutil import MEDIA, bind, desc, diff_id, gz, tar_bytes
 
 import cargohold.differ.apply as apply_mod
@@ -20,24 +20,10 @@ from cargohold.errors import InvalidArgument
 KIB = 1 << 10
 
 
-def _ours() -> list[str]:
-    return [t.name for t in threading.enumerate()
-            if t.name.startswith(("unpack ", "writeback "))]
-
-
-def _until(cond, what: str, limit: float = 20.0) -> None:
-    """Wait for a state (not a duration): fail after ``limit`` seconds without it."""
-    end = time.monotonic() + limit
-    while not cond():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
 @pytest.fixture(autouse=True)
 def no_threads_left():
     yield
-    assert _ours() == []
+    assert pipeline_threads() == []
 
 
 def _plain_stream(data: bytes, *, buffer: int, chunk: int = 64 * KIB):
@@ -51,7 +37,7 @@ def test_a_full_buffer_holds_the_worker():
     data = os.urandom(4 << 20)
     s, read = _plain_stream(data, buffer=256 * KIB)
     with s:
-        _until(lambda: s.buffered == 256 * KIB, "a full buffer")
+        wait_until(lambda: s.buffered == 256 * KIB, "a full buffer")
         # the worker holds at most the chunk it could not queue: it stopped reading
         assert s.alive and sum(read) <= 256 * KIB + 2 * 64 * KIB < len(data)
         got = bytearray()
@@ -72,7 +58,7 @@ def test_a_cap_below_one_chunk_still_makes_progress():
 def test_close_while_full_stops_the_worker_and_drops_the_buffer():
     s, _ = _plain_stream(os.urandom(2 << 20), buffer=128 * KIB)
     s.start()
-    _until(lambda: s.buffered == 128 * KIB, "a full buffer")
+    wait_until(lambda: s.buffered == 128 * KIB, "a full buffer")
     s.close()
     assert not s.alive and s.buffered == 0
     s.close()  # a repeat is fine
@@ -89,7 +75,7 @@ def test_an_error_waits_behind_the_chunks_before_it():
     s = PlainStream(io.BytesIO(bytes(blob)), Compression.GZIP, "sha256:" + "b" * 64,
                     buffer=64 << 20)
     with s:
-        _until(lambda: not s.alive, "the worker to meet the corruption")
+        wait_until(lambda: not s.alive, "the worker to meet the corruption")
         assert s.next_chunk()  # what came before the damage is still delivered first
         with pytest.raises(LayerError, match="sha256:b{64}: reading the gzip stream failed"):
             s.drain()
@@ -99,7 +85,7 @@ def test_resize_lowers_the_cap_once_the_consumer_catches_up():
     data = os.urandom(4 << 20)
     s, _ = _plain_stream(data, buffer=1 << 20)
     with s:
-        _until(lambda: s.buffered == 1 << 20, "a full buffer")
+        wait_until(lambda: s.buffered == 1 << 20, "a full buffer")
         s.resize(128 * KIB)
         s.drain()
     assert s.digest == diff_id(data) and s.high_water == 1 << 20
@@ -116,7 +102,7 @@ def test_apply_consumes_a_stream_started_earlier(tmp_path, kind):
     blob = comp(plain)
     d = desc(blob, media_type)
     s = PlainStream(io.BytesIO(blob), Compression(kind), d.digest, buffer=512 * KIB).start()
-    _until(lambda: s.buffered or not s.alive, "early chunks")
+    wait_until(lambda: s.buffered or not s.alive, "early chunks")
     out = apply(d, bind(tmp_path), stream=s, expected_diff_id=diff_id(plain), sync=True)
     assert (out.media_type, out.digest, out.size) == (MEDIA_TYPE_TAR, diff_id(plain), len(plain))
     assert (tmp_path / "d/a").read_bytes() == SIMPLE[1][2]["data"]

@@ -7,8 +7,11 @@ import io
 import os
 import stat
 import tarfile
+import threading
+import time
 
 import isal.igzip as igzip
+import pytest
 
 from cargohold.differ.api import MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD
 from cargohold.types import Descriptor, Mount
@@ -162,3 +165,18 @@ def rich_tree(root) -> None:
     for d, dirs, files in os.walk(r, topdown=False):
         for n in dirs + files:
             os.utime(os.path.join(d, n), (1_600_000_000, 1_600_000_000), follow_symlinks=False)
+
+
+def pipeline_threads() -> list[str]:
+    """Names of the differ's and the unpacker's threads still alive."""
+    return [t.name for t in threading.enumerate()
+            if t.name.startswith(("unpack ", "writeback "))]
+
+
+def wait_until(cond, what: str, limit: float = 20.0) -> None:
+    """Wait for a state (not a duration): fail after ``limit`` seconds without it."""
+    end = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)

@@ -25,15 +25,17 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import threading
 
 import isal.igzip as igzip
 import zstandard
+from tests.differ.treeutil import diff_snapshots, snapshot
 
 from cargohold.images import platforms
+from cargohold.mount import temp_mount
 
 BUSYBOX = "/bin/busybox"
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_bind_service+ep
-OVERLAY_X = ("trusted.overlay.", "user.overlay.")
 
 
 def sh(*argv: str, cwd: str | None = None) -> None:
@@ -290,40 +292,21 @@ def build_all(w: str) -> dict:
 
 
 def tree(root: str, *, dir_mtimes: bool = False) -> dict[str, tuple]:
-    """Everything a layer can say about a tree, keyed by relative path."""
-    out: dict[str, tuple] = {}
-    inodes: dict[tuple[int, int], str] = {}
-    for d, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(dirs + files):
-            p = os.path.join(d, name)
-            rel = os.path.relpath(p, root)
-            st = os.lstat(p)
-            m = st.st_mode
-            content = link = group = rdev = mtime = None
-            if stat.S_ISREG(m):
-                with open(p, "rb") as f:
-                    content = hashlib.sha256(f.read()).hexdigest()
-            if stat.S_ISLNK(m):
-                link = os.readlink(p)
-            if not stat.S_ISDIR(m) and st.st_nlink > 1:
-                group = inodes.setdefault((st.st_dev, st.st_ino), rel)
-            if stat.S_ISCHR(m) or stat.S_ISBLK(m):
-                rdev = st.st_rdev
-            if not stat.S_ISLNK(m) and (dir_mtimes or not stat.S_ISDIR(m)):
-                mtime = st.st_mtime_ns // 10**9
-            try:
-                xa = tuple(sorted((k, os.getxattr(p, k, follow_symlinks=False))
-                                  for k in os.listxattr(p, follow_symlinks=False)
-                                  if not k.startswith(OVERLAY_X)))
-            except OSError:
-                xa = ()
-            out[rel] = (stat.S_IFMT(m), stat.S_IMODE(m), st.st_uid, st.st_gid,
-                        st.st_size if stat.S_ISREG(m) else None, link, content, xa, group,
-                        rdev, mtime)
-    return out
+    """Everything a layer can say about a tree, keyed by relative path (directory mtimes only
+    when asked: unpackers differ on them)."""
+    return snapshot(root, dir_mtimes=dir_mtimes)
 
 
-def tree_diff(a: dict, b: dict) -> list[str]:
-    return [f"{k}: {a.get(k)} != {b.get(k)}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k)]
+tree_diff = diff_snapshots
+
+
+def merged_tree(client, chain: str) -> dict:
+    """:func:`tree` of committed snapshot ``chain`` seen through a read-only view."""
+    sn = client.snapshotter()
+    key = f"view-{os.getpid()}-{threading.get_ident()}"
+    mounts = sn.view(key, chain)
+    try:
+        with temp_mount(mounts, readonly=True) as path:
+            return tree(path)
+    finally:
+        sn.remove(key)

@@ -4,30 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 
 import pytest
-from tests.images.imagekit import tree, tree_diff
+from tests.images.imagekit import merged_tree, tree, tree_diff
 
 from cargohold.errors import CargoholdError
 from cargohold.images.importer import Importer, ImportOptions
 from cargohold.images.manifest import chain_ids, diff_ids, parse_manifest
 from cargohold.images.unpack import Unpacker, unpack_image
-from cargohold.mount import temp_mount
 from cargohold.types import LABEL_SNAPSHOT_REF, LABEL_UNCOMPRESSED, Descriptor
 
 pytestmark = pytest.mark.peer
-
-
-def _merged_tree(client, chain):
-    sn = client.snapshotter()
-    key = f"view-{os.getpid()}-{threading.get_ident()}"
-    mounts = sn.view(key, chain)
-    try:
-        with temp_mount(mounts, readonly=True) as path:
-            return tree(path)
-    finally:
-        sn.remove(key)
 
 
 @pytest.mark.parametrize("key", ["oci", "docker_zstd"])
@@ -40,7 +27,7 @@ def test_unpacked_tree_equals_umoci_unpack(client, archives, key):
     assert "etc/hostname" not in ref and "opt/old/sub" not in ref  # deletions happened
     # umoci gives directories it recreates for whiteouts the time of the unpack: compare
     # directory times out (tree() does by default) and everything else exactly.
-    assert tree_diff(ref, _merged_tree(client, top)) == []
+    assert tree_diff(ref, merged_tree(client, top)) == []
 
 
 def test_two_layer_base_shares_snapshots(client, archives):
@@ -49,7 +36,7 @@ def test_two_layer_base_shares_snapshots(client, archives):
     full = imp.import_archive(archives["oci"], ImportOptions(base_name="f"))
     [btop] = base.entries[0].unpacked.values()
     [ftop] = full.entries[0].unpacked.values()
-    assert tree_diff(tree(archives["refbase"]), _merged_tree(client, btop)) == []
+    assert tree_diff(tree(archives["refbase"]), merged_tree(client, btop)) == []
     sn = client.snapshotter()
     assert sn.stat(ftop).parent == btop  # the third layer sits on the base's chain
     keys = []

@@ -11,11 +11,10 @@ import io
 import json
 import os
 import threading
-import time
 
 import pytest
-from tests.differ.treeutil import bind, diff_id, gz, tar_bytes
-from tests.images.imagekit import tree, tree_diff
+from tests.differ.treeutil import bind, diff_id, gz, pipeline_threads, tar_bytes, wait_until
+from tests.images.imagekit import merged_tree, tree, tree_diff
 
 from cargohold.differ.api import LayerError
 from cargohold.differ.apply import apply
@@ -26,7 +25,6 @@ from cargohold.images.manifest import chain_ids
 from cargohold.images.pack import write_blob
 from cargohold.images.progress import Progress
 from cargohold.images.unpack import Unpacker
-from cargohold.mount import temp_mount
 from cargohold.types import Descriptor
 
 MIB = 1 << 20
@@ -39,22 +37,8 @@ def _root_and_nothing_left():
         pytest.skip("needs root (overlay mounts for the snapshots)")
     fds = sorted(os.listdir("/proc/self/fd"))
     yield
-    assert _ours() == []
+    assert pipeline_threads() == []
     assert sorted(os.listdir("/proc/self/fd")) == fds
-
-
-def _ours() -> list[str]:
-    return [t.name for t in threading.enumerate()
-            if t.name.startswith(("unpack ", "writeback "))]
-
-
-def _until(cond, what: str, limit: float = 20.0) -> None:
-    """Wait for a state (not a duration): fail after ``limit`` seconds without it."""
-    end = time.monotonic() + limit
-    while not cond():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def _layers(big: int = 6 * MIB) -> list[bytes]:
@@ -92,17 +76,6 @@ def _image(client, plains: list[bytes], *, damage: dict | None = None,
                       for d in layers]}
     return write_blob(store, json.dumps(doc).encode(), mt.OCI_MANIFEST, {}), layers, \
         chain_ids(ids)
-
-
-def _merged_tree(client, chain: str) -> dict:
-    sn = client.snapshotter()
-    key = f"view-{os.getpid()}-{threading.get_ident()}"
-    mounts = sn.view(key, chain)
-    try:
-        with temp_mount(mounts, readonly=True) as path:
-            return tree(path)
-    finally:
-        sn.remove(key)
 
 
 def _snapshots(client) -> list[tuple[str, str]]:
@@ -149,7 +122,7 @@ def test_tree_is_the_same_as_applying_layer_after_layer(client, tmp_path, starte
     ref.mkdir()
     for p in plains:  # the plain sequential path, real whiteouts in a directory
         apply(Descriptor(mt.OCI_LAYER_GZIP, "", 0), bind(ref), reader=io.BytesIO(gz(p)))
-    merged = _merged_tree(client, chains[-1])
+    merged = merged_tree(client, chains[-1])
     assert "lib/old" not in merged and "etc/a" not in merged and "gone" not in merged
     assert merged["bin/tool-link"][8] == "bin/tool" and merged["bin/big"][4] == 6 * MIB
     assert tree_diff(tree(str(ref)), merged) == []
@@ -165,7 +138,7 @@ def test_tree_is_the_same_as_applying_layer_after_layer(client, tmp_path, starte
             assert v.unpack(desc2) == chains[-1] and (v.applied, v.early) == (4, 0)
         finally:
             v.close()
-        assert tree_diff(_merged_tree(other, chains[-1]), merged) == []
+        assert tree_diff(merged_tree(other, chains[-1]), merged) == []
     finally:
         other.close()
 
@@ -216,7 +189,7 @@ def test_bad_layer_2_of_3_fails_at_its_turn_and_keeps_layer_1(client, started, m
             # layer 2's worker has already read all of it (and met the damage, if any)
             # while layer 1 is being committed; layer 1 must not care
             [s] = streams[layers[1].digest]
-            _until(lambda: not s.alive, "layer 2's worker to finish")
+            wait_until(lambda: not s.alive, "layer 2's worker to finish")
         seen.append(name)
     _on_commit(monkeypatch, u, after)
     try:
@@ -286,7 +259,7 @@ def test_the_prefetch_cap_holds_the_next_layer(client, started, monkeypatch):
     def full(name: str) -> None:
         if name == chains[0]:
             [s] = streams[layers[1].digest]
-            _until(lambda: s.buffered == cap, "layer 2's buffer to fill")
+            wait_until(lambda: s.buffered == cap, "layer 2's buffer to fill")
             assert s.alive and s.high_water == cap  # it waits, with 10 MiB still to go
     _on_commit(monkeypatch, u, full)
     try:
@@ -306,7 +279,7 @@ def test_a_failure_leaves_no_thread_behind_even_mid_prefetch(client, started, mo
 
     def boom(name: str) -> None:
         [s] = streams[layers[1].digest]
-        _until(lambda: s.buffered == MIB, "layer 2's buffer to fill")
+        wait_until(lambda: s.buffered == MIB, "layer 2's buffer to fill")
         raise CargoholdError("injected: the metadata store went away")
     _on_commit(monkeypatch, u, boom)
     try:
