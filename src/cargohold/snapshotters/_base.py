@@ -1,11 +1,12 @@
-"""What every backend shares: its bookkeeping and the half of the contract that only reads it.
+"""What every backend shares: its bookkeeping and the parts of the contract built on it.
 
 Each backend keeps its records in a :class:`~cargohold.snapshotters.storage.MetaStore` under
-``<root>/metadata/``. Stat, update and walk read or change only those records, and prepare and
-view differ only in the kind they ask for, so they live here once; the backends
+``<root>/metadata/``. Stat, update and walk only read or change those records; usage and mounts
+need one hook each (``_active_usage``, ``_mounts``); prepare and view differ only in the kind
+they ask for. So they live here once, and the backends
 (:class:`~cargohold.snapshotters._common.DirSnapshotter` for directory trees,
-:class:`~cargohold.snapshotters._tool.ToolSnapshotter` for zfs and devmapper) supply ``_new``
-and the rest of the contract.
+:class:`~cargohold.snapshotters._tool.ToolSnapshotter` for zfs and devmapper) supply ``_new``,
+the hooks and the rest of the contract.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from collections.abc import Callable, Sequence
 
 from cargohold._fsutil import makedirs
 from cargohold.errors import FailedPrecondition
-from cargohold.snapshotters.api import Info, Kind
-from cargohold.snapshotters.storage import MetaStore
+from cargohold.snapshotters.api import Info, Kind, Usage
+from cargohold.snapshotters.storage import MetaStore, Snapshot
 from cargohold.types import Mount
 
 
@@ -37,6 +38,13 @@ class Bookkept:
 
     def _new(self, kind: Kind, key: str, parent: str,
              labels: dict[str, str] | None) -> list[Mount]:
+        raise NotImplementedError
+
+    def _mounts(self, sn: Snapshot) -> list[Mount]:
+        raise NotImplementedError
+
+    def _active_usage(self, sn: Snapshot) -> Usage:
+        """The usage of an active or view snapshot, measured now."""
         raise NotImplementedError
 
     # --- the contract: the bookkeeping side ----------------------------------------------------
@@ -62,6 +70,23 @@ class Bookkept:
             self.ms.walk_info(tx, found.append, filters)
         for info in found:
             fn(info)
+
+    def usage(self, key: str) -> Usage:
+        """Committed: the usage stored at commit (no walk). Active/view: measured now."""
+        self._check_open()
+        with self.ms.view() as tx:
+            _, info, usage = self.ms.get_info(tx, key)
+            if info.kind == Kind.COMMITTED:
+                return usage
+            sn = self.ms.get_snapshot(tx, key)
+        return self._active_usage(sn)
+
+    def mounts(self, key: str) -> list[Mount]:
+        """The mounts of an active or view snapshot (FailedPrecondition when committed)."""
+        self._check_open()
+        with self.ms.view() as tx:
+            sn = self.ms.get_snapshot(tx, key)
+        return self._mounts(sn)
 
     def prepare(self, key: str, parent: str = "", *,
                 labels: dict[str, str] | None = None) -> list[Mount]:

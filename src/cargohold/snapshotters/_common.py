@@ -138,23 +138,6 @@ class DirSnapshotter(Bookkept):
         """The directory (or subvolume) of the snapshot with internal id ``id``."""
         return os.path.join(self.snapshots_dir, id)
 
-    def usage(self, key: str) -> Usage:
-        """Committed: the usage stored at commit (no walk). Active/view: measured now."""
-        self._check_open()
-        with self.ms.view() as tx:
-            _, info, usage = self.ms.get_info(tx, key)
-            if info.kind == Kind.COMMITTED:
-                return usage
-            sn = self.ms.get_snapshot(tx, key)
-        return self._active_usage(sn)
-
-    def mounts(self, key: str) -> list[Mount]:
-        """The mounts of an active or view snapshot (FailedPrecondition when committed)."""
-        self._check_open()
-        with self.ms.view() as tx:
-            sn = self.ms.get_snapshot(tx, key)
-        return self._mounts(sn)
-
     def _new(self, kind: Kind, key: str, parent: str,
              labels: dict[str, str] | None) -> list[Mount]:
         self._check_open()

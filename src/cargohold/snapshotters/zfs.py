@@ -142,22 +142,9 @@ class ZFS(ToolSnapshotter):
                                      "number") from None
 
     # --- the contract ----------------------------------------------------------------------------
-    def usage(self, key: str) -> Usage:
-        """Committed: the usage stored at commit. Active/view: ``used``, read now by name."""
-        self._check_open()
-        with self.ms.view() as tx:
-            _, info, usage = self.ms.get_info(tx, key)
-            if info.kind == Kind.COMMITTED:
-                return usage
-            sn = self.ms.get_snapshot(tx, key)
+    def _active_usage(self, sn: Snapshot) -> Usage:
+        """``used``, read now by name (no listing)."""
         return Usage(self._used(sn.id), -1)
-
-    def mounts(self, key: str) -> list[Mount]:
-        """The mount of an active or view snapshot; no command runs."""
-        self._check_open()
-        with self.ms.view() as tx:
-            sn = self.ms.get_snapshot(tx, key)
-        return self._mounts(sn)
 
     def _mounts(self, sn: Snapshot) -> list[Mount]:
         return [Mount("zfs", self.ds(sn.id), ("ro",) if sn.kind == Kind.VIEW else ("rw",))]
