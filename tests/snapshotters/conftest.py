@@ -26,12 +26,15 @@ def _mounts_under(prefix: str) -> list[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def sweep_stale_mounts():
-    """Unmount what an interrupted earlier run left mounted under the temp directories."""
+    """Unmount what an interrupted earlier run left mounted under this run's temp directory.
+
+    Only under ``tempfile.gettempdir()`` (``TMPDIR``): test runs with different ``TMPDIR``s
+    can then run side by side without unmounting each other's work.
+    """
     if os.geteuid() == 0:
-        for base in {tempfile.gettempdir(), "/tmp"}:
-            for mp in _mounts_under(os.path.realpath(base)):
-                if "pytest-of-" in mp or "cargohold-" in mp:
-                    unmount(mp, detach=True)
+        for mp in _mounts_under(os.path.realpath(tempfile.gettempdir())):
+            if "pytest-of-" in mp or "cargohold-" in mp:
+                unmount(mp, detach=True)
     yield
 
 
