@@ -70,12 +70,10 @@ class Extractor:
     # -- driver ------------------------------------------------------------------------------
     def run(self, tar: TarReader) -> None:
         """Apply every entry of ``tar``; then set directory times."""
-        name = ""
         while True:
-            e = tar.next(name)
+            e = tar.next()
             if e is None:
                 break
-            name = e.name
             try:
                 self.entry(e, tar)
             except OSError as exc:
@@ -126,9 +124,7 @@ class Extractor:
                 self.warn(e.name, "device node skipped (creating devices needs root)")
                 return
             kind = stat.S_IFCHR if t == CHR else stat.S_IFBLK
-            if not (0 <= e.devmajor < 1 << 32 and 0 <= e.devminor < 1 << 32):
-                raise LayerError(self.layer, "device numbers out of range", entry=e.name)
-            dev = os.makedev(e.devmajor, e.devminor)
+            dev = os.makedev(e.devmajor, e.devminor)  # the reader bounds both to 32 bits
             self._make(path, lambda: os.mknod(path, kind | 0o600, dev))
             self._meta(e, path)
         elif t == FIFO:
@@ -168,7 +164,7 @@ class Extractor:
             self.remove(path)
             fd = os.open(path, _CREATE, 0o600)
         try:
-            tar.copy_data(fd, e.name)
+            tar.copy_data(fd)
             if self.same_owner:
                 os.fchown(fd, e.uid, e.gid)
             os.fchmod(fd, e.mode & 0o7777)

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cargohold.errors import AlreadyExists, CargoholdError, IntegrityError, NotFound
+from cargohold.errors import AlreadyExists, CargoholdError, IntegrityError, NotFound, Unsupported
 from cargohold.images import mediatypes as mt
 from cargohold.images import refs
 from cargohold.images.archive import ArchiveError, Member
@@ -38,9 +38,8 @@ if TYPE_CHECKING:
 NAME_ANNOTATION = "io.containerd.image.name"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 META_FILES = ("oci-layout", "index.json", "manifest.json", "repositories")
-_BLOB = re.compile(r"^blobs/(sha256|sha512)/([0-9a-f]+)$")
-_LEGACY = re.compile(r"^[0-9a-f]{64}/(json|VERSION)$")
-DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"
+_BLOB = re.compile(r"blobs/(sha256|sha512)/([0-9a-f]+)")  # fullmatch, never "$"
+_LEGACY = re.compile(r"[0-9a-f]{64}/(json|VERSION)")
 
 
 @dataclass
@@ -94,14 +93,15 @@ class ArchiveIngest:
                                    "large for image metadata")
             self.meta[m.name] = m.reader.read()
             return
-        if _LEGACY.match(m.name):
+        if _LEGACY.fullmatch(m.name):
             return  # docker's v1 layer metadata: no manifest refers to it
-        match = _BLOB.match(m.name)
+        match = _BLOB.fullmatch(m.name)
         expected = f"{match.group(1)}:{match.group(2)}" if match else ""
         self._ingest(m, expected)
 
     def _ingest(self, m: Member, expected: str) -> None:
-        ref = f"import-{self.lease}-{hashlib.sha256(m.name.encode()).hexdigest()[:20]}"
+        name = m.name.encode("utf-8", "surrogateescape")  # tar names need not be UTF-8
+        ref = f"import-{self.lease}-{hashlib.sha256(name).hexdigest()[:20]}"
         key = expected or m.name
         short = f"blob {expected.split(':', 1)[1][:12]}" if expected else m.name[-40:]
         try:
@@ -202,7 +202,7 @@ def docker_entries(store: NamespacedStore, r: ArchiveIngest, lease: str, label: 
         layers = []
         for n, lname in enumerate(names_in):
             b = _docker_blob(r, lname, what, f"layer {n + 1}", label)
-            kind = _layer_type(store, b.digest)
+            kind = _layer_type(store, b.digest, f"{what}: layer {n + 1} {lname}")
             # A plain tar's digest is its diffID: check it now, so that even --no-unpack
             # imports of docker archives are verified end to end.
             if kind == mt.DOCKER_LAYER and b.digest != ids[n]:
@@ -244,14 +244,21 @@ def _docker_blob(r: ArchiveIngest, member: str, what: str, kind: str, label: str
     return b
 
 
-def _layer_type(store: NamespacedStore, digest: str) -> str:
+def _layer_type(store: NamespacedStore, digest: str, what: str) -> str:
+    """The docker media type of a layer blob, from its magic bytes (docker archives say
+    nothing else about a layer's compression).
+    """
+    from cargohold.differ.api import Compression, media_type_for
+    from cargohold.differ.compression import SNIFF_BYTES, sniff
+
     with store.reader(digest) as r:
-        head = r.read_at(6, 0)
-    if head.startswith(b"\x1f\x8b"):
-        return mt.DOCKER_LAYER_GZIP
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return DOCKER_LAYER_ZSTD
-    return mt.DOCKER_LAYER
+        head = r.read_at(SNIFF_BYTES, 0)
+    kind = sniff(head) or Compression.NONE
+    if kind not in (Compression.NONE, Compression.GZIP, Compression.ZSTD):
+        raise Unsupported(f"{what}: blob {digest} is {kind.value}-compressed",
+                          hint="layers are tar, tar+gzip or tar+zstd: recompress the layer, "
+                               "or save the image again")
+    return media_type_for(kind, docker=True)
 
 
 def _config(store: NamespacedStore, digest: str) -> dict[str, Any]:
