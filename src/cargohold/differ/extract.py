@@ -62,7 +62,8 @@ class Extractor:
         self.xattr_ns = "user" if userxattr else "trusted"
         self.same_owner = is_root if same_owner is None else same_owner
         self.devices = is_root if devices is None else devices
-        self.res = Resolver(root, layer, lowerdirs if overlay else None, self.same_owner)
+        self.res = Resolver(root, layer, lowerdirs if overlay else None, self.same_owner,
+                            overlay=overlay, xattr_ns=self.xattr_ns)
         self.warnings = warnings if warnings is not None else []
         self.dir_times: list[tuple[str, int, int]] = []
         self.unpacked: set[str] = set()  # real paths made by this layer (real-mode opaque)
@@ -181,6 +182,9 @@ class Extractor:
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 self.remove(path)
                 os.mkdir(path, 0o700)
+                if self.overlay:  # it replaces a whiteout or a file: lower dirs stay hidden
+                    os.setxattr(path, f"{self.xattr_ns}.overlay.opaque", b"y")
+                    self.res.invalidate()
         if self.same_owner:
             os.lchown(path, e.uid, e.gid)
         os.chmod(path, e.mode & 0o7777)
@@ -199,20 +203,19 @@ class Extractor:
 
     def _hardlink(self, e: Entry, path: str) -> None:
         target = clean(e.linkname, self.layer)
-        tparent, _, tbase = target.rpartition("/")
-        tdir = self.res.dir(tparent, create=False, entry=e.name) if tbase else None
-        tpath = f"{tdir}/{tbase}" if tdir is not None else None
-        try:
-            st = os.lstat(tpath) if tpath else None
-        except FileNotFoundError:
-            st = None
-        if st is None:
+        found = self.res.find(target, e.name)
+        if found is None:
             raise LayerError(self.layer, f"hardlink target {e.linkname!r} is not in the root",
-                             entry=e.name, hint="a hardlink may only point at an earlier "
-                             "entry of the same layer")
+                             entry=e.name, hint="a hardlink may only point at a file of this "
+                             "layer or of the layers below it")
+        tpath, st, in_upper = found
         if stat.S_ISDIR(st.st_mode):
             raise LayerError(self.layer, f"hardlink target {e.linkname!r} is a directory",
                              entry=e.name)
+        if not in_upper:
+            # Only a lower has it (OCI image-spec #1204): copy it up and link to the copy,
+            # as overlayfs itself would on a link(2) through the merged view.
+            tpath = self.res.copy_up(target, tpath, st, e.name, devices=self.devices)
         if tpath == path:
             return
         self._make(path, lambda: os.link(tpath, path, follow_symlinks=False))

@@ -161,7 +161,7 @@ def parse_header(b: bytes) -> Entry:
 
 
 def parse_pax(data: bytes) -> dict[str, bytes]:
-    """PAX records ``"<len> <key>=<value>\\n"`` into a dict of raw byte values (strict)."""
+    """PAX records (``<len> <key>=<value>`` and a newline) into raw byte values (strict)."""
     out: dict[str, bytes] = {}
     pos, end, i = 0, len(data), 0
     while pos < end:
