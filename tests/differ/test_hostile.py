@@ -14,6 +14,7 @@ import os
 import stat
 
 import pytest
+from tests.differ.rawtar import block, end, member, pax, record
 from treeutil import desc, diff_snapshots, gz, snapshot, tar_bytes
 
 from cargohold.differ.api import LayerError
@@ -100,10 +101,24 @@ CASES = [
          os.path.join(root, "d")))),
     ("huge-pax-header", "huge-pax", ("error", "larger than the 1048576-byte limit")),
     ("not-a-tar", "garbage", ("error", "bad tar header")),
+    # raw headers: each once reached a system call that overflowed ("internal error")
+    ("pax-uid-2^40", pax(record("uid", str(1 << 40))) + member("f") + end(),
+     ("error", r"entry 'f': bad PAX header: PAX uid 1099511627776 is out of range")),
+    ("mtime-beyond-64-bit-nanoseconds", member("f", mtime=b"\x80" + b"\x7f" * 11) + end(),
+     ("error", r"entry 'f': bad tar header at byte 0 \(after 0 entries\): mtime \d+ is out")),
+    ("device-number-beyond-32-bits",
+     block("dev/x", b"3", devmajor=b"\x80" + (1 << 40).to_bytes(7, "big")) + end(),
+     ("error", "devmajor 1099511627776 is out of range")),
+    ("zero-length-pax-record", pax(b"0 path=x\n") + member("f") + end(),
+     ("error", "record 1: length 0 is too short")),
+    ("hardlink-size-is-not-data", block("h", b"1", size=4096, linkname="f") + end(),
+     ("error", "hardlink target 'f' is not in the root")),
 ]
 
 
 def _blob(entries, outside):
+    if isinstance(entries, bytes):
+        return gz(entries)
     if entries == "huge-pax":
         import tarfile
 
