@@ -244,6 +244,15 @@ LOWER_CASES = [
      [("real/x", "file", {"data": b"x"}), ("d", "sym", {"target": "real"})],
      [("h", "link", {"target": "d/x"})],
      ("confined", lambda m: os.path.samefile(f"{m}/h", f"{m}/real/x"))),
+    # an upper entry shadowing a lower symlink or dir changes how later names resolve
+    ("lower-symlink-then-an-upper-dir-of-that-name",
+     [("etc", "sym", {"target": "/"})],
+     [("etc/passwd", "file"), ("etc", "dir"), ("etc/group", "file")],
+     ("confined", lambda m: os.path.isfile(f"{m}/etc/group") and os.path.isfile(f"{m}/passwd"))),
+    ("lower-dir-then-an-upper-file-of-that-name",
+     [("d/x", "file", {"data": b"x"})],
+     [("d", "file"), ("h", "link", {"target": "d/x"})],
+     ("error", "entry 'h': parent 'd' is not a directory")),
     ("hardlink-to-a-whited-out-lower-file", [(".wh.x", "file")],
      [("h", "link", {"target": "x"})], ("error", "hardlink target 'x' is not in the root")),
 ]

@@ -41,7 +41,8 @@ from cargohold.differ.api import (
     LayerError,
 )
 from cargohold.differ.resolve import Resolver, clean
-from cargohold.differ.tarread import BLK, CHR, DIR, FIFO, LNK, REG, SYM, Entry, TarReader
+from cargohold.differ.tarheader import BLK, CHR, DIR, FIFO, LNK, REG, SYM, Entry
+from cargohold.differ.tarread import TarReader
 
 log = logging.getLogger("cargohold.differ")
 
@@ -133,7 +134,9 @@ class Extractor:
             self._meta(e, path)
         else:
             raise LayerError(self.layer, f"unsupported tar entry type {t!r}", entry=e.name)
-        if not self.overlay:
+        if self.overlay:
+            self.res.created(path)  # it may shadow a lower dir or symlink names went through
+        else:
             self.unpacked.add(path)
 
     def remove(self, path: str) -> bool:

@@ -32,9 +32,10 @@ a mounted overlay, gives):
   the same way (for a hardlink whose target only a lower has).
 
 Resolved directories are cached; the cache is dropped whenever the applier removes or
-replaces a directory or a symlink, writes a whiteout or marks a directory opaque — the only
-ways a cached answer can go stale (nothing else writes into a snapshot being unpacked, and
-lowerdirs are committed, so immutable).
+replaces a directory or a symlink, writes a whiteout, marks a directory opaque, or makes an
+upper entry that shadows a lower directory or symlink some name was resolved through — the
+only ways a cached answer can go stale (nothing else writes into a snapshot being unpacked,
+and lowerdirs are committed, so immutable).
 """
 
 from __future__ import annotations
@@ -118,6 +119,16 @@ class Resolver:
         top = _Dir("", self.root, None, list(self.lowerdirs))
         self._dirs: dict[str, _Dir] = {"": top}
         self._rels: dict[str, _Dir] = {"": top}
+        # names resolved through a lower's dir or symlink: an upper entry made at one of them
+        # shadows it, and changes how names through it resolve (see created)
+        self._via_lower: set[str] = set()
+
+    def created(self, path: str) -> None:
+        """The applier made ``path`` in the upper: forget what resolved through the lower
+        entry it shadows, if any (cheap: a set lookup).
+        """
+        if self._via_lower and path[len(self.root) + 1:] in self._via_lower:
+            self.invalidate()
 
     # -- the merged view ---------------------------------------------------------------------
     def _lowers(self, d: _Dir) -> list[str]:
@@ -190,6 +201,8 @@ class Resolver:
                 continue
             path, st, in_upper = found
             mode = st.st_mode
+            if not in_upper:
+                self._via_lower.add(key)
             if stat.S_ISDIR(mode):
                 # its lowers are computed from the parent's when needed (path among them
                 # when it is a lower's)

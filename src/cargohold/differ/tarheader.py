@@ -91,7 +91,8 @@ class Entry:
 
 def _bounded(v: int, what: str, lo: int, hi: int) -> int:
     if v < lo:
-        raise HeaderError(f"{what} {v} is negative")
+        raise HeaderError(f"{what} {v} is negative" if lo == 0 else
+                          f"{what} {v} is out of range (at least {lo})")
     if v > hi:
         raise HeaderError(f"{what} {v} is out of range (at most {hi})")
     return v

@@ -35,26 +35,19 @@ import os
 from cargohold.differ.api import Source
 from cargohold.differ.compression import PlainStream
 from cargohold.differ.tarheader import (
-    BLK,
     BLOCK,
-    CHR,
     DIR,
-    FIFO,
     HEADER_ONLY,
-    LNK,
     MAX_META,
     META,
     REG,
     REGULAR,
-    SYM,
     Entry,
     HeaderError,
     apply_pax,
     parse_header,
     parse_pax,
 )
-
-__all__ = ["BLK", "BLOCK", "CHR", "DIR", "FIFO", "LNK", "REG", "SYM", "Entry", "TarReader"]
 
 _ZERO = bytes(BLOCK)
 

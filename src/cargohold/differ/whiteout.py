@@ -25,7 +25,7 @@ from cargohold.differ.api import WHITEOUT_META_PREFIX, WHITEOUT_OPAQUE, LayerErr
 
 if TYPE_CHECKING:
     from cargohold.differ.extract import Extractor
-    from cargohold.differ.tarread import Entry
+    from cargohold.differ.tarheader import Entry
 
 
 def handle(x: Extractor, e: Entry, parent: str, base: str) -> None:
