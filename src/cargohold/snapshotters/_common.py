@@ -38,6 +38,7 @@ from cargohold.errors import (
     NotFound,
     Unavailable,
 )
+from cargohold.mount import MountUsers
 from cargohold.snapshotters._base import Bookkept
 from cargohold.snapshotters.api import Kind, Usage
 from cargohold.snapshotters.storage import Snapshot
@@ -187,10 +188,13 @@ class DirSnapshotter(Bookkept):
                 raise os_error(f"snapshot {key}", exc) from exc
             raise
 
-    def remove(self, key: str) -> None:
+    def remove(self, key: str, *, defer: bool = False) -> None:
         """Forget ``key`` and delete its object once the forgetting has committed.
 
-        A failure to delete after the commit is not an error: ``cleanup`` retries it.
+        The object is renamed to ``rm-<id>`` inside the transaction (quick, whatever its size)
+        and deleted after it; with ``defer`` the deletion is left to :meth:`cleanup`, so a
+        caller holding a lock (GC) can let go of it before the slow part. A failure to delete
+        after the commit is not an error: ``cleanup`` retries it.
         """
         self._check_open()
         moved: tuple[str, str] | None = None
@@ -207,8 +211,14 @@ class DirSnapshotter(Bookkept):
             if isinstance(exc, OSError):
                 raise os_error(f"snapshot {key}", exc) from exc
             raise
-        if moved:
+        if moved and not defer:
             self._delete_quietly(moved[1])
+
+    def _in_use(self, ids: dict[str, str], users: MountUsers) -> dict[str, list[str]]:
+        # Overlay layers may be shown relative to the snapshots directory (a mount made after
+        # ``cd`` into it, as 'hold snapshots mounts' prints) or to the backend root.
+        bases = (self.snapshots_dir, self.root)
+        return {sid: users.targets(self.path(sid), bases) for sid in ids}
 
     def cleanup(self) -> None:
         """Delete every object under ``snapshots/`` that no snapshot record owns.
