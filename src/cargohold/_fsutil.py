@@ -16,7 +16,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from cargohold.errors import Unavailable
 
@@ -64,11 +64,47 @@ def makedirs(path: str, mode: int = 0o755) -> str:
 
 
 def holder_text() -> str:
-    """Who holds a lock: ``pid N on HOST since RFC3339``."""
+    """Who holds a lock: ``pid N (COMMAND) on HOST since RFC3339``."""
     import socket
 
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return f"pid {os.getpid()} on {socket.gethostname()} since {since}"
+    return f"pid {os.getpid()} ({command_of(os.getpid())}) on {socket.gethostname()} since {since}"
+
+
+def command_of(pid: int) -> str:
+    """A short form of a process's command line (``hold gc``, ``python3 x.py``), or ``?``."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return "?"
+    if not argv:
+        return "?"
+    # `python -m cargohold ...` and pip's launcher (`python .../bin/hold ...`) both read as hold.
+    words = [os.path.basename(argv[0]), *argv[1:3]]
+    for i, a in enumerate(argv[:-1]):
+        if (a == "-m" and argv[i + 1] == "cargohold") or os.path.basename(a) == "hold":
+            words = ["hold", *(argv[i + 2:] if a == "-m" else argv[i + 1:])[:3]]
+            break
+    # One short line whatever the arguments hold (`python -c '<a whole script>'`).
+    return " ".join(w if len(w) <= 40 else w[:39] + "…" for w in " ".join(words).split())
+
+
+# --- waiting for locks, and saying who holds them ----------------------------------------------
+WAIT_NOTICE = 1.0  # seconds a lock wait may take before the user is told who holds it
+_notice: Callable[[str], None] | None = None
+
+
+def set_notice(fn: Callable[[str], None] | None) -> None:
+    """Where :func:`notice` messages go (the CLI prints them on stderr; default: nowhere)."""
+    global _notice
+    _notice = fn
+
+
+def notice(message: str) -> None:
+    """Tell the user something that is not an error (a long lock wait, say)."""
+    if _notice is not None:
+        _notice(message)
 
 
 def _ofd(fd: int, kind: int, start: int, length: int, wait: bool) -> bool:
@@ -81,6 +117,115 @@ def _ofd(fd: int, kind: int, start: int, length: int, wait: bool) -> bool:
             return False
         raise
     return True
+
+
+def lock_range(fd: int, kind: int, start: int, length: int, what: str) -> None:
+    """Take an OFD lock on ``fd`` (waiting as long as it takes).
+
+    Once the wait passes :data:`WAIT_NOTICE` seconds, :func:`notice` says once who holds it
+    (pid, command, since when), read from the kernel's lock table, so a user never stares at a
+    silent terminal. Polls (1 ms doubling to 50 ms) instead of blocking, so it can speak.
+    """
+    if _ofd(fd, kind, start, length, False):
+        return
+    t0 = time.monotonic()
+    told = False
+    delay = 0.001
+    while not _ofd(fd, kind, start, length, False):
+        if not told and time.monotonic() - t0 >= WAIT_NOTICE:
+            told = True
+            notice(f"{what}: waiting for {describe_holders(fd, kind, start, length)}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def describe_holders(fd: int, kind: int, start: int, length: int) -> str:
+    """Who holds locks conflicting with ``kind`` on ``[start, start+length)`` of ``fd``'s file.
+
+    OFD locks carry no pid (the kernel reports -1), so this scans ``/proc/*/fdinfo``, whose
+    ``lock:`` lines name the file and range of each description's locks. "since" is the
+    holder's own record when it wrote one (:func:`write_holder`), else its process start time.
+    """
+    st = os.fstat(fd)
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    end = start + length - 1 if length else 1 << 63
+    pids: set[int] = set()
+    for pid_s in os.listdir("/proc"):
+        if not pid_s.isdigit():
+            continue
+        d = f"/proc/{pid_s}/fdinfo"
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for n in names:
+            try:
+                with open(f"{d}/{n}", encoding="ascii", errors="replace") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if not line.startswith("lock:") or dev not in line:
+                    continue
+                parts = line.split()
+                try:
+                    lo = int(parts[-2])
+                    hi = (1 << 63) if parts[-1] == "EOF" else int(parts[-1])
+                except (ValueError, IndexError):
+                    continue
+                conflicting = "WRITE" in parts or kind == fcntl.F_WRLCK
+                if conflicting and lo <= end and hi >= start:
+                    pids.add(int(pid_s))
+    if not pids:
+        return "another process (it let go just now)"
+    recorded = read_holder(fd)
+    out = []
+    for pid in sorted(pids):
+        if recorded and recorded.startswith(f"pid {pid} "):
+            out.append(recorded)
+        else:
+            out.append(f"pid {pid} ({command_of(pid)}) running since {_started(pid)}")
+    return "; ".join(out)
+
+
+def _started(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return "?"
+    t = btime + ticks / os.sysconf("SC_CLK_TCK")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _holder_path(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}") + ".holder"
+
+
+def write_holder(fd: int) -> None:
+    """Record who holds the exclusive lock on ``fd``'s file, beside it (advisory text).
+
+    Only for rare, long holds (GC, fsck): a failure (full or read-only disk) only makes a
+    waiter's message vaguer, so it is ignored.
+    """
+    with contextlib.suppress(OSError):
+        atomic_write(_holder_path(fd), holder_text().encode(), sync=False)
+
+
+def clear_holder(fd: int) -> None:
+    """Drop what :func:`write_holder` wrote (before the lock is let go)."""
+    with contextlib.suppress(OSError):
+        os.unlink(_holder_path(fd))
+
+
+def read_holder(fd: int) -> str:
+    try:
+        with open(_holder_path(fd), encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 class FileLock:
@@ -154,7 +299,7 @@ class KeyedLocks:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         start = zlib.crc32(key.encode()) & 0x7FFFFFFF
         try:
-            _ofd(fd, fcntl.F_WRLCK, start, 1, True)
+            lock_range(fd, fcntl.F_WRLCK, start, 1, f"lock {key}")
             yield
         finally:
             os.close(fd)

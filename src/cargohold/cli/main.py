@@ -74,6 +74,10 @@ def cli(ctx: click.Context, root: str | None, state: str | None, namespace: str 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``hold`` console script."""
+    from cargohold import _fsutil
+
+    # What the library wants a user to know while it works (a long lock wait, say).
+    _fsutil.set_notice(lambda msg: click.echo(f"hold: {msg}", err=True))
     try:
         cli.main(args=argv, prog_name="hold", standalone_mode=False)
     except click.exceptions.Abort:
