@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from cargohold.leases.manager import LeaseManager
     from cargohold.metadata.content import NamespacedStore
     from cargohold.metadata.db import DB
-    from cargohold.metadata.snapshotter import NamespacedSnapshotter
+    from cargohold.metadata.snapshotter import NamespacedSnapshotter, Pin
     from cargohold.store.local import LocalStore
 
 
@@ -79,15 +79,34 @@ class Client:
         from cargohold.gc.collector import Collector
 
         batch = int(self.config.section("gc").get("sweep_batch", 500))
-        return Collector(self.db, self.store, self.snapshotter_or_none, batch=batch,
-                         lock_path=os.path.join(self.root, "gc.lock"))
+        return Collector(self.db, self.store, self.backend_snapshotter, batch=batch,
+                         lock_path=os.path.join(self.root, "gc.lock"), pins=self.mount_pins)
 
     def snapshotter_or_none(self, name: str) -> Any:
-        """The backend snapshotter ``name``, or None when this host cannot run it."""
+        """The backend snapshotter ``name``, or None when this host cannot run it (fsck
+        reports such a snapshotter as unchecked when records use it).
+        """
+        from cargohold.errors import CargoholdError
+
         try:
             return self.backend_snapshotter(name)
-        except Exception:  # noqa: BLE001 - GC and fsck carry on without that backend
+        except CargoholdError:
             return None
+
+    def mount_pins(self) -> list[Pin]:
+        """Snapshots that mount records under ``<state>/mounts`` name: mounted ones, and
+        ones kept for a later mount (``hold images unmount --no-rm``). Kernel mounts are
+        found by each backend (``mounted()``), records here.
+        """
+        from cargohold.images.mount import read_records
+        from cargohold.metadata.snapshotter import Pin
+
+        out = []
+        for r in read_records(self.config.state):
+            why = (f"mounted at {r.target}" if r.mounted
+                   else f"kept for {r.target} (unmounted with --no-rm)")
+            out.append(Pin(r.namespace, r.snapshotter, r.snapshot, why))
+        return out
 
     def backend_snapshotter(self, name: str) -> Any:
         """Open (once) the shared backend of snapshotter ``name``."""
@@ -107,7 +126,7 @@ class Client:
 
         name = name or self.config.snapshotter
         return NamespacedSnapshotter(self.db, self.backend_snapshotter(name), self.namespace,
-                                     name, lease=self.lease)
+                                     name, lease=self.lease, pins=self.mount_pins)
 
     def close(self) -> None:
         for s in self._snapshotters.values():

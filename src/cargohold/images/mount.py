@@ -283,6 +283,27 @@ def unmount(client: Client, target: str, *, rm: bool | None = None) -> UnmountRe
     return UnmountResult(target, was, removed, rec)
 
 
+def read_records(state: str) -> list[MountRecord]:
+    """Every readable mount record under ``<state>/mounts`` (unreadable ones are skipped:
+    :func:`list_mounts` shows them; nothing here may fail a GC).
+    """
+    d = os.path.join(state, "mounts")
+    try:
+        names = sorted(os.listdir(d))
+    except FileNotFoundError:
+        return []
+    out = []
+    for n in names:
+        if not n.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(d, n)) as f:
+                out.append(MountRecord(**json.load(f)))
+        except (OSError, ValueError, TypeError):
+            continue
+    return out
+
+
 def list_mounts(client: Client) -> list[MountStatus]:
     """Every mount record, each with what is stale about it, plus leases left with no record.
 
@@ -294,16 +315,7 @@ def list_mounts(client: Client) -> list[MountStatus]:
 
     out: list[MountStatus] = []
     seen: set[tuple[str, str]] = set()
-    d = _records_dir(client)
-    names = sorted(os.listdir(d)) if os.path.isdir(d) else []
-    for n in names:
-        if not n.endswith(".json"):
-            continue
-        try:
-            with open(os.path.join(d, n)) as f:
-                rec = MountRecord(**json.load(f))
-        except (OSError, ValueError, TypeError):
-            continue
+    for rec in read_records(client.config.state):
         seen.add((rec.namespace, rec.lease))
         problems = []
         if rec.mounted and not kmount.is_mountpoint(rec.target):
