@@ -74,6 +74,9 @@ def cli(ctx: click.Context, root: str | None, state: str | None, namespace: str 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``hold`` console script."""
+    from cargohold.cli import signals
+
+    signals.install()
     try:
         cli.main(args=argv, prog_name="hold", standalone_mode=False)
     except click.exceptions.Abort:
@@ -94,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("hold: interrupted", err=True)
         sys.exit(130)
+    except signals.Terminated:
+        click.echo("hold: terminated", err=True)
+        sys.exit(signals.EXIT_CODE)
     except Exception as exc:  # noqa: BLE001 - a bug: say so plainly, trace on request
         if os.environ.get("HOLD_DEBUG"):
             raise
