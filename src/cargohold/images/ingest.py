@@ -170,7 +170,11 @@ class ArchiveIngest:
                 self.bad[m.name] = exc.message
                 return
             if not resumable or _out_of_space(exc):
-                self._abort(ref)
+                try:
+                    self._abort(ref)
+                except Exception as abort_exc:  # noqa: BLE001 - never instead of exc
+                    # The ingest record has its own expiry: GC removes it and its data then.
+                    exc.add_note(f"ingest {ref} was left behind: {abort_exc}")
             raise
         self.progress.done(key, "exists" if any(existed) else "done")
         self.blobs[m.name] = Blob(digest, m.size)

@@ -206,7 +206,7 @@ class Unpacker:
             self.progress.done(pkey, "failed")
             try:
                 self.sn.remove(key)
-            except (CargoholdError, OSError) as rm_exc:
+            except Exception as rm_exc:  # noqa: BLE001 - never instead of the layer's error
                 # Not fatal: the snapshot is active and held only by this run's lease, so
                 # the collection after a failed import (or the next 'hold gc') removes it.
                 exc.add_note(f"extract snapshot {key} was left behind: {rm_exc}")

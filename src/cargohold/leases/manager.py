@@ -97,26 +97,34 @@ class LeaseManager:
         try:
             yield lease.id
         except BaseException as exc:
-            problem = self._end(lease.id, collect=collect_on_error)
+            # Anything the cleanup raises (a full disk, an LMDB error) is attached to the
+            # block's error instead of replacing it: that error is what the user must see.
+            problem = self._end(lease.id, collect=collect_on_error, broad=True)
             if problem:
-                _add_to(exc, f"lease {lease.id} was left behind ({problem}); 'hold gc' "
-                             "removes it once this process has exited")
+                _add_to(exc, f"{problem}; 'hold gc' removes what is left once this process "
+                             "has exited")
             raise
-        problem = self._end(lease.id, collect=False)
+        problem = self._end(lease.id, collect=False, broad=False)
         if problem:
             raise FailedPrecondition(
                 f"lease {lease.id}: could not be deleted after the work finished: {problem}",
                 hint="what the command made is in place; 'hold gc' removes the lease once "
                      "this process has exited")
 
-    def _end(self, lid: str, *, collect: bool) -> str:
-        """Delete ``lid`` (and with ``collect`` run GC); return what went wrong, or ''."""
+    def _end(self, lid: str, *, collect: bool, broad: bool) -> str:
+        """Delete ``lid`` (and with ``collect`` run GC); return what went wrong, or ''.
+
+        ``broad`` (after the block failed) reports every Exception; otherwise only
+        CargoholdError and OSError are reported and anything else (a bug) propagates.
+        """
+        expected: tuple[type[Exception], ...] = (
+            (Exception,) if broad else (CargoholdError, OSError))
         try:
             self.delete(lid)
         except NotFound:
             pass  # deleted meanwhile (hold leases rm): what it held is already released
-        except (CargoholdError, OSError) as exc:
-            return str(exc)
+        except expected as exc:
+            return f"lease {lid} was left behind ({exc})"
         if collect and self._collect is not None:
             try:
                 self._collect()
@@ -124,8 +132,8 @@ class LeaseManager:
                 # Another collection holds the GC lock. The lease is gone already, so that
                 # collection or the next one takes what the block left: nothing is stranded.
                 pass
-            except (CargoholdError, OSError) as exc:
-                return f"lease deleted, but collecting what it held failed: {exc}"
+            except expected as exc:
+                return f"lease {lid} was deleted, but collecting what it held failed ({exc})"
         return ""
 
 
