@@ -59,9 +59,10 @@ def test_a_verified_resume_keeps_a_true_start_and_reports_it(store):
     w = store.writer("r")
     w.write(data[: 3 << 20])
     w.close()
-    seen = []
-    got = copy_into(store.writer("r"), Stream(data), verify_resumed=True, progress=seen.append)
-    assert got == digest_of(data) and sum(seen) == len(data)
+    seen, kept = [], []
+    got = copy_into(store.writer("r"), Stream(data), verify_resumed=True, progress=seen.append,
+                    kept=kept.append)
+    assert got == digest_of(data) and sum(seen) == len(data) and kept == [3 << 20]
 
 
 def test_a_verified_resume_restarts_a_seekable_source_whose_start_differs(store):
@@ -69,8 +70,10 @@ def test_a_verified_resume_restarts_a_seekable_source_whose_start_differs(store)
     w = store.writer("r")
     w.write(b"\0" * (1 << 20))  # a torn tail: zeros where the data should be
     w.close()
-    assert copy_into(store.writer("r"), io.BytesIO(data),
-                     verify_resumed=True) == digest_of(data)
+    kept = []
+    assert copy_into(store.writer("r"), io.BytesIO(data), verify_resumed=True,
+                     kept=kept.append) == digest_of(data)
+    assert kept == [0]
     assert read_all(store, digest_of(data)) == data
 
 

@@ -157,11 +157,12 @@ class ArchiveIngest:
             self.progress.done(key, "exists")
             return
         existed: list[bool] = []
-        had = w.status().offset
+        had: list[int] = []
         try:
             digest = copy_into(w, m.reader, size=m.size, expected=expected,  # type: ignore
                                progress=lambda n: self.progress.advance(key, n),
-                               then=lambda d, e: existed.append(e), verify_resumed=True)
+                               then=lambda d, e: existed.append(e), verify_resumed=True,
+                               kept=had.append)
         except BaseException as exc:
             self.progress.done(key, "failed")
             # copy_into closed the writer; decide what happens to the bytes it kept.
@@ -181,7 +182,8 @@ class ArchiveIngest:
         if not any(existed):
             self.count += 1
             self.bytes += m.size
-            self.resumed += had
+            self.resumed += sum(had)
+
     def _abort(self, ref: str) -> None:
         try:
             self.store.abort(ref)

@@ -125,7 +125,8 @@ class ResumeMismatch(IntegrityError):
 def copy_into(writer: Writer, src: BinaryIO, *, size: int = 0, expected: str = "",
               labels: dict[str, str] | None = None,
               progress: Callable[[int], None] | None = None,
-              then: CommitHook | None = None, verify_resumed: bool = False) -> str:
+              then: CommitHook | None = None, verify_resumed: bool = False,
+              kept: Callable[[int], None] | None = None) -> str:
     """Stream ``src`` into ``writer`` from the writer's current offset, then commit.
 
     A resumed writer (offset > 0, left by an interrupted copy) skips what it already has:
@@ -137,7 +138,8 @@ def copy_into(writer: Writer, src: BinaryIO, *, size: int = 0, expected: str = "
     ingest restarts from zero: a seekable ``src`` is copied again from its start; from a
     stream those bytes are gone, so :class:`ResumeMismatch` is raised (the ingest is empty
     now, and a repeat copies it whole). ``progress(n)`` is called for every ``n`` bytes
-    written, and for the bytes a verified resume keeps.
+    written, and for the bytes a verified resume keeps; ``kept(n)`` once, with the number of
+    bytes taken over from the earlier copy (0 when there were none or they were discarded).
 
     Returns the committed digest; raises what commit raises. Whatever fails, the writer is
     closed (its lock freed, its data kept for a later resume) before the error propagates.
@@ -146,6 +148,7 @@ def copy_into(writer: Writer, src: BinaryIO, *, size: int = 0, expected: str = "
         offset = writer.status().offset
         if offset and verify_resumed:
             if not _same_prefix(writer, src, offset):
+                offset = 0
                 writer.truncate(0)
                 try:
                     src.seek(0)
@@ -159,6 +162,8 @@ def copy_into(writer: Writer, src: BinaryIO, *, size: int = 0, expected: str = "
                 progress(offset)
         elif offset:
             _skip(src, offset)
+        if kept is not None:
+            kept(offset)
         buf = bytearray(READ_CHUNK)
         view = memoryview(buf)
         readinto = getattr(src, "readinto", None)
