@@ -93,7 +93,10 @@ class LeaseManager:
         succeeded, a lease deleted meanwhile (NotFound) is fine; any other failure raises
         FailedPrecondition, saying that the work is done and how the lease goes away.
         """
-        lease = self.create(expire=expire, labels={**(labels or {}), **owner_labels(purpose)})
+        owner = owner_labels(purpose)
+        lease = self.create(expire=expire, labels={**(labels or {}), **owner})
+        # Without /proc no owner is recorded, and the lease lasts until its expiry.
+        when = "once this process has exited" if owner else "once the lease expires"
         try:
             yield lease.id
         except BaseException as exc:
@@ -101,15 +104,13 @@ class LeaseManager:
             # block's error instead of replacing it: that error is what the user must see.
             problem = self._end(lease.id, collect=collect_on_error, broad=True)
             if problem:
-                _add_to(exc, f"{problem}; 'hold gc' removes what is left once this process "
-                             "has exited")
+                _add_to(exc, f"{problem}; 'hold gc' removes what is left {when}")
             raise
         problem = self._end(lease.id, collect=False, broad=False)
         if problem:
             raise FailedPrecondition(
                 f"lease {lease.id}: could not be deleted after the work finished: {problem}",
-                hint="what the command made is in place; 'hold gc' removes the lease once "
-                     "this process has exited")
+                hint=f"what the command made is in place; 'hold gc' removes the lease {when}")
 
     def _end(self, lid: str, *, collect: bool, broad: bool) -> str:
         """Delete ``lid`` (and with ``collect`` run GC); return what went wrong, or ''.
