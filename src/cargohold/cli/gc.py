@@ -57,9 +57,11 @@ def gc(app: App, dry_run: bool, why: str | None, fmt: str) -> None:
             return
         for chain in chains:
             target = chain[-1][0]
-            if len(chain) == 1 and chain[0][1] == "unreferenced":
-                click.echo(f"{why} (namespace {target.ns}): nothing keeps it; "
-                           "the next 'hold gc' removes it")
+            if len(chain) == 1 and chain[0][1].startswith("unreferenced"):
+                _, _, detail = chain[0][1].partition(": ")
+                click.echo(f"{why} (namespace {target.ns}): nothing keeps it"
+                           + (f" ({detail})" if detail else "")
+                           + "; the next 'hold gc' removes it")
                 continue
             click.echo(f"{why} (namespace {target.ns}) is kept alive by:")
             for i, (n, via) in enumerate(chain):

@@ -75,9 +75,11 @@ def cli(ctx: click.Context, root: str | None, state: str | None, namespace: str 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``hold`` console script."""
     from cargohold import _fsutil
+    from cargohold.cli import signals
 
     # What the library wants a user to know while it works (a long lock wait, say).
     _fsutil.set_notice(lambda msg: click.echo(f"hold: {msg}", err=True))
+    signals.install()
     try:
         cli.main(args=argv, prog_name="hold", standalone_mode=False)
     except click.exceptions.Abort:
@@ -98,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("hold: interrupted", err=True)
         sys.exit(130)
+    except signals.Terminated:
+        click.echo("hold: terminated", err=True)
+        sys.exit(signals.EXIT_CODE)
     except Exception as exc:  # noqa: BLE001 - a bug: say so plainly, trace on request
         if os.environ.get("HOLD_DEBUG"):
             raise

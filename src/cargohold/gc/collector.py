@@ -41,7 +41,7 @@ from typing import Any
 from cargohold._fsutil import FileLock
 from cargohold.errors import CargoholdError, NotFound, Unavailable
 from cargohold.gc.mark import CONTENT, IMAGE, INGEST, LEASE, SNAPSHOT, Node, mark, paths
-from cargohold.gc.scan import Graph, order_for_removal, scan
+from cargohold.gc.scan import Graph, order_for_removal, scan, unreferenced_reason
 from cargohold.metadata import namespaces
 from cargohold.metadata import snapshots as snaprec
 from cargohold.metadata.content import blob_path, ingest_path, recorded_anywhere
@@ -189,7 +189,7 @@ class Collector:
         for t in targets:
             chain = paths(roots, g.refs_why, t)
             if chain is None:
-                chains.append([(t, "unreferenced")])
+                chains.append([(t, unreferenced_reason(g, t))])
             else:
                 first, _ = chain[0]
                 chain[0] = (first, reasons.get(first, reasons.get(first.flat(), "root")))
