@@ -47,7 +47,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from cargohold._fsutil import _ofd
+from cargohold._fsutil import _ofd, open_lock
 from cargohold.errors import (
     AlreadyExists,
     CargoholdError,
@@ -87,7 +87,7 @@ class SnapshotterLock:
 
     @contextlib.contextmanager
     def _fd(self) -> Iterator[int]:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = open_lock(self.path, 0o600)  # creates nothing under a read-only root
         try:
             yield fd
         finally:
