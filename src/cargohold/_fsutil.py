@@ -244,6 +244,10 @@ def dir_size(path: str) -> tuple[int, int]:
             it = os.scandir(d)
         except FileNotFoundError:
             continue
+        except OSError as exc:
+            if is_env_errno(exc.errno):
+                raise translate(exc, d, f"directory {d}") from exc
+            raise
         with it:
             for e in it:
                 try:

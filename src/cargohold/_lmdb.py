@@ -58,9 +58,10 @@ MAX_READERS = 1024
 class Tx:
     """A transaction. Reads see one snapshot; writes commit together or not at all.
 
-    A write transaction keeps the log of its puts and deletes, and ``grown``, the bytes of keys
-    and values it added minus those it removed: :meth:`Env.update` replays the log when a
-    commit that did not grow the database met a full disk.
+    A write transaction keeps the log of its puts and deletes, and ``grown``: the bytes of the
+    keys and values it put (an overwrite counted as new) minus those of the keys it deleted —
+    so ``grown <= 0`` means the transaction surely did not grow the data. :meth:`Env.update`
+    replays the log when such a commit met a full disk.
     """
 
     def __init__(self, txn: lmdb.Transaction, write: bool) -> None:
@@ -86,16 +87,15 @@ class Tx:
             v = str(v).encode()
         elif isinstance(v, str):
             v = v.encode()
-        old = self._txn.replace(k, v)
-        self.grown += len(v) - len(old) if old is not None else len(k) + len(v)
+        self._txn.put(k, v)
+        self.grown += len(k) + len(v)  # an overwrite counts as new: an upper bound
         self.log.append((k, v))
         self.dirty = True
 
     def delete(self, k: bytes) -> bool:
-        old = self._txn.pop(k)
-        if old is None:
+        if not self._txn.delete(k):
             return False
-        self.grown -= len(k) + len(old)
+        self.grown -= len(k)  # the key alone: a lower bound of what it freed
         self.log.append((k, None))
         self.dirty = True
         return True
@@ -146,9 +146,9 @@ class Tx:
         count = 0
         with self._txn.cursor() as cur:
             while cur.set_range(prefix) and cur.key().startswith(prefix):
-                k, v = cur.item()
+                k = cur.key()
                 cur.delete()
-                self.grown -= len(k) + len(v)
+                self.grown -= len(k)
                 self.log.append((k, None))
                 count += 1
         self.dirty = self.dirty or count > 0

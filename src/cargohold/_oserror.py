@@ -44,7 +44,7 @@ class PermissionDenied(FailedPrecondition):
 
 # --- read-only roots ---------------------------------------------------------------------
 _ro_mu = threading.Lock()
-_ro_roots: dict[str, tuple[str, int]] = {}  # realpath -> (why, references)
+_ro_roots: dict[str, tuple[str, int, str]] = {}  # realpath -> (why, references, as given)
 
 
 def mark_read_only(root: str, why: str) -> None:
@@ -54,7 +54,7 @@ def mark_read_only(root: str, why: str) -> None:
     path = os.path.realpath(root)
     with _ro_mu:
         old = _ro_roots.get(path)
-        _ro_roots[path] = (old[0] if old else why, (old[1] if old else 0) + 1)
+        _ro_roots[path] = (old[0], old[1] + 1, old[2]) if old else (why, 1, root)
 
 
 def unmark_read_only(root: str) -> None:
@@ -67,18 +67,20 @@ def unmark_read_only(root: str) -> None:
         if old[1] <= 1:
             del _ro_roots[path]
         else:
-            _ro_roots[path] = (old[0], old[1] - 1)
+            _ro_roots[path] = (old[0], old[1] - 1, old[2])
 
 
 def read_only_root(path: str) -> tuple[str, str] | None:
-    """``(root, why)`` when ``path`` lies under a root marked read-only, else None."""
+    """``(root, why)`` when ``path`` lies under a root marked read-only, else None; ``root``
+    is spelled as it was marked.
+    """
     if not _ro_roots:
         return None
     real = os.path.realpath(path)
     with _ro_mu:
-        for root, (why, _n) in _ro_roots.items():
+        for root, (why, _n, given) in _ro_roots.items():
             if real == root or real.startswith(root.rstrip("/") + "/"):
-                return root, why
+                return given, why
     return None
 
 
