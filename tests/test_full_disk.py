@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 
 import pytest
 
@@ -221,3 +222,28 @@ def test_import_whose_blobs_fit_but_unpack_does_not(disk, archives):
     assert m and float(m.group(1)) >= 25.1 and float(m.group(2)) < 8, first
     print(f"\n[full disk] unpack: {first}")
     _assert_nothing_left(disk, before, "example.com/full/c:1", start)
+
+
+def test_unmount_on_a_full_disk(disk, archives, tmp_path):
+    """Marking a kept rw mount's record unmounted replaces it in place: it may use the
+    reserve; then removing it frees the snapshot.
+    """
+    target = str(tmp_path / "target")
+    disk.hold("images", "import", archives["a"])
+    disk.hold("images", "mount", "--rw", A, target)
+    try:
+        with open(os.path.join(target, "written"), "wb") as f:
+            f.write(os.urandom(2 * MIB))
+        disk.fill()
+        disk.hold("images", "unmount", target)
+        mounts = disk.hold("images", "mounts").stdout.decode()
+        assert "unmounted (snapshot kept)" in mounts, mounts
+        disk.fill()
+        before = disk.available()
+        disk.hold("images", "unmount", "--rm", target)
+        assert disk.available() - before >= 2 * MIB
+        assert target not in disk.hold("images", "mounts").stdout.decode()
+    finally:
+        subprocess.run(["umount", "-l", target], capture_output=True, timeout=60)
+    disk.unfill()
+    assert "clean" in disk.hold("fsck").stdout.decode()

@@ -24,6 +24,7 @@ import time
 import zlib
 from collections.abc import Iterator
 
+from cargohold import _reserve
 from cargohold._oserror import check_writable, is_env_errno, read_only_root, translate
 from cargohold.errors import Unavailable
 
@@ -39,37 +40,64 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644, *, sync: bool = True) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o644, *, sync: bool = True,
+                 reserve_ok: bool = False) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old or the new file whole.
 
     Temp file in the same directory → fsync → ``os.replace`` → fsync the directory. The temp
     file is removed on error. Raises ``ReadOnly`` under a read-only root (before touching the
     disk) and the classes of :mod:`cargohold._oserror` for a full disk, a permission or an I/O
     error (the old file, if any, is then unchanged).
+
+    ``reserve_ok``: for bookkeeping on the way to freeing space (a mount record marked
+    unmounted). When the disk is full and ``data`` fits in the blocks of the file it replaces
+    (so the write leaves the disk no fuller), a chunk of the space reserve is given back
+    (:mod:`cargohold._reserve`) and the write tried once more.
     """
     check_writable(path)
-    d = os.path.dirname(path) or "."
-    tmp = os.path.join(d, f".tmp-{os.path.basename(path)}-{os.getpid()}-{threading.get_ident()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-        try:
-            with os.fdopen(fd, "wb", closefd=True) as f:
-                f.write(data)
-                f.flush()
-                if sync:
-                    os.fsync(f.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        if sync:
-            fsync_dir(d)
+        _replace(path, data, mode, sync)
     except OSError as exc:
+        if (reserve_ok and exc.errno == errno.ENOSPC and _fits_in_place(path, len(data))
+                and _reserve.release_for(path)):
+            try:
+                _replace(path, data, mode, sync)
+                return
+            except OSError as again:
+                exc = again
         if is_env_errno(exc.errno):
             raise translate(exc, path, f"file {path}", needed=len(data)) from exc
         raise
+
+
+def _replace(path: str, data: bytes, mode: int, sync: bool) -> None:
+    d = os.path.dirname(path) or "."
+    tmp = os.path.join(d, f".tmp-{os.path.basename(path)}-{os.getpid()}-{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb", closefd=True) as f:
+            f.write(data)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if sync:
+        fsync_dir(d)
+
+
+def _fits_in_place(path: str, n: int) -> bool:
+    """Whether ``n`` bytes take no more blocks than the existing file at ``path`` holds."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    bs = st.st_blksize or 4096
+    return -(-n // bs) * bs <= st.st_blocks * 512
 
 
 def makedirs(path: str, mode: int = 0o755) -> str:

@@ -146,6 +146,6 @@ def release_for(path: str) -> int:
     freed (0: no reserve registered there, or it is used up).
     """
     dev = _dev(path)
-    with _mu:
+    with _mu:  # one release at a time: two threads meeting ENOSPC take two chunks, in turn
         reserve = _by_dev.get(dev) if dev is not None else None
-    return reserve.release() if reserve is not None else 0
+        return reserve.release() if reserve is not None else 0

@@ -58,7 +58,10 @@ class Client:
         self._snapshotters: dict[str, Any] = {}
         self._opened = False
         self._read_only_marked = False
-        self._reserve: _reserve.Reserve | None = None
+        # Registered now (a stat, no write), so that any removal this client runs on a full
+        # disk can give back the reserve, even one that never opens the metadata.
+        self._reserve: _reserve.Reserve | None = _reserve.Reserve(self.root)
+        _reserve.register(self._reserve)
 
     @property
     def read_only(self) -> bool:
@@ -80,9 +83,8 @@ class Client:
             self._read_only_marked = True
         else:
             makedirs(self.root, 0o711)
-            self._reserve = _reserve.Reserve(self.root)
-            self._reserve.ensure()
-            _reserve.register(self._reserve)
+            if self._reserve is not None:
+                self._reserve.ensure()
         self._opened = True
 
     @cached_property
@@ -159,9 +161,10 @@ class Client:
         if "db" in self.__dict__:
             self.db.close()
         if self._reserve is not None:
-            # After a removal that used the reserve, this is when the freed space lets it
-            # come back; a reserve that finds no room stays smaller until the next open.
-            self._reserve.ensure()
+            if self._opened and not self._read_only_marked:
+                # After a removal that used the reserve, this is when the freed space lets it
+                # come back; a reserve that finds no room stays smaller until the next open.
+                self._reserve.ensure()
             _reserve.unregister(self._reserve)
             self._reserve = None
         if self._read_only_marked:
