@@ -61,14 +61,18 @@ class LazyGroup(click.Group):
 @click.option("--config", "config_file", metavar="FILE", help="Config file (TOML).")
 @click.option("--snapshotter", metavar="NAME", help="Snapshotter [HOLD_SNAPSHOTTER; overlayfs].")
 @click.option("--lease", metavar="ID", help="Run this command's writes inside lease ID.")
+@click.option("--read-only", "read_only", is_flag=True, default=None,
+              help="Open the root read-only: reads work, nothing on disk changes, writes "
+                   "fail [HOLD_READ_ONLY=1].")
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, state: str | None, namespace: str | None,
-        config_file: str | None, snapshotter: str | None, lease: str | None) -> None:
+        config_file: str | None, snapshotter: str | None, lease: str | None,
+        read_only: bool | None) -> None:
     """cargohold: a content store and snapshot engine for container images."""
     from cargohold.cli.app import App
 
     ctx.obj = App(root=root, state=state, namespace=namespace, config_file=config_file,
-                  snapshotter=snapshotter, lease=lease)
+                  snapshotter=snapshotter, lease=lease, read_only=read_only or None)
     ctx.call_on_close(ctx.obj.close)
 
 

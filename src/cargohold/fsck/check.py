@@ -105,6 +105,8 @@ class Fsck:
         self.snapshotters = snapshotters
 
     def run(self) -> Report:
+        if self.repair:
+            self.db.check_writable()  # a read-only root: say so before checking anything
         t = time.monotonic()
         rep = Report()
         files = self._check_blob_files(rep)

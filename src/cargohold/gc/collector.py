@@ -200,6 +200,8 @@ class Collector:
     def collect(self, *, dry_run: bool = False) -> Result:
         """Run one collection (or, with ``dry_run``, list what it would remove)."""
         res = Result(dry_run=dry_run)
+        if not dry_run:
+            self.db.check_writable()  # a read-only root: say so, even with nothing to remove
         lock = FileLock(self.lock_path, "gc") if self.lock_path else None
         if lock is not None:
             lock.acquire(wait=False)

@@ -123,8 +123,10 @@ def read_record(client: Client, target: str) -> MountRecord | None:
 
 def _write_record(client: Client, rec: MountRecord) -> None:
     makedirs(_records_dir(client), 0o700)
+    # reserve_ok: marking a record unmounted must work on a full disk (it replaces a record
+    # of the same size; a new record never takes the reserve).
     atomic_write(_record_path(client, rec.id), json.dumps(rec.to_json(), indent=1).encode(),
-                 0o600)
+                 0o600, reserve_ok=True)
 
 
 def _snapshotter(client: Client, ns: str, name: str, lease: str | None = None

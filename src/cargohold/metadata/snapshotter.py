@@ -47,7 +47,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-from cargohold._fsutil import clear_holder, lock_range, write_holder
+from cargohold._fsutil import clear_holder, lock_range, open_lock, write_holder
 from cargohold.errors import (
     AlreadyExists,
     CargoholdError,
@@ -88,7 +88,7 @@ class SnapshotterLock:
 
     @contextlib.contextmanager
     def _fd(self) -> Iterator[int]:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = open_lock(self.path, 0o600)  # creates nothing under a read-only root
         try:
             yield fd
         finally:

@@ -31,6 +31,7 @@ import shutil
 import stat
 
 from cargohold._fsutil import makedirs
+from cargohold._oserror import is_env_errno, translate
 from cargohold.errors import (
     AlreadyExists,
     CargoholdError,
@@ -54,12 +55,12 @@ def os_error(subject: str, exc: OSError) -> CargoholdError:
         return AlreadyExists(f"{subject}: {reason}")
     if exc.errno in (errno.EBUSY, errno.EAGAIN):
         return Unavailable(f"{subject}: {reason}", hint="something still uses it; retry later")
-    hint = None
     if exc.errno in (errno.EPERM, errno.EACCES):
-        hint = "this needs more privileges (run as root?)"
-    elif exc.errno == errno.ENOSPC:
-        hint = "free some space (hold gc) or grow the filesystem"
-    return FailedPrecondition(f"{subject}: {reason}", hint=hint)
+        return FailedPrecondition(f"{subject}: {reason}",
+                                  hint="this needs more privileges (run as root?)")
+    if is_env_errno(exc.errno) and exc.filename:
+        return translate(exc, os.fsdecode(exc.filename), subject)  # full, read-only, I/O
+    return FailedPrecondition(f"{subject}: {reason}")
 
 
 def diff_usage(parent: str, child: str) -> Usage:
