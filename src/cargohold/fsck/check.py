@@ -32,10 +32,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold._fsutil import fsync_dir, makedirs
 from cargohold.errors import CargoholdError, NotFound, Unavailable
 from cargohold.metadata import images, namespaces
 from cargohold.metadata import snapshots as snaprec
-from cargohold.metadata.content import blob_path, ingest_path, read_info, recorded_anywhere
+from cargohold.metadata.content import (
+    blob_path,
+    ingest_path,
+    quarantine_records,
+    read_info,
+    recorded_anywhere,
+)
 from cargohold.metadata.db import DB
 from cargohold.metadata.schema import ns_bucket
 from cargohold.types import is_digest, now_ns
@@ -109,7 +116,14 @@ class Fsck:
             self.db.check_writable()  # a read-only root: say so before checking anything
         t = time.monotonic()
         rep = Report()
+        self._corrupt: set[str] = set()
         files = self._check_blob_files(rep)
+        from cargohold.fsck.needed import check_needed
+
+        found, notes = check_needed(self.db, set() if self.repair else self._corrupt,
+                                    set(files), repair=self.repair)
+        rep.problems += found
+        rep.notes += notes
         self._check_records(rep, files)
         self._check_unreferenced(rep, files)
         self._check_ingests(rep)
@@ -160,9 +174,10 @@ class Fsck:
                 rep.blobs_checked += 1
                 rep.bytes_checked += size
                 if got != digest:
+                    self._corrupt.add(digest)
                     p = Problem("corrupt", digest, f"content hashes to {got}",
-                                "move it aside to content/corrupt/ and drop its records; "
-                                "re-import the image to heal it")
+                                "move it aside to content/corrupt/ (its records wait for the "
+                                "blob's next import, which restores them in every namespace)")
                     if self.repair:
                         self._quarantine(digest, path)
                         p.repaired = True
@@ -179,13 +194,13 @@ class Fsck:
 
     def _quarantine(self, digest: str, path: str) -> None:
         aside = os.path.join(self.store.root, "corrupt")
-        os.makedirs(aside, exist_ok=True)
+        makedirs(aside, sync=True)
         with self.store.locks.hold(digest):
             dest = os.path.join(aside, f"{digest.replace(':', '-')}-{time.time_ns()}")
             os.replace(path, dest)
+            fsync_dir(aside)
             with self.db.update() as tx:
-                for ns in namespaces.list_all(tx):
-                    tx.delete_tree(blob_path(ns, digest))
+                quarantine_records(tx, digest)
 
     # --- records -> store ----------------------------------------------------------------
     def _check_records(self, rep: Report, files: dict[str, int]) -> None:

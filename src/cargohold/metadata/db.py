@@ -40,7 +40,8 @@ def open_db(root: str) -> DB:
         with db.view() as tx:
             raw = tx.get(schema.VERSION_KEY)
         if raw is None or int(raw) != schema.SCHEMA_VERSION:
-            if db.read_only and raw is not None:
+            if db.read_only and raw is not None and not (
+                    schema.READABLE_FROM <= int(raw) <= schema.SCHEMA_VERSION):
                 err = read_only_error(root)
                 err.message += (f": its metadata is at schema version {int(raw)} and needs a "
                                 f"migration to {schema.SCHEMA_VERSION}")
