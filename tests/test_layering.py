@@ -13,7 +13,8 @@ RANKS = {
     "errors": 0, "types": 0, "_fsutil": 0, "_lmdb": 0, "_oserror": 0, "_reserve": 0,
     "filters": 0, "config": 0, "mount": 0, "overlaymount": 0, "__init__": 0, "__main__": 13,
     "store": 1, "snapshotters": 2, "differ": 2, "metadata": 3, "leases": 4, "gc": 5,
-    "fsck": 6, "images": 7, "fetch": 8, "tasks": 9, "client": 10, "service": 11, "cli": 12,
+    "fsck": 6, "images": 7, "fetch": 8, "tasks": 9, "client": 10, "probes": 11,
+    "service": 11, "cli": 12,
 }
 BASE = {"errors", "types", "_fsutil", "_lmdb", "_oserror", "_reserve", "filters", "config",
         "mount", "overlaymount", "__init__"}

@@ -1,7 +1,8 @@
 """Configuration: defaults, ``config.toml``, environment and flags, in rising precedence.
 
 The file is TOML (``hold config default`` prints a commented one). Unknown keys are an error
-that names the key, so a typo never silently does nothing.
+that names the key, so a typo never silently does nothing. Only keys that some code reads are
+listed (a test checks it): a key appears here together with what uses it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ DEFAULT_TEXT = """\
 
 # Where blobs, metadata and snapshots live (HOLD_ROOT, --root).
 root = "{root}"
-# Where sockets, mount records and task bundles live (HOLD_STATE, --state).
+# Where mount records live (HOLD_STATE, --state).
 state = "{state}"
 # Namespace used when none is given (HOLD_NAMESPACE, -n).
 namespace = "default"
@@ -32,25 +33,10 @@ snapshotter = "overlayfs"
 read_only = false
 
 [gc]
-# 'hold serve' runs the collector on these thresholds, as containerd's scheduler does.
-# Fraction of time the metadata may be paused by GC (0 to 0.5).
-pause_threshold = 0.02
-# Run GC after this many deletions (0: at the next tick after any deletion).
-deletion_threshold = 0
-# Run GC after this many metadata mutations (0: never on mutations alone).
-mutation_threshold = 100
-# Delay between a trigger and the collection.
-schedule_delay = "0s"
-# First collection after 'hold serve' starts.
-startup_delay = "100ms"
 # Records removed per write transaction while sweeping (small batches keep writers moving).
 sweep_batch = 500
 # Ingests opened without a lease expire after this long.
 ingest_expiry = "24h"
-
-[registry]
-# Directory of per-host hosts.toml files (containerd's certs.d layout).
-config_path = "/etc/cargohold/certs.d"
 
 [snapshotters.overlayfs]
 # Extra mount options for every overlay mount (e.g. ["volatile"]).
@@ -104,10 +90,7 @@ def default_text() -> str:
 # tests check that this equals what DEFAULT_TEXT parses to.
 DEFAULTS: dict[str, Any] = {
     "namespace": "default", "snapshotter": "overlayfs", "read_only": False,
-    "gc": {"pause_threshold": 0.02, "deletion_threshold": 0, "mutation_threshold": 100,
-           "schedule_delay": "0s", "startup_delay": "100ms", "sweep_batch": 500,
-           "ingest_expiry": "24h"},
-    "registry": {"config_path": "/etc/cargohold/certs.d"},
+    "gc": {"sweep_batch": 500, "ingest_expiry": "24h"},
     "snapshotters": {"overlayfs": {"mount_options": []}, "btrfs": {"root_path": ""},
                      "zfs": {"dataset": ""},
                      "devmapper": {"pool_name": "", "base_image_size": "10GB",

@@ -431,8 +431,9 @@ def _missing(what: str, s: PlatformState, source: str) -> CargoholdError:
     shown = ", ".join(s.missing[:3]) + (", ..." if len(s.missing) > 3 else "")
     p = s.platform or "unknown platform"
     return NotFound(f"{what}: platform {p}: {s.describe()} ({shown}) in archive {source}",
-                    hint="export the image again with that platform's blobs (e.g. pull "
-                         "with --all-platforms first), or choose another with --platform")
+                    hint="export the image again with that platform's blobs (from a store "
+                         "where it is complete: 'hold images export --all-platforms'), or "
+                         "choose another with --platform")
 
 
 def _set_labels(store: NamespacedStore, digest: str, labels: dict[str, str]) -> None:

@@ -297,7 +297,7 @@ def _add_labels(store: Store, digest: str, labels: dict[str, str]) -> None:
 def unpack_image(client: Client, name: str, *, snapshotter: str | None = None,
                  platform: Any = None, progress: Progress | None = None) -> str:
     """Unpack the image record ``name`` for ``platform`` (default: this host) under a fresh
-    lease; returns the top chain ID. Used by mount and by ``hold images unpack``-like callers.
+    lease; returns the top chain ID. Used by ``hold images mount`` for images not unpacked yet.
     """
     from cargohold.images.manifest import manifests
     from cargohold.images.platforms import Matcher
