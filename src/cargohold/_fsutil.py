@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 
 from cargohold import _reserve
 from cargohold._oserror import check_writable, is_env_errno, read_only_root, translate
-from cargohold.errors import Unavailable
+from cargohold.errors import CargoholdError, Unavailable
 
 _FLOCK = "hhqqi4x"  # struct flock on Linux x86_64/aarch64: type, whence, start, len, pid
 
@@ -100,17 +100,30 @@ def _fits_in_place(path: str, n: int) -> bool:
     return -(-n // bs) * bs <= st.st_blocks * 512
 
 
-def makedirs(path: str, mode: int = 0o755) -> str:
+def makedirs(path: str, mode: int = 0o755, *, sync: bool = False) -> str:
     """``os.makedirs(exist_ok=True)`` that returns the path.
 
     An existing directory is returned without any write, so opening a read-only root works;
-    a missing one under a read-only root raises ``ReadOnly``.
+    a missing one under a read-only root raises ``ReadOnly``. With ``sync``, each directory
+    made is made durable (its parent fsynced) before this returns: for directories on the way
+    to a durable file, which a record will point at once the file is in place.
     """
     if os.path.isdir(path):
         return path
     check_writable(path)
     try:
-        os.makedirs(path, mode=mode, exist_ok=True)
+        if not sync:
+            os.makedirs(path, mode=mode, exist_ok=True)
+            return path
+        missing = []
+        p = os.path.abspath(path)
+        while not os.path.isdir(p):
+            missing.append(p)
+            p = os.path.dirname(p)
+        for d in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(d, mode)
+            fsync_dir(os.path.dirname(d))
     except OSError as exc:
         if is_env_errno(exc.errno):
             raise translate(exc, path, f"directory {path}") from exc
@@ -298,7 +311,7 @@ def write_holder(fd: int) -> None:
     Only for rare, long holds (GC, fsck): a failure (full or read-only disk) only makes a
     waiter's message vaguer, so it is ignored; under a read-only root nothing is written.
     """
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, CargoholdError):
         path = _holder_path(fd)
         if read_only_root(path) is None:
             atomic_write(path, holder_text().encode(), sync=False)

@@ -302,7 +302,7 @@ class IngestWriter:
             return True
         assert self._fd is not None
         blob_dir = os.path.dirname(target)
-        _fsutil.makedirs(blob_dir)
+        _fsutil.makedirs(blob_dir, sync=True)  # durable before the record names the blob
         # Read-only before it becomes visible, so no reader ever sees a writable blob.
         os.fchmod(self._fd, 0o444)
         try:

@@ -263,7 +263,7 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             return
-        _fsutil.makedirs(os.path.dirname(path))
+        _fsutil.makedirs(os.path.dirname(path), sync=True)
         _fsutil.atomic_write(path, json.dumps(labels, sort_keys=True).encode())
 
     # --- ingester / ingest manager -------------------------------------------------------
