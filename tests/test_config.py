@@ -27,3 +27,42 @@ def test_precedence_and_unknown_keys(tmp_path, monkeypatch):
         config.load(str(f))
     with pytest.raises(InvalidArgument, match="no such file"):
         config.load(str(tmp_path / "missing.toml"))
+
+
+def test_read_only_from_flag_env_and_file(tmp_path, monkeypatch):
+    f = tmp_path / "c.toml"
+    f.write_text("read_only = true\n")
+    monkeypatch.delenv("HOLD_READ_ONLY", raising=False)
+    assert config.load(str(tmp_path / "c.toml")).read_only is True
+    f.write_text("")
+    assert config.load(str(f)).read_only is False
+    assert config.load(str(f), read_only=True).read_only is True
+    monkeypatch.setenv("HOLD_READ_ONLY", "1")
+    assert config.load(str(f)).read_only is True
+    monkeypatch.setenv("HOLD_READ_ONLY", "0")
+    f.write_text("read_only = true\n")
+    assert config.load(str(f)).read_only is False, "the environment beats the file"
+    monkeypatch.setenv("HOLD_READ_ONLY", "maybe")
+    with pytest.raises(InvalidArgument, match="HOLD_READ_ONLY='maybe': not a boolean"):
+        config.load(str(f))
+
+
+def _leaves(d, path=()):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, path + (k,))
+        else:
+            yield path + (k,)
+
+
+def test_every_key_of_the_default_file_is_read_by_some_code():
+    """`hold config default` documents only keys that something reads: each key's name
+    appears in code outside config.py (a key nobody reads would silently do nothing)."""
+    import pathlib
+
+    src = pathlib.Path(config.__file__).parent
+    text = "\n".join(p.read_text() for p in src.rglob("*.py") if p.name != "config.py")
+    top = {"root", "state", "namespace", "snapshotter", "read_only"}  # Config attributes
+    unread = [".".join(k) for k in _leaves(config._defaults())
+              if k[-1] not in top and f'"{k[-1]}"' not in text]
+    assert unread == [], f"documented but never read: {unread}"

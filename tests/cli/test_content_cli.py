@@ -98,7 +98,27 @@ def test_version_config_plugins(hold):
     by = {(r["type"], r["id"]): r for r in rows}
     assert by[("content", "local")]["status"] == "ok"
     assert all(r["status"] in ("ok", "skip", "error") for r in rows)
-    assert all(r["reason"] for r in rows if r["status"] != "ok")
+    # Every status comes with what its probe saw, ok included; nothing without a probe.
+    assert all(r["reason"] for r in rows), rows
+    assert by[("gc", "collector")]["reason"] == "idle"
+    assert by[("differ", "zstd")]["reason"] == "round trip"
+    assert not [r for r in rows if r["type"] == "runtime"], "no runtime code, no runtime row"
+
+
+def test_plugins_gc_probe_sees_a_running_collection(hold, root):
+    from cargohold._fsutil import FileLock
+
+    hold("content", "ls")
+    lock = FileLock(os.path.join(root, "gc.lock"), "gc").acquire()
+    try:
+        rows = json.loads(hold("plugins", "ls", "--format", "json").stdout)
+    finally:
+        lock.release()
+    [gc] = [r for r in rows if r["type"] == "gc"]
+    assert gc["status"] == "ok" and gc["reason"].startswith(f"running now: pid {os.getpid()}")
+    rows = json.loads(hold("--read-only", "plugins", "ls", "--format", "json").stdout)
+    [gc] = [r for r in rows if r["type"] == "gc"]
+    assert gc["status"] == "skip" and "read-only" in gc["reason"]
 
 
 def test_usage_error_exit_code_2(hold):
@@ -191,3 +211,48 @@ def test_crash_before_rename_resumes(root):
     assert run_hold(root, "content", "ingest", "crashy", input=data).stdout.decode().strip() \
         == dg(data)
     assert run_hold(root, "fsck").returncode == 0
+
+
+def test_ingest_of_bytes_already_held_succeeds_and_prints_the_digest(hold):
+    data = b"same bytes\n"
+    hold("leases", "create", "--id", "L")
+    first = hold("--lease", "L", "content", "ingest", "r1", input=data).stdout.decode().strip()
+    assert first == dg(data)
+    # The same bytes again, under another ref, with and without an expected digest, and
+    # from another namespace (which shares the file): each prints the digest and exits 0.
+    for args in (("content", "ingest", "r2"),
+                 ("content", "ingest", "--expected-digest", first, "r3"),
+                 ("-n", "other", "content", "ingest", "r4")):
+        p = hold("--lease", "L", *args, input=data, check=False) if args[0] != "-n" else \
+            hold(*args, input=data, check=False)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.decode().strip() == first
+    assert hold("content", "active").stdout.decode().count("\n") <= 1  # no ingest left over
+
+
+def test_first_commit_makes_its_new_directories_durable(root, monkeypatch):
+    """The blob's directories (blobs/, blobs/sha256/) are fsynced into their parents before
+    the record that names the blob is written."""
+    import io
+
+    from tests.peers import open_client
+
+    from cargohold import _fsutil
+    from cargohold.store.api import copy_into
+
+    c = open_client(root)
+    try:
+        c.leases.create("L")
+        synced: list[str] = []
+        real = _fsutil.fsync_dir
+        monkeypatch.setattr(_fsutil, "fsync_dir", lambda p: (synced.append(p), real(p))[1])
+        from cargohold.metadata.content import NamespacedStore
+
+        store = NamespacedStore(c.db, c.store, c.namespace, lease="L")
+        copy_into(store.writer("w"), io.BytesIO(b"x" * 10))
+        content = os.path.join(root, "content")
+        assert content in synced, synced  # blobs/ made inside content/
+        assert os.path.join(content, "blobs") in synced, synced  # sha256/ inside blobs/
+        assert os.path.join(content, "blobs", "sha256") in synced  # the rename itself
+    finally:
+        c.close()

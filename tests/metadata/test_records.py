@@ -56,12 +56,12 @@ def test_newer_schema_is_refused(root):
 def test_migrations_run_in_order(db, monkeypatch):
     ran = []
     monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS + [
-        (2, "add x", lambda tx: ran.append(2)), (3, "add y", lambda tx: ran.append(3))])
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
+        (3, "add x", lambda tx: ran.append(3)), (4, "add y", lambda tx: ran.append(4))])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 4)
     with db.update() as tx:
-        assert schema.migrate(tx) == [2, 3]
+        assert schema.migrate(tx) == [3, 4]
         assert schema.migrate(tx) == []
-    assert ran == [2, 3]
+    assert ran == [3, 4]
 
 
 def test_namespaces_lifecycle_and_refusal_names_what_is_left(db):

@@ -24,7 +24,8 @@ def test_open_and_probe(tmp_path):
     sn = registry.open_snapshotter("native", str(tmp_path / "n"), {})
     assert isinstance(sn, Native)
     sn.close()
-    assert registry.probe("native", str(tmp_path / "n2")) == ("ok", "")
+    assert registry.probe("native", str(tmp_path / "n2")) == (
+        "ok", f"support check passed for {tmp_path / 'n2'}")
     status, reason = registry.probe("btrfs", str(tmp_path / "b"))
     assert status == "skip" and "not on a btrfs filesystem" in reason
 

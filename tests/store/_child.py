@@ -42,11 +42,14 @@ class PausingReader:
         return n
 
 
-def crash_after(obj, name: str, *, before: bool = False) -> None:
-    """Replace ``obj.name`` so the process dies (like kill -9) around that one step."""
+def crash_after(obj, name: str, *, before: bool = False, when=None) -> None:
+    """Replace ``obj.name`` so the process dies (like kill -9) around that one step (only
+    for calls whose arguments ``when`` accepts, when given)."""
     real = getattr(obj, name)
 
     def step(*a, **kw):
+        if when is not None and not when(*a):
+            return real(*a, **kw)
         if before:
             os._exit(137)
         real(*a, **kw)
@@ -55,13 +58,22 @@ def crash_after(obj, name: str, *, before: bool = False) -> None:
     setattr(obj, name, step)
 
 
-def fail(obj, name: str) -> None:
-    """Replace ``obj.name`` with a step that raises EIO once."""
+def fail(obj, name: str, *, when=None) -> None:
+    """Replace ``obj.name`` with a step that raises EIO (for calls ``when`` accepts)."""
+    real = getattr(obj, name)
 
     def step(*a, **kw):
+        if when is not None and not when(*a):
+            return real(*a, **kw)
         raise OSError(5, "Input/output error (injected)")
 
     setattr(obj, name, step)
+
+
+def _blob_dir(path: str) -> bool:
+    """The fsync of the directory the blob is renamed into (not of the directories made on
+    the way to it, which the first commit makes durable first)."""
+    return path.endswith(os.path.join("blobs", "sha256"))
 
 
 def commit_crash(root: str, ref: str, src: str, step: str) -> int:
@@ -75,7 +87,7 @@ def commit_crash(root: str, ref: str, src: str, step: str) -> int:
     elif step == "after-rename":
         crash_after(ingest_mod.os, "rename")
     elif step == "after-dir-fsync":
-        crash_after(ingest_mod._fsutil, "fsync_dir")
+        crash_after(ingest_mod._fsutil, "fsync_dir", when=_blob_dir)
     elif step == "mid-ingest-removal":
         crash_after(ingest_mod.shutil, "rmtree", before=True)
     elif step == "after-ingest-removal":
@@ -83,7 +95,7 @@ def commit_crash(root: str, ref: str, src: str, step: str) -> int:
     elif step == "rename-fails":
         fail(ingest_mod.os, "rename")
     elif step == "dir-fsync-fails":
-        fail(ingest_mod._fsutil, "fsync_dir")
+        fail(ingest_mod._fsutil, "fsync_dir", when=_blob_dir)
     else:
         raise SystemExit(f"unknown step {step}")
     try:

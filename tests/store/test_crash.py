@@ -101,7 +101,8 @@ def test_crash_during_commit(tmp_path, small, step, code, outcome):
     p = run("commit-crash", root, "layer", small, step)
     assert p.returncode == code, p.stderr
     if code == 3:
-        assert "FailedPrecondition" in p.stderr and "injected" in p.stderr, p.stderr
+        # The injected EIO, in the words the store translates it to.
+        assert "FailedPrecondition" in p.stderr and "I/O error" in p.stderr, p.stderr
     store = LocalStore(root)
     digest = file_digest(small)
     blobs = assert_blobs_verify(store)

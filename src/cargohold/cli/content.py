@@ -16,7 +16,7 @@ from cargohold.cli.output import (
     quiet_option,
     table,
 )
-from cargohold.errors import AlreadyExists, IntegrityError
+from cargohold.errors import AlreadyExists, IntegrityError, NotFound
 
 
 @click.group()
@@ -86,12 +86,10 @@ def ingest(app: App, expected_size: int, expected_digest: str, labels: tuple[str
         return
     src = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)  # noqa: SIM115
     try:
+        # ``then`` makes a commit of bytes the store (or this namespace) already holds a
+        # success that returns the digest: storing them again is nothing to complain about.
         digest = copy_into(w, src, size=expected_size, expected=expected_digest,
-                           labels=label_map)
-    except AlreadyExists:
-        # Already in this namespace: nothing to do, and that is success.
-        click.echo(expected_digest or w.digest())
-        return
+                           labels=label_map, then=lambda d, existed: None)
     except IntegrityError as exc:
         offset = store.status(ref).offset if _exists(store, ref) else 0
         if expected_size and offset < expected_size:
@@ -110,7 +108,7 @@ def _exists(store, ref: str) -> bool:  # noqa: ANN001
     try:
         store.status(ref)
         return True
-    except Exception:  # noqa: BLE001
+    except NotFound:
         return False
 
 

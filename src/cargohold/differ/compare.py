@@ -341,6 +341,8 @@ def compare(lower: Sequence[Mount], upper: Sequence[Mount], *, store: Store,
                                  + (f" ({exc.filename})" if exc.filename else "")) from exc
     finally:
         if not done:
+            # Cleanup after a failure: the error being raised is what the user needs, and an
+            # ingest this cannot close or abort is an orphan that GC and fsck remove.
             with contextlib.suppress(Exception):
                 writer.close()
             if own_ref:

@@ -6,12 +6,14 @@ Checks, each named in the report with its subject:
   well-formed name (``stray``);
 - every namespace's content record has its blob (``missing``) with the recorded size (``size``);
 - every blob is recorded by some namespace or expected by a live ingest (``unreferenced``);
-- every backend ingest is readable and recorded (``ingest``), every ingest record unexpired or
-  backed by data (``expired-ingest``);
+- every backend ingest is readable and recorded (``ingest``), every ingest record unexpired,
+  held by a live lease, or backed by data (``expired-ingest``);
 - every image's target is recorded in its namespace (``image``); every snapshot record's
   parent and child links agree (``snapshot``);
 - given a snapshotter lookup, every snapshot record against its backend and every backend
-  against itself (``missing``, ``unreferenced``, ``backend``; see :mod:`.snapshots`).
+  against itself (``missing``, ``unreferenced``, ``backend``; see :mod:`.snapshots`);
+- what interrupted work left: a dead owner's half-extracted snapshots (``interrupted
+  unpack``), its lease and resumable partial ingests (notes; see :mod:`.leftovers`).
 
 Repairs never lose data that could still be good: a corrupt blob is moved aside to
 ``content/corrupt/`` and its records dropped (so a re-import writes it again and heals every
@@ -30,10 +32,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold._fsutil import fsync_dir, makedirs
 from cargohold.errors import CargoholdError, NotFound, Unavailable
 from cargohold.metadata import images, namespaces
 from cargohold.metadata import snapshots as snaprec
-from cargohold.metadata.content import blob_path, ingest_path, read_info, recorded_anywhere
+from cargohold.metadata.content import (
+    blob_path,
+    ingest_path,
+    quarantine_records,
+    read_info,
+    recorded_anywhere,
+)
 from cargohold.metadata.db import DB
 from cargohold.metadata.schema import ns_bucket
 from cargohold.types import is_digest, now_ns
@@ -65,6 +74,7 @@ class Report:
     records_checked: int = 0
     ingests_checked: int = 0
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # worth knowing, but not problems
 
     @property
     def clean(self) -> bool:
@@ -102,9 +112,18 @@ class Fsck:
         self.snapshotters = snapshotters
 
     def run(self) -> Report:
+        if self.repair:
+            self.db.check_writable()  # a read-only root: say so before checking anything
         t = time.monotonic()
         rep = Report()
+        self._corrupt: set[str] = set()
         files = self._check_blob_files(rep)
+        from cargohold.fsck.needed import check_needed
+
+        found, notes = check_needed(self.db, set() if self.repair else self._corrupt,
+                                    set(files), repair=self.repair)
+        rep.problems += found
+        rep.notes += notes
         self._check_records(rep, files)
         self._check_unreferenced(rep, files)
         self._check_ingests(rep)
@@ -115,6 +134,12 @@ class Fsck:
             found, n = check_snapshots(self.db, self.snapshotters, repair=self.repair)
             rep.problems += found
             rep.records_checked += n
+        from cargohold.fsck.leftovers import check_leftovers
+
+        found, notes = check_leftovers(self.db, self.store, self.snapshotters,
+                                       repair=self.repair)
+        rep.problems += found
+        rep.notes += notes
         rep.seconds = time.monotonic() - t
         return rep
 
@@ -149,9 +174,10 @@ class Fsck:
                 rep.blobs_checked += 1
                 rep.bytes_checked += size
                 if got != digest:
+                    self._corrupt.add(digest)
                     p = Problem("corrupt", digest, f"content hashes to {got}",
-                                "move it aside to content/corrupt/ and drop its records; "
-                                "re-import the image to heal it")
+                                "move it aside to content/corrupt/ (its records wait for the "
+                                "blob's next import, which restores them in every namespace)")
                     if self.repair:
                         self._quarantine(digest, path)
                         p.repaired = True
@@ -168,13 +194,13 @@ class Fsck:
 
     def _quarantine(self, digest: str, path: str) -> None:
         aside = os.path.join(self.store.root, "corrupt")
-        os.makedirs(aside, exist_ok=True)
+        makedirs(aside, sync=True)
         with self.store.locks.hold(digest):
             dest = os.path.join(aside, f"{digest.replace(':', '-')}-{time.time_ns()}")
             os.replace(path, dest)
+            fsync_dir(aside)
             with self.db.update() as tx:
-                for ns in namespaces.list_all(tx):
-                    tx.delete_tree(blob_path(ns, digest))
+                quarantine_records(tx, digest)
 
     # --- records -> store ----------------------------------------------------------------
     def _check_records(self, rep: Report, files: dict[str, int]) -> None:
@@ -256,9 +282,12 @@ class Fsck:
                 if self.repair:
                     p.repaired = self._abort(st.ref, rep)
                 rep.problems.append(p)
+        from cargohold.fsck.leftovers import held_ingests
+
         now = now_ns()
+        held = held_ingests(self.db)  # a live lease keeps an ingest past its own expiry
         for bref, (ns, ref, exp) in recs.items():
-            if exp and exp < now:
+            if exp and exp < now and (ns, ref) not in held:
                 p = Problem("expired-ingest", f"namespace {ns} ingest {ref}",
                             "expired; nothing protects it", "drop the record and its data")
                 if self.repair:

@@ -8,19 +8,22 @@ no namespace that still records it.
 
 Records are written inside the blob store's digest lock (the commit hook), so GC, which deletes
 a file only under the same lock after checking that no record exists, can never remove a blob
-between its commit and its record. Ingests opened without a lease expire (24 h by default) so an
-abandoned upload becomes garbage; with a lease they live as long as the lease.
+between its commit and its record. Every ingest record expires (24 h after its writer was
+last opened, by default) so an abandoned upload becomes garbage; a lease keeps it longer, never
+shorter. That is what lets an interrupted import resume: the lease of a killed process frees
+its snapshots at once, but its partial ingests stay until their own expiry.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 
 from cargohold.errors import AlreadyExists, CargoholdError, InvalidArgument, NotFound
 from cargohold.filters import Filter, adaptor_for
 from cargohold.metadata import namespaces
 from cargohold.metadata.db import DB, Tx
-from cargohold.metadata.schema import ns_bucket, ns_path
+from cargohold.metadata.schema import QUARANTINE, bucket, key, ns_bucket, ns_path
 from cargohold.store.api import CommitHook, Info, ReaderAt, Status, Store, Writer
 from cargohold.types import Digest, now_ns, validate_labels
 
@@ -52,6 +55,64 @@ def write_record(tx: Tx, ns: str, digest: str, size: int, labels: dict[str, str]
     tx.put(blob_path(ns, digest, "createdat"), now)
     tx.put(blob_path(ns, digest, "updatedat"), now)
     tx.write_labels(blob_path(ns, digest), {k: v for k, v in labels.items() if v}, replace=True)
+
+
+# --- blobs fsck moved aside --------------------------------------------------------------
+def _quarantine_key(digest: str, *rest: str) -> bytes:
+    return key(QUARANTINE, digest, *rest)
+
+
+def quarantine_records(tx: Tx, digest: str) -> list[str]:
+    """Move every namespace's record of ``digest`` aside (``fsck --repair`` found the blob
+    corrupt and moved its file away). Returns the namespaces that had one.
+
+    Each record goes to ``quarantine/<digest>/<ns>`` (size and labels), so that the blob's
+    next commit in *any* namespace restores it in every one (:func:`restore_quarantined`):
+    one re-import heals all.
+    """
+    out = []
+    for ns in namespaces.list_all(tx):
+        info = read_info(tx, ns, digest)
+        if info is None:
+            continue
+        tx.put(_quarantine_key(digest, ns),
+               json.dumps({"size": info.size, "labels": info.labels}, sort_keys=True))
+        tx.delete_tree(blob_path(ns, digest))
+        out.append(ns)
+    return out
+
+
+def quarantined(tx: Tx) -> dict[str, list[str]]:
+    """Every digest whose records are moved aside -> the namespaces that lost it."""
+    out: dict[str, list[str]] = {}
+    prefix = bucket(QUARANTINE)
+    for k, _v in tx.scan(prefix):
+        digest, _, ns = k[len(prefix):].decode().partition("\x00")
+        out.setdefault(digest, []).append(ns)
+    return out
+
+
+def restore_quarantined(tx: Tx, digest: str) -> list[str]:
+    """Put back the records :func:`quarantine_records` moved aside (the blob is whole again);
+    returns the namespaces healed. Costs one probe when nothing is quarantined.
+    """
+    prefix = bucket(QUARANTINE, digest)
+    if not tx.has_prefix(prefix):
+        return []
+    healed = []
+    for k, v in list(tx.scan(prefix)):
+        ns = k[len(prefix):].decode()
+        rec = json.loads(v)
+        if not tx.exists(blob_path(ns, digest, "size")):
+            write_record(tx, ns, digest, int(rec["size"]), dict(rec.get("labels") or {}))
+            healed.append(ns)
+    tx.delete_prefix(prefix)
+    return healed
+
+
+def forget_quarantined(tx: Tx, digest: str) -> None:
+    """Drop the moved-aside records of ``digest`` (nothing needs them any more)."""
+    tx.delete_prefix(bucket(QUARANTINE, digest))
 
 
 def recorded_anywhere(tx: Tx, digest: str) -> bool:
@@ -158,9 +219,7 @@ class NamespacedStore:
             tx.put(ingest_path(self.ns, ref, "expected"), expected)
             if self.lease:
                 self._lease_add(tx, "ingests", ref)
-                tx.delete(ingest_path(self.ns, ref, "expireat"))
-            else:
-                tx.put(ingest_path(self.ns, ref, "expireat"), now_ns() + self.ingest_expiry)
+            tx.put(ingest_path(self.ns, ref, "expireat"), now_ns() + self.ingest_expiry)
         try:
             inner = self.backend.writer(self._bref(ref), total=total, expected=expected)
         except AlreadyExists:
@@ -191,6 +250,9 @@ class NamespacedStore:
                 if not already:
                     write_record(tx, self.ns, digest, size,
                                  validate_labels(dict(labels or {})))
+                # A blob fsck had moved aside as corrupt is whole again: every namespace
+                # that lost its record gets it back.
+                restore_quarantined(tx, digest)
             if already:
                 raise AlreadyExists(f"content {digest}: already exists")
 

@@ -27,6 +27,13 @@ Segments may hold any text but NUL; LMDB caps a whole key at 511 bytes.
     v1/<ns>/leases/<id>/images/<name>
     v1/<ns>/containers/<id>/{image,runtime,spec,snapshotter,snapshotkey,createdat,updatedat}
     v1/<ns>/containers/<id>/labels/<k>
+    quarantine/<digest>/<ns>                  {size, labels} of a record fsck moved aside with
+                                              its corrupt blob; restored in every namespace at
+                                              the digest's next commit (v2)
+
+Lease labels in ``cargohold.owner/{pid,start,boot,pidns,purpose}`` name the process that owns
+an internal lease (see :mod:`cargohold.leases.owner`); every ingest record has ``expireat``,
+leased or not, so a partial ingest outlives a dead owner's lease long enough to be resumed.
 
 Values: text as UTF-8; sizes and times (nanoseconds since the epoch) as decimal ASCII;
 ``ingests/<ref>/ref`` is the backend ingest ref; a snapshot's ``name`` is its backend key.
@@ -51,7 +58,11 @@ VERSION_KEY = b"version"
 EPOCH_KEY = b"epoch"
 ROOT = "v1"
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# The oldest version this code reads as it is, without migrating (what a read-only root
+# needs): every migration since only added buckets.
+READABLE_FROM = 1
+QUARANTINE = "quarantine"
 
 
 
@@ -99,8 +110,13 @@ def _initial(tx: Tx) -> None:
     """Version 1: the tree above; nothing to convert from."""
 
 
+def _quarantine_bucket(tx: Tx) -> None:
+    """Version 2: adds the ``quarantine`` bucket (empty until fsck moves a blob aside)."""
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Tx], None]]] = [
     (1, "initial schema", _initial),
+    (2, "quarantine bucket for blobs fsck moved aside", _quarantine_bucket),
 ]
 
 

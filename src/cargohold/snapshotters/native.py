@@ -126,14 +126,22 @@ def _copy_meta(src: str, dst: str, st: os.stat_result) -> None:
         pass  # unprivileged: the copy belongs to us, which is all we can do
     try:
         names = os.listxattr(src, follow_symlinks=False)
-    except OSError:
-        names = []
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        names = []  # the source filesystem has no xattrs at all: nothing to copy
     for n in names:
         try:
             os.setxattr(dst, n, os.getxattr(src, n, follow_symlinks=False),
                         follow_symlinks=False)
-        except OSError:
-            pass
+        except OSError as exc:
+            # Only what cannot exist on a copy may be dropped: an xattr namespace this
+            # filesystem lacks, or trusted.* / security.* as an unprivileged user. Anything
+            # else would silently lose data from the parent, so it fails the snapshot.
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) or (
+                    exc.errno == errno.EPERM and os.geteuid() != 0):
+                continue
+            raise
     if not link:
         # after chown, which clears setuid/setgid bits
         os.chmod(dst, stat.S_IMODE(st.st_mode))

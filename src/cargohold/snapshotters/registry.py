@@ -77,7 +77,7 @@ def open_snapshotter(name: str, root: str,
 
 
 def probe(name: str, root: str, config: dict[str, Any] | None = None) -> tuple[str, str]:
-    """Whether backend ``name`` can run here: ``("ok", "")``, ``("skip", why)`` or
+    """Whether backend ``name`` can run here: ``("ok", what passed)``, ``("skip", why)`` or
     ``("error", why)``.
 
     "skip" means this host or build cannot have it (not built, kernel or tool missing, wrong
@@ -96,7 +96,7 @@ def probe(name: str, root: str, config: dict[str, Any] | None = None) -> tuple[s
         return "error", str(exc)
     except OSError as exc:
         return "error", f"snapshotter {name}: {exc}"
-    return "ok", ""
+    return "ok", f"support check passed for {root}"
 
 
 def probe_all(hold_root: str, sections: dict[str, dict[str, Any]] | None = None
