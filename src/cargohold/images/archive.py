@@ -197,7 +197,7 @@ def _read_head(raw: BinaryIO, n: int) -> bytes:
 def open_archive(path: str) -> Archive:
     """Open ``path`` (file, directory or ``-`` for stdin) for one pass over its members.
 
-    Raises NotFound-like :class:`InvalidArgument` for paths that do not exist.
+    Raises NotFound for a path that does not exist; reading raises :class:`ArchiveError`.
     """
     if path == "-":
         return _TarArchive("(stdin)", sys.stdin.buffer, None)  # type: ignore[arg-type]
