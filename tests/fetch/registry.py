@@ -455,3 +455,42 @@ class TokenServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(5)
+
+
+def make_index_layout(layout: str, tag: str, images: list[tuple[str, list[dict[str, bytes]]]]
+                      ) -> dict:
+    """An OCI layout whose ``tag`` is an index of one manifest per (arch, layers)."""
+    import tempfile
+
+    entries = []
+    os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
+    for arch, layers in images:
+        with tempfile.TemporaryDirectory() as t:
+            info = make_layout(t, layers)
+            idx = json.load(open(os.path.join(t, "index.json")))["manifests"][0]
+            for name in os.listdir(os.path.join(t, "blobs", "sha256")):
+                src = os.path.join(t, "blobs", "sha256", name)
+                data = open(src, "rb").read()
+                if f"sha256:{name}" == info["manifest"]:
+                    continue
+                if b'"rootfs"' in data and b'"architecture"' in data:
+                    doc = json.loads(data)
+                    doc["architecture"] = arch
+                    cfg = json.dumps(doc).encode()
+                    man = json.loads(open(os.path.join(t, "blobs", "sha256",
+                                                       info["manifest"][7:]), "rb").read())
+                    man["config"].update(_put(layout, cfg))
+                    mdesc = _put(layout, json.dumps(man).encode())
+                    continue
+                _put(layout, data)
+            entries.append({"mediaType": idx["mediaType"], **mdesc,
+                            "platform": {"os": "linux", "architecture": arch}})
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": entries}
+    idesc = {"mediaType": index["mediaType"], **_put(layout, json.dumps(index).encode()),
+             "annotations": {"org.opencontainers.image.ref.name": tag}}
+    with open(os.path.join(layout, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [idesc]}, f)
+    with open(os.path.join(layout, "oci-layout"), "w") as f:
+        f.write('{"imageLayoutVersion":"1.0.0"}')
+    return {"index": idesc["digest"], "manifests": [e["digest"] for e in entries]}

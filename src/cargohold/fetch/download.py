@@ -15,7 +15,8 @@
 - A blob larger than twice ``chunk`` (when the registry honours ``Range``) is fetched as
   ranged parts by ``parts`` workers and written in order; at most ``parts + 1`` parts wait in
   memory. Only the contiguous prefix is ever written, so a crash loses at most the parts in
-  flight.
+  flight. Each read is pushed to the ingest's file at once (not left in the store's 4 MiB
+  write buffer), so a single-stream download killed with -9 loses at most one read (1 MiB).
 - :meth:`BlobDownload.reader` is a file object over the bytes as they arrive (the ingest's
   own file, then the same descriptor after the commit renamed it into place): unpack reads a
   layer while it downloads. Its last read waits for the commit, and raises the download's
@@ -271,6 +272,9 @@ class BlobDownload:
                         raise IntegrityError(f"{s.endpoint.describe()}: blob "
                                              f"{self.desc.digest}: more than its {size} bytes")
                     w.write(data)
+                    # Push it to the file now (the store buffers 4 MiB): readers follow the
+                    # file, and a kill -9 loses at most this one read.
+                    w.digest()
                     offset += len(data)
                     self.fetched += len(data)
                     self._advance(len(data))
@@ -345,6 +349,7 @@ class BlobDownload:
                     else:
                         data = futs.pop(i).result()
                     w.write(data)
+                    w.digest()  # on to the file: readers follow it (see _sequential)
                     self.fetched += len(data)
                     self._advance(len(data))
             except BaseException:

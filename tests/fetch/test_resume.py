@@ -1,0 +1,77 @@
+"""A pull killed with -9 at ~60 % continues from each blob's ingest offset on the next pull.
+
+The registry runs behind a throttling proxy that counts the bytes it sends, so the test
+knows what the killed pull had received and what the second one fetched: at most the
+remainder plus one chunk per layer (the bytes the killed process held in memory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import run_hold
+from tests.fetch.registry import (
+    CountingProxy,
+    DockerRegistry,
+    make_layout,
+    need_registry,
+    push_layout,
+)
+
+pytestmark = [pytest.mark.peer, pytest.mark.slow]
+
+LAYER = 12 << 20
+CHUNK = 8 << 20
+
+
+def test_kill_9_mid_pull_then_pull_again_resumes(tmp_path, root):
+    need_registry()
+    lay = str(tmp_path / "layout")
+    info = make_layout(lay, [{f"l{i}.bin": os.urandom(LAYER)} for i in range(3)])
+    total = sum(info["sizes"])
+    reg = DockerRegistry(str(tmp_path / "reg")).start()
+    proxy = None
+    try:
+        push_layout(lay, "1", f"{reg.host}/team/big:1")
+        proxy = CountingProxy(reg.port, rate=12 << 20)
+        ref = f"{proxy.host}/team/big:1"
+        env = dict(os.environ, HOLD_ROOT=root, HOLD_STATE=os.path.join(root, "_state"),
+                   HOLD_CONFIG=os.path.join(root, "_no_config.toml"),
+                   PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+        p = subprocess.Popen([sys.executable, "-m", "cargohold", "images", "pull",
+                              "--progress", "none", "--chunk-size", "8MiB", ref], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while proxy.sent < 0.6 * total and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.01)
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+        assert p.returncode == -signal.SIGKILL, p.stderr.read().decode()
+        first = proxy.sent
+        assert 0.5 * total < first < total
+        active = json.loads(run_hold(root, "content", "active", "--format", "json").stdout)
+        assert active and all(a["ref"].startswith("layer-sha256:") for a in active)
+        kept = sum(a["offset"] for a in active)
+        proxy.reset()
+        res = json.loads(run_hold(root, "images", "pull", "--progress", "none", "--chunk-size",
+                                  "8MiB", "--format", "json", ref).stdout)
+        second = proxy.sent
+        assert res["resumed"] >= kept > 0
+        overhead = 64 << 10  # manifest HEAD/GET, config, HTTP headers
+        assert second <= (total - first) + 3 * CHUNK + overhead, (first, second, total)
+        assert res["bytes"] <= total - kept
+        assert res["target"]["digest"] == info["manifest"]
+        fsck = run_hold(root, "fsck")
+        assert b"clean" in fsck.stdout
+        assert json.loads(run_hold(root, "content", "active", "--format", "json").stdout) == []
+    finally:
+        if proxy is not None:
+            proxy.close()
+        reg.stop()
