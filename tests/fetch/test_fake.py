@@ -290,3 +290,101 @@ def test_index_platform_selection(client, fake):
     assert "s390x" in ei.value.message and "--platform" in ei.value.hint
     res = pull(client, fake, ref, PullOptions(all_platforms=True, unpack=False))
     assert {d for _p, d in res.manifests} == {mine["digest"], theirs["digest"]}
+
+
+def test_another_namespace_shares_blobs_without_fetching(root, fake):
+    from tests.peers import open_client
+
+    img = fake_image(fake, "team/app", "1", [{"x": os.urandom(10_000)}])
+    a, b = open_client(root, namespace="a"), open_client(root, namespace="b")
+    try:
+        pull(a, fake)
+        n = len(fake.log)
+        res = pull(b, fake)
+        assert res.existing == 1 and res.bytes == 0
+        assert not [u for m, u, _h in fake.log[n:] if m == "GET" and "/blobs/" in u]
+        assert b.content.info(img["layers"][0]["digest"]).labels[
+            "containerd.io/distribution.source.fake.test"] == "team/app"
+    finally:
+        a.close()
+        b.close()
+
+
+class _Recorder:
+    """A Progress that records (event, key) in order, from any thread."""
+
+    def __init__(self):
+        import threading
+
+        from cargohold.images.progress import Progress
+
+        self.events = []
+        self._mu = threading.Lock()
+        base = Progress()
+        self.stream = base.stream
+
+    def start(self, key, label, total=0):
+        with self._mu:
+            self.events.append(("start", key))
+
+    def advance(self, key, n):
+        with self._mu:
+            self.events.append(("advance", key))
+
+    def done(self, key, status="done"):
+        with self._mu:
+            self.events.append(("done", key))
+
+    def note(self, text):
+        pass
+
+
+def test_layers_are_unpacked_while_they_download(client, fake):
+    import io
+    import time as _time
+
+    img = fake_image(fake, "team/app", "1", [{"a.bin": os.urandom(2 << 20)}])
+    d = img["layers"][0]["digest"]
+
+    class Slow(io.BytesIO):
+        def read(self, n=-1):
+            _time.sleep(0.002)
+            return super().read(min(64 << 10, n if n >= 0 else 64 << 10))
+
+    orig = fake._blob
+
+    def slow_blob(req, digest):
+        r = orig(req, digest)
+        if digest == d and req.method == "GET":
+            from urllib3.response import HTTPResponse
+
+            r.raw = HTTPResponse(body=Slow(fake.blobs[d]), headers=dict(r.headers),
+                                 status=r.status_code, preload_content=False,
+                                 decode_content=False)
+        return r
+
+    fake._blob = slow_blob
+    rec = _Recorder()
+    with registry(fake) as reg:
+        Puller(client, reg, progress=rec).pull(REF, PullOptions(chunk_size=0))
+    ev = rec.events
+    download_done = ev.index(("done", d))
+    unpack_progress = ev.index(("advance", f"unpack:{d}"))
+    assert unpack_progress < download_done  # unpack read the layer before it was complete
+    assert ev.index(("done", f"unpack:{d}")) > download_done  # ... and committed after
+
+
+def test_progress_json_events(client, fake):
+    import io
+    import json
+
+    from cargohold.images.progress import Progress
+
+    fake_image(fake, "team/app", "1", [{"a": b"a" * 1000}])
+    out = io.StringIO()
+    with registry(fake) as reg:
+        Puller(client, reg, progress=Progress.open("json", out)).pull(REF)
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    keys = {(e["event"], e["key"]) for e in events if "key" in e}
+    assert ("start", "total") in keys and ("done", "total") in keys
+    assert any(k.startswith("unpack:") for _e, k in keys)

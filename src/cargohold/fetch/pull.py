@@ -285,7 +285,11 @@ class _Walk:
             self._add_labels(desc.digest, labels)
             return
         try:
-            copy_into(w, io.BytesIO(data), size=desc.size, expected=desc.digest, labels=labels)
+            if self._shared(desc.digest):
+                w.commit(desc.size, desc.digest, labels)  # another namespace has the bytes
+            else:
+                copy_into(w, io.BytesIO(data), size=desc.size, expected=desc.digest,
+                          labels=labels)
         except AlreadyExists:
             self._add_labels(desc.digest, labels)
 
@@ -310,12 +314,23 @@ class _Walk:
             raise RegistryError(f"{desc.media_type} {desc.digest}: not valid JSON") from exc
         return data, doc if isinstance(doc, dict) else {}
 
-    def _have(self, desc: Descriptor) -> bytes | None:
+    def _shared(self, digest: str) -> bool:
         try:
-            with self.store.reader(desc.digest) as r:
-                return r.read()
+            self.store.backend.info(digest)
+            return True
         except NotFound:
-            return None
+            return False
+
+    def _have(self, desc: Descriptor) -> bytes | None:
+        """The blob's bytes when this store (or, shared, another namespace) has them."""
+        for src in (self.store, self.store.backend):
+            try:
+                with src.reader(desc.digest) as r:
+                    data = r.read()
+            except NotFound:
+                continue
+            return data if len(data) == desc.size else None
+        return None
 
     def manifests(self, target: Descriptor, matcher: plat.Matcher, what: str
                   ) -> list[tuple[Descriptor, Platform | None]]:
