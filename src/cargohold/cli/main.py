@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "plugins": ("cargohold.cli.plugins", "plugins", ()),
     "config": ("cargohold.cli.config", "config", ()),
     "hosts": ("cargohold.cli.hosts", "hosts", ("host",)),
+    "airgap": ("cargohold.cli.airgap", "airgap", ()),
     "version": ("cargohold.cli.version", "version", ()),
 }
 ALIASES = {a: name for name, (_m, _a, al) in COMMANDS.items() for a in al}

@@ -50,6 +50,9 @@ class PushOptions:
     platforms: list[Platform] = field(default_factory=list)
     chunk_size: int = 0
     max_concurrent_uploads: int = 3
+    #: an index whose manifests the store lacks in part: push the complete ones (seeding),
+    #: instead of failing
+    present_only: bool = False
 
 
 @dataclass
@@ -152,6 +155,7 @@ class Pusher:
                                   "index")
         doc = read_json(store, target, what)
         kids = descriptors(doc, "manifests", f"index {target.digest}")
+        chosen: list[Descriptor] = []
         if opts.platforms:
             matcher = plat.Matcher(opts.platforms)
             chosen = [k for k in kids if mt.is_manifest(k.media_type)
@@ -160,6 +164,14 @@ class Pusher:
                 have = ", ".join(sorted({str(k.platform) for k in kids if k.platform})) or "none"
                 raise NotFound(f"{what}: no manifest for platform {matcher.describe()} (it has "
                                f"{have})", hint="choose one of those with --platform")
+        elif opts.present_only:
+            complete = [k for k in kids if mt.is_manifest(k.media_type) and self._complete(k)]
+            if not complete:
+                raise NotFound(f"{what}: the store has no complete manifest of it",
+                               hint="import or pull the image again")
+            if len(complete) < len(kids):
+                chosen = complete
+        if chosen:
             if len(chosen) == 1:
                 d = Descriptor(chosen[0].media_type, chosen[0].digest, chosen[0].size)
                 return _Plan(d, self._bytes(d), [], self._manifest_blobs([d], what))
@@ -183,6 +195,16 @@ class Pusher:
                                 "with --all-platforms first")
         mans = [k for k in kids if mt.is_manifest(k.media_type)]
         return _Plan(target, self._bytes(target), kids, self._manifest_blobs(mans, what))
+
+    def _complete(self, m: Descriptor) -> bool:
+        store = self.client.content
+        try:
+            man = parse_manifest(store, m)
+            for b in [man.config, *man.layers]:
+                store.info(b.digest)
+        except NotFound:
+            return False
+        return True
 
     def _manifest_blobs(self, mans: list[Descriptor], what: str) -> list[Descriptor]:
         store = self.client.content
