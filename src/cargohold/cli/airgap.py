@@ -67,12 +67,15 @@ def bundle_cmd(app: App, platform_: tuple[str, ...], all_platforms: bool, progre
               help="With --push: REGISTRY/<host>/<path> (for colliding paths); write the "
                    "matching hosts.toml files with 'hold airgap mirror-config --prefix-host'.")
 @click.option("--no-unpack", is_flag=True, help="Store only; do not unpack.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="Archives imported at once.")
 @registry_options
 @_progress
 @_format
 @click.argument("sources", nargs=-1, required=True)
 @click.pass_obj
-def seed_cmd(app: App, push: str, prefix_host: bool, no_unpack: bool, progress_mode: str,
+def seed_cmd(app: App, push: str, prefix_host: bool, no_unpack: bool, jobs: int,
+             progress_mode: str,
              fmt: str, sources: tuple[str, ...], hosts_dir: str | None, plain_http: bool,
              user: str) -> None:
     """Seed bundles, image archives and directories (read as k3s reads its images
@@ -86,7 +89,7 @@ def seed_cmd(app: App, push: str, prefix_host: bool, no_unpack: bool, progress_m
             Progress.open(progress_mode) as progress:
         res = Seeder(app.client, reg, progress=progress).seed(
             list(sources), SeedOptions(push=push, prefix_host=prefix_host,
-                                       unpack=not no_unpack))
+                                       unpack=not no_unpack, jobs=jobs))
     if fmt == "json":
         emit_json(res.to_json())
         return

@@ -6,6 +6,7 @@ file (imported with all platforms, verified, idempotent), and every ``.txt`` fil
 reference per line, ``#`` comments; each pulled unless the store has it). Other files are
 reported and left alone.
 
+Archives are imported ``jobs`` at a time (2 by default), reference lists after them.
 Unchanged archives are skipped without being read: each seeded archive is recorded in
 ``<root>/airgap/seeded.json`` (per namespace) with its device, inode, size, mtime and ctime
 and the images it gave; an archive whose stat is the same, and whose images still point at
@@ -85,6 +86,7 @@ class SeedOptions:
     push: str = ""  # registry host[:port]; "" = seed the local store only
     prefix_host: bool = False
     unpack: bool = True
+    jobs: int = 2  # archives imported at once
 
 
 def expand(sources: list[str]) -> list[tuple[str, str]]:
@@ -116,6 +118,9 @@ class _State:
     """``<root>/airgap/seeded.json``: ``{namespace: {path: {"stat": [...], "images": {}}}}``."""
 
     def __init__(self, root: str, ns: str) -> None:
+        import threading
+
+        self._mu = threading.Lock()
         self.path = os.path.join(root, "airgap", "seeded.json")
         self.ns = ns
         try:
@@ -128,9 +133,11 @@ class _State:
         return self.doc.get(self.ns, {}).get(path)
 
     def put(self, path: str, stat: list[int], images: dict[str, str]) -> None:
-        self.doc.setdefault(self.ns, {})[path] = {"stat": stat, "images": images}
-        _fsutil.makedirs(os.path.dirname(self.path))
-        _fsutil.atomic_write(self.path, json.dumps(self.doc, indent=1, sort_keys=True).encode())
+        with self._mu:
+            self.doc.setdefault(self.ns, {})[path] = {"stat": stat, "images": images}
+            _fsutil.makedirs(os.path.dirname(self.path))
+            _fsutil.atomic_write(self.path,
+                                 json.dumps(self.doc, indent=1, sort_keys=True).encode())
 
 
 def _stat(path: str) -> list[int]:
@@ -151,20 +158,32 @@ class Seeder:
         """Seed every source; raises on the first source that fails (those before it stay
         seeded and recorded). With ``opts.push``, push every image afterwards.
         """
+        from concurrent.futures import ThreadPoolExecutor
+
         opts = opts or SeedOptions()
         res = SeedResult()
         state = _State(self.client.root, self.client.namespace)
-        for path, kind in expand(sources):
-            item = SeedItem(os.path.abspath(path), kind)
+        res.items = [SeedItem(os.path.abspath(p), k) for p, k in expand(sources)]
+
+        def run(item: SeedItem) -> None:
             t0 = time.monotonic()
-            if kind == "ignored":
+            if item.kind == "ignored":
                 item.status = "ignored"
-            elif kind == "list":
+            elif item.kind == "list":
                 self._list(item, opts)
             else:
                 self._archive(item, state, opts)
             item.seconds = time.monotonic() - t0
-            res.items.append(item)
+
+        # Archives several at once (decompression and hashing run beside each other's file
+        # writes); reference lists afterwards, so they find what the archives brought.
+        archives = [i for i in res.items if i.kind != "list"]
+        with ThreadPoolExecutor(max(1, opts.jobs), thread_name_prefix="cargohold-seed") as pool:
+            for f in [pool.submit(run, i) for i in archives]:
+                f.result()
+        for item in res.items:
+            if item.kind == "list":
+                run(item)
         if opts.push:
             self._push(res, opts)
         return res
