@@ -171,6 +171,20 @@ def test_bearer_token_flow(client, tmp_path, layout):
             # Anonymous, one token for the whole pull (resolve, manifest, config, layers).
             assert tokens.requests == [("", ["repository:team/app:pull"])]
             assert r.transport.authorizer.token_requests == 1
+        # Push needs pull,push (and pull on the repository it mounts from): anonymous is
+        # refused, bob may.
+        from cargohold.fetch.api import Forbidden, Unauthorized
+        from cargohold.fetch.credentials import Credentials, Secret
+        from cargohold.fetch.push import Pusher
+
+        with Registry() as r, pytest.raises((Unauthorized, Forbidden)):
+            Pusher(client, r).push(f"{reg.host}/team/app:1", f"{reg.host}/team/copy:1")
+        tokens.requests.clear()
+        with Registry(credentials=Credentials(Secret("bob", "pw"))) as r:
+            res = Pusher(client, r).push(f"{reg.host}/team/app:1", f"{reg.host}/team/copy:1")
+        assert res.mounted == 3 and res.uploaded == 0
+        assert tokens.requests[0] == ("bob", ["repository:team/app:pull",
+                                              "repository:team/copy:pull,push"])
     finally:
         reg.stop()
         tokens.close()

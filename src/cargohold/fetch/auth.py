@@ -69,6 +69,23 @@ def parse_challenges(header: str) -> list[Challenge]:
     return out
 
 
+def merge_scopes(scopes: list[str]) -> tuple[str, ...]:
+    """One scope per resource, with the union of its actions (``repository:a:pull`` and
+    ``repository:a:pull,push`` → ``repository:a:pull,push``), sorted.
+    """
+    acts: dict[str, list[str]] = {}
+    for s in scopes:
+        if not s:
+            continue
+        res, sep, actions = s.rpartition(":")
+        if not sep or ":" not in res:
+            acts.setdefault(s, [])
+            continue
+        have = acts.setdefault(res, [])
+        have += [a for a in actions.split(",") if a and a not in have]
+    return tuple(sorted(f"{r}:{','.join(a)}" if a else r for r, a in acts.items()))
+
+
 def _basic(secret: Secret) -> str:
     import base64
 
@@ -124,8 +141,7 @@ class Authorizer:
         basic = next((c for c in chs if c.scheme == "basic"), None)
         secret = self.credentials.get(host)
         if bearer is not None and bearer.params.get("realm"):
-            merged = tuple(sorted(set(scopes) | set(
-                s for s in bearer.params.get("scope", "").split(" ") if s)))
+            merged = merge_scopes([*scopes, *bearer.params.get("scope", "").split(" ")])
             with self._mu:
                 self._bearer[host] = bearer
                 key = self._key(bearer, scopes)
