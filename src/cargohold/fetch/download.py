@@ -300,26 +300,28 @@ class BlobDownload:
         """Bytes ``[start, end)``, retried on dropped connections."""
         assert self.endpoint is not None
         stalls = 0
-        buf = bytearray()
+        parts: list[bytes] = []
+        got = 0
         while True:
             self._check_cancel()
             if stop.is_set():
                 raise Cancelled(f"blob {self.desc.digest}: part stopped")
-            s = self.remote.open_blob(self.desc, start + len(buf), end, endpoint=self.endpoint)
+            s = self.remote.open_blob(self.desc, start + got, end, endpoint=self.endpoint)
             try:
                 if not s.ranged:
                     raise RegistryError(f"{s.endpoint.describe()}: blob {self.desc.digest}: "
                                         "stopped honouring Range requests",
                                         hint="try again with --chunk-size 0")
-                while len(buf) < end - start:
+                while got < end - start:
                     self._check_cancel()
                     if stop.is_set():
                         raise Cancelled(f"blob {self.desc.digest}: part stopped")
-                    data = s.read(min(READ, end - start - len(buf)))
+                    data = s.read(min(READ, end - start - got))
                     if not data:
                         raise _Dropped()
-                    buf += data
-                return bytes(buf)
+                    parts.append(data)
+                    got += len(data)
+                return b"".join(parts)
             except (_Dropped, *_read_errors()) as exc:
                 stalls += 1
                 if stalls > STALLS:
