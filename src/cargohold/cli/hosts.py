@@ -56,7 +56,12 @@ def explain(app: App, hosts_dir: str | None, plain_http: bool, fmt: str, ref: st
         caps = ",".join(row["capabilities"]) or "none"
         click.echo(f"{i}. {row['url']}  {row['kind']}  {caps}")
         click.echo(f"   from: {row['source']}")
-        click.echo(f"   resolve: HEAD {row['manifest_url']}")
+        if "resolve" in row["capabilities"]:
+            click.echo(f"   resolve: HEAD {row['manifest_url']}")
+        elif "pull" in row["capabilities"]:
+            blob = row["manifest_url"].rsplit("/manifests/", 1)[0] + "/blobs/<digest>"
+            query = f"?ns={r.registry}" if row["kind"] == "mirror" else ""
+            click.echo(f"   pull (by digest only): GET {blob}{query}")
         tls = []
         if row["skip_verify"]:
             tls.append("skip_verify")

@@ -103,7 +103,6 @@ class BlobDownload:
         self.fetched = 0  # body bytes received in this run
         self.endpoint: Endpoint | None = None
         self._cond = threading.Condition()
-        self._writer: Any = None
 
     # --- the download --------------------------------------------------------------------
     def run(self) -> None:
@@ -143,7 +142,6 @@ class BlobDownload:
         w = self._open_writer()
         if w is None:
             return
-        self._writer = w
         try:
             offset = w.status().offset
             self.resumed_from = offset
