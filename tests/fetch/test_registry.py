@@ -152,6 +152,47 @@ def test_htpasswd_basic_auth(hold, tmp_path, layout):
         res = json.loads(hold("images", "pull", "--user", "alice:s3cret", "--format", "json",
                               ref).stdout)
         assert res["fetched"] == 2
+        # On a terminal the missing password is asked for (and not echoed).
+        import fcntl
+        import pty
+        import subprocess
+        import sys
+        import termios
+        import time
+
+        master, slave = pty.openpty()
+        env = dict(os.environ, HOLD_ROOT=str(tmp_path / "r2"),
+                   HOLD_STATE=str(tmp_path / "r2" / "_state"),
+                   HOLD_CONFIG=str(tmp_path / "none.toml"),
+                   PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+
+        def own_terminal() -> None:  # the pty becomes the child's controlling terminal
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        p = subprocess.Popen([sys.executable, "-m", "cargohold", "images", "pull", "--user",
+                              "alice", "--progress", "none", ref], stdin=slave,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                             preexec_fn=own_terminal)
+        os.close(slave)
+        import select
+
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"Password for alice" not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.1)[0]:
+                seen += os.read(master, 1024)
+        time.sleep(0.3)  # getpass flushes pending input when it switches echo off
+        os.write(master, b"s3cret\n")
+        out, err = p.communicate(timeout=120)
+        while select.select([master], [], [], 0.1)[0]:
+            try:
+                seen += os.read(master, 1024)
+            except OSError:
+                break
+        os.close(master)
+        assert p.returncode == 0, err.decode()
+        assert b"Password for alice" in seen and b"s3cret" not in seen + err + out
     finally:
         reg.stop()
 
