@@ -75,3 +75,35 @@ def test_kill_9_mid_pull_then_pull_again_resumes(tmp_path, root):
         if proxy is not None:
             proxy.close()
         reg.stop()
+
+
+def test_two_pulls_of_one_image_at_once(tmp_path, root):
+    """The second waits for the first's ingests instead of fetching the bytes twice."""
+    need_registry()
+    lay = str(tmp_path / "layout")
+    info = make_layout(lay, [{f"l{i}.bin": os.urandom(4 << 20)} for i in range(2)])
+    total = sum(info["sizes"])
+    reg = DockerRegistry(str(tmp_path / "reg")).start()
+    proxy = None
+    try:
+        push_layout(lay, "1", f"{reg.host}/team/two:1")
+        proxy = CountingProxy(reg.port, rate=8 << 20)
+        ref = f"{proxy.host}/team/two:1"
+        env = dict(os.environ, HOLD_ROOT=root, HOLD_STATE=os.path.join(root, "_state"),
+                   HOLD_CONFIG=os.path.join(root, "_no_config.toml"),
+                   PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+        argv = [sys.executable, "-m", "cargohold", "images", "pull", "--progress", "none",
+                "--format", "json", ref]
+        procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE) for _ in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        for p, (_o, e) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, e.decode()
+        results = [json.loads(o) for o, _e in outs]
+        assert {r["target"]["digest"] for r in results} == {info["manifest"]}
+        assert proxy.sent < total * 1.2  # each layer came once (plus a little overlap)
+        assert b"clean" in run_hold(root, "fsck").stdout
+    finally:
+        if proxy is not None:
+            proxy.close()
+        reg.stop()

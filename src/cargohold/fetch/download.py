@@ -68,6 +68,27 @@ def ingest_ref(kind: str, digest: str) -> str:
     return f"{kind}-{digest}"
 
 
+def open_writer(store: NamespacedStore, ref: str, desc: Descriptor,
+                check: Callable[[], None] | None = None) -> Any:
+    """The store's writer for ``ref``, or None when the blob is there already.
+
+    While another process holds the ingest (a concurrent pull of the same blob), wait for it
+    to finish or go away, up to :data:`LOCK_WAIT` seconds; ``check`` may raise to stop.
+    """
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        if check is not None:
+            check()
+        try:
+            return store.writer(ref, total=desc.size, expected=desc.digest)
+        except AlreadyExists:
+            return None
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def merge_source_label(current: str, repo: str) -> str:
     """containerd's ``distribution.source`` value: sorted, unique, comma-separated repos."""
     repos = {r for r in current.split(",") if r}
@@ -210,21 +231,11 @@ class BlobDownload:
                               [f"labels.{k}" for k in new])
 
     def _open_writer(self) -> Any:
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            self._check_cancel()
-            try:
-                return self.store.writer(self.ref, total=self.desc.size,
-                                         expected=self.desc.digest)
-            except AlreadyExists:
-                self._label_existing()
-                self.status = "exists"
-                return None
-            except Unavailable:
-                # Another pull downloads this blob: wait for it to finish or go away.
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        w = open_writer(self.store, self.ref, self.desc, self._check_cancel)
+        if w is None:
+            self._label_existing()
+            self.status = "exists"
+        return w
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():

@@ -36,7 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from cargohold.errors import AlreadyExists, NotFound
 from cargohold.fetch.api import Reference
-from cargohold.fetch.download import BlobDownload, FollowingStore, merge_source_label
+from cargohold.fetch.download import (
+    BlobDownload,
+    FollowingStore,
+    merge_source_label,
+    open_writer,
+)
 from cargohold.fetch.registry import Registry
 from cargohold.fetch.remote import Remote
 from cargohold.images import mediatypes as mt
@@ -278,10 +283,8 @@ class _Walk:
         labels = {**labels, **self.source}
         kind = "index" if mt.is_index(desc.media_type) else (
             "manifest" if mt.is_manifest(desc.media_type) else "config")
-        try:
-            w = self.store.writer(f"{kind}-{desc.digest}", total=desc.size,
-                                  expected=desc.digest)
-        except AlreadyExists:
+        w = open_writer(self.store, f"{kind}-{desc.digest}", desc)
+        if w is None:
             self._add_labels(desc.digest, labels)
             return
         try:
