@@ -10,13 +10,13 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "cargohold"
 # Rank of each top-level part; a module may import only parts of equal or lower rank
 # (equal rank only within the same part).
 RANKS = {
-    "errors": 0, "types": 0, "_fsutil": 0, "_lmdb": 0, "filters": 0, "config": 0,
-    "mount": 0, "overlaymount": 0, "__init__": 0, "__main__": 13,
+    "errors": 0, "types": 0, "_fsutil": 0, "_lmdb": 0, "_oserror": 0, "_reserve": 0,
+    "filters": 0, "config": 0, "mount": 0, "overlaymount": 0, "__init__": 0, "__main__": 13,
     "store": 1, "snapshotters": 2, "differ": 2, "metadata": 3, "leases": 4, "gc": 5,
     "fsck": 6, "images": 7, "fetch": 8, "tasks": 9, "client": 10, "service": 11, "cli": 12,
 }
-BASE = {"errors", "types", "_fsutil", "_lmdb", "filters", "config", "mount", "overlaymount",
-        "__init__"}
+BASE = {"errors", "types", "_fsutil", "_lmdb", "_oserror", "_reserve", "filters", "config",
+        "mount", "overlaymount", "__init__"}
 
 
 def part_of(path: pathlib.Path) -> str:

@@ -26,6 +26,10 @@ namespace = "default"
 # Snapshotter used when none is given (HOLD_SNAPSHOTTER, --snapshotter):
 # overlayfs, native, btrfs, zfs or devmapper.
 snapshotter = "overlayfs"
+# Open the root read-only (HOLD_READ_ONLY=1, --read-only): every read works, nothing on disk
+# changes, and every write fails with "root DIR is read-only". A root on a read-only
+# filesystem is opened so anyway.
+read_only = false
 
 [gc]
 # 'hold serve' runs the collector on these thresholds, as containerd's scheduler does.
@@ -99,7 +103,7 @@ def default_text() -> str:
 # The defaults as data, so that running without a config file needs no TOML parser at start-up;
 # tests check that this equals what DEFAULT_TEXT parses to.
 DEFAULTS: dict[str, Any] = {
-    "namespace": "default", "snapshotter": "overlayfs",
+    "namespace": "default", "snapshotter": "overlayfs", "read_only": False,
     "gc": {"pause_threshold": 0.02, "deletion_threshold": 0, "mutation_threshold": 100,
            "schedule_delay": "0s", "startup_delay": "100ms", "sweep_batch": 500,
            "ingest_expiry": "24h"},
@@ -126,6 +130,7 @@ class Config:
     snapshotter: str
     data: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    read_only: bool = False
 
     def section(self, *path: str) -> dict[str, Any]:
         d: Any = self.data
@@ -152,9 +157,27 @@ def _merge(base: dict[str, Any], over: dict[str, Any], where: str) -> None:
             base[k] = v
 
 
+def _env_flag(name: str) -> bool | None:
+    """A boolean environment variable (1/true/yes/on or 0/false/no/off); None when unset."""
+    text = os.environ.get(name, "").strip().lower()
+    if not text:
+        return None
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise InvalidArgument(f"environment {name}={text!r}: not a boolean",
+                          hint="use 1 or 0")
+
+
 def load(path: str | None = None, *, root: str | None = None, state: str | None = None,
-         namespace: str | None = None, snapshotter: str | None = None) -> Config:
-    """Resolve the configuration. ``path=None`` reads the default file when it exists."""
+         namespace: str | None = None, snapshotter: str | None = None,
+         read_only: bool | None = None) -> Config:
+    """Resolve the configuration. ``path=None`` reads the default file when it exists.
+
+    ``read_only``: True from ``--read-only``; None leaves it to ``HOLD_READ_ONLY`` and then
+    the file's ``read_only``.
+    """
     data = _defaults()
     source = ""
     explicit = path is not None
@@ -172,6 +195,10 @@ def load(path: str | None = None, *, root: str | None = None, state: str | None 
         raise InvalidArgument(f"config {path}: no such file",
                               hint="write one with 'hold config default > FILE'")
     env = os.environ
+    if read_only is None:
+        read_only = _env_flag("HOLD_READ_ONLY")
+    if read_only is None:
+        read_only = bool(data["read_only"])
     return Config(
         root=root or env.get("HOLD_ROOT") or data["root"],
         state=state or env.get("HOLD_STATE") or data["state"],
@@ -179,4 +206,5 @@ def load(path: str | None = None, *, root: str | None = None, state: str | None 
         snapshotter=snapshotter or env.get("HOLD_SNAPSHOTTER") or data["snapshotter"],
         data=data,
         source=source,
+        read_only=read_only,
     )

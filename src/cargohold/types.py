@@ -176,6 +176,16 @@ class Mount:
         return False
 
 
+def human_size(n: int) -> str:
+    """Bytes in decimal units, as ctr prints them (``1.2 MB``)."""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
 def now_ns() -> int:
     """Wall-clock time in nanoseconds since the epoch."""
     return time.time_ns()

@@ -115,9 +115,12 @@ def test_ls_tree_usage_info_label(sh):
 
     info = json.loads(out(sh("info", "A")))
     assert info["name"] == "A" and info["kind"] == "Committed" and info["parent"] == ""
+    root_label = info["labels"].pop("containerd.io/gc.root")  # made by hand: a GC root
     assert info["labels"] == {"team": "x"}
-    assert out(sh("label", "A", "env=prod", "team=")) == "env=prod"
-    assert json.loads(out(sh("info", "A")))["labels"] == {"env": "prod"}
+    assert out(sh("label", "A", "env=prod", "team=")) == \
+        f"containerd.io/gc.root={root_label},env=prod"
+    assert json.loads(out(sh("info", "A")))["labels"] == {"env": "prod",
+                                                          "containerd.io/gc.root": root_label}
 
 
 def test_errors_are_clear(sh):
@@ -149,5 +152,9 @@ def test_namespaces_and_lease(sh):
     run_hold(sh.root, "leases", "create", "--id", "keep")
     run_hold(sh.root, "--lease", "keep", "--snapshotter", sh.name, "snapshots", "prepare", "k")
     run_hold(sh.root, "gc")
-    assert out(sh("ls", "-q")) == "k", "gc keeps the leased snapshot and collects the other"
+    # "a" was made by hand outside a lease: a GC root, as ctr makes it; "k" is leased.
+    assert out(sh("ls", "-q")).split() == ["a", "k"]
+    run_hold(sh.root, "leases", "rm", "keep")
+    run_hold(sh.root, "gc")
+    assert out(sh("ls", "-q")) == "a", "gc collects what only the removed lease kept"
     assert len(backend_objects(sh.root, sh.name)) == 1

@@ -14,8 +14,10 @@ class App:
     """Global options, resolved once; the store is opened only when a command needs it."""
 
     def __init__(self, *, root: str | None, state: str | None, namespace: str | None,
-                 config_file: str | None, snapshotter: str | None, lease: str | None) -> None:
-        self._args = dict(root=root, state=state, namespace=namespace, snapshotter=snapshotter)
+                 config_file: str | None, snapshotter: str | None, lease: str | None,
+                 read_only: bool | None = None) -> None:
+        self._args = dict(root=root, state=state, namespace=namespace, snapshotter=snapshotter,
+                          read_only=read_only)
         self._config_file = config_file
         self.lease = lease
         self._client: Client | None = None

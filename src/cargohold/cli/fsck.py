@@ -19,7 +19,9 @@ def fsck(app: App, repair: bool, fmt: str) -> None:
 
     Exits 1 when a problem remains. --repair moves corrupt blobs aside to content/corrupt/
     and drops their records (re-import heals them), drops records that point at nothing, and
-    removes unreferenced blobs, orphan ingests and backend snapshots no namespace records.
+    removes unreferenced blobs, orphan ingests, backend snapshots no namespace records, and
+    the half-extracted snapshots and leases of processes that died mid-import. Notes (not
+    problems) name resumable partial ingests and leases of dead processes.
     """
     from cargohold.fsck.check import Fsck
 
@@ -32,12 +34,15 @@ def fsck(app: App, repair: bool, fmt: str) -> None:
                    "ingests_checked": rep.ingests_checked, "seconds": round(rep.seconds, 3),
                    "problems": [{"kind": p.kind, "subject": p.subject, "message": p.message,
                                  "repair": p.repair, "repaired": p.repaired}
-                                for p in rep.problems]})
+                                for p in rep.problems],
+                   "notes": rep.notes})
     else:
         for p in rep.problems:
             state = "repaired" if p.repaired else (f"fix: --repair will {p.repair}"
                                                    if p.repair else "needs attention")
             click.echo(f"{p} [{state}]")
+        for note in rep.notes:
+            click.echo(note)
         click.echo(f"checked {rep.blobs_checked} blobs ({human_size(rep.bytes_checked)}), "
                    f"{rep.records_checked} records, {rep.ingests_checked} ingests in "
                    f"{rep.seconds:.2f}s: "

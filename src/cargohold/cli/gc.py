@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from cargohold.cli.app import App
@@ -27,7 +29,7 @@ def print_result(res, fmt: str) -> None:  # noqa: ANN001 - a gc.collector.Result
     click.echo(f"{verb} {len(res.removed)} object(s); {free} {human_size(res.bytes_freed)}"
                f" (mark {res.mark_seconds:.3f}s, sweep {res.sweep_seconds:.3f}s)")
     for e in res.errors:
-        click.echo(f"warning: {e}", err=True)
+        click.echo(f"hold: gc: {e}", err=True)
 
 
 @click.command()
@@ -38,7 +40,14 @@ def print_result(res, fmt: str) -> None:  # noqa: ANN001 - a gc.collector.Result
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_obj
 def gc(app: App, dry_run: bool, why: str | None, fmt: str) -> None:
-    """Remove everything no root keeps alive, and report the bytes freed."""
+    """Remove everything no root keeps alive, and report the bytes freed.
+
+    Never removed: what an image, a lease, a container, a containerd.io/gc.root label or a
+    label chain reaches, and any snapshot in use by a mount (a 'hold images mount' record, a
+    bind or overlay mount of its directory). --dry-run lists exactly what a run would remove,
+    with the same byte total. Exits 1 when something could not be collected (a snapshotter
+    this host cannot open, a removal that failed); what could be was.
+    """
     coll = app.client.collector
     if why:
         chains = coll.why(why)
@@ -48,13 +57,18 @@ def gc(app: App, dry_run: bool, why: str | None, fmt: str) -> None:
             return
         for chain in chains:
             target = chain[-1][0]
-            if len(chain) == 1 and chain[0][1] == "unreferenced":
-                click.echo(f"{why} (namespace {target.ns}): nothing keeps it; "
-                           "the next 'hold gc' removes it")
+            if len(chain) == 1 and chain[0][1].startswith("unreferenced"):
+                _, _, detail = chain[0][1].partition(": ")
+                click.echo(f"{why} (namespace {target.ns}): nothing keeps it"
+                           + (f" ({detail})" if detail else "")
+                           + "; the next 'hold gc' removes it")
                 continue
             click.echo(f"{why} (namespace {target.ns}) is kept alive by:")
             for i, (n, via) in enumerate(chain):
                 lead = "  " if i == 0 else "  " + "  " * i + "-> "
                 click.echo(f"{lead}{n} [{via}]")
         return
-    print_result(coll.collect(dry_run=dry_run), fmt)
+    res = coll.collect(dry_run=dry_run)
+    print_result(res, fmt)
+    if res.errors:
+        sys.exit(1)

@@ -32,7 +32,10 @@ def _print(res, fmt: str) -> None:  # noqa: ANN001 - an importer.ImportResult
         click.echo(n, err=True)
     click.echo(f"imported {len(res.entries)} manifest(s) from {res.source} ({res.format}"
                f"{', ' + res.compression if res.compression != 'none' else ''}): "
-               f"{res.blobs} new blob(s), {human_size(res.bytes)} in {res.seconds:.2f}s"
+               f"{res.blobs} new blob(s), {human_size(res.bytes)}"
+               + (f" ({human_size(res.resumed)} of it kept from an interrupted import)"
+                  if res.resumed else "")
+               + f" in {res.seconds:.2f}s"
                + (f"; unchanged: {len(res.unchanged)}" if res.unchanged else ""))
 
 

@@ -63,19 +63,29 @@ class LazyGroup(click.Group):
 @click.option("--config", "config_file", metavar="FILE", help="Config file (TOML).")
 @click.option("--snapshotter", metavar="NAME", help="Snapshotter [HOLD_SNAPSHOTTER; overlayfs].")
 @click.option("--lease", metavar="ID", help="Run this command's writes inside lease ID.")
+@click.option("--read-only", "read_only", is_flag=True, default=None,
+              help="Open the root read-only: reads work, nothing on disk changes, writes "
+                   "fail [HOLD_READ_ONLY=1].")
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, state: str | None, namespace: str | None,
-        config_file: str | None, snapshotter: str | None, lease: str | None) -> None:
+        config_file: str | None, snapshotter: str | None, lease: str | None,
+        read_only: bool | None) -> None:
     """cargohold: a content store and snapshot engine for container images."""
     from cargohold.cli.app import App
 
     ctx.obj = App(root=root, state=state, namespace=namespace, config_file=config_file,
-                  snapshotter=snapshotter, lease=lease)
+                  snapshotter=snapshotter, lease=lease, read_only=read_only or None)
     ctx.call_on_close(ctx.obj.close)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``hold`` console script."""
+    from cargohold import _fsutil
+    from cargohold.cli import signals
+
+    # What the library wants a user to know while it works (a long lock wait, say).
+    _fsutil.set_notice(lambda msg: click.echo(f"hold: {msg}", err=True))
+    signals.install()
     try:
         cli.main(args=argv, prog_name="hold", standalone_mode=False)
     except click.exceptions.Abort:
@@ -96,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("hold: interrupted", err=True)
         sys.exit(130)
+    except signals.Terminated:
+        click.echo("hold: terminated", err=True)
+        sys.exit(signals.EXIT_CODE)
     except Exception as exc:  # noqa: BLE001 - a bug: say so plainly, trace on request
         if os.environ.get("HOLD_DEBUG"):
             raise

@@ -10,15 +10,7 @@ from typing import Any
 
 import click
 
-
-def human_size(n: int) -> str:
-    """Bytes in decimal units, as ctr prints them (``1.2 MB``)."""
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
+from cargohold.types import human_size as human_size  # re-exported: the CLI imports it here
 
 
 def age(ns: int) -> str:

@@ -1,9 +1,10 @@
 """``hold snapshots``: ls, prepare, view, commit, rm, mounts, usage, info, tree, label, unmount
 (compatible with ``ctr snapshots``; the global ``--snapshotter NAME`` picks the backend).
 
-Snapshots made here belong to the namespace (``-n``); writes run inside ``--lease ID`` when it
-is given. As in containerd, a snapshot that nothing keeps alive (no lease, no
-``containerd.io/gc.root`` label, no image or container using it) goes at the next ``hold gc``.
+Snapshots made here belong to the namespace (``-n``). As ``ctr`` does, ``prepare``, ``view``
+and ``commit`` label what they make ``containerd.io/gc.root=<now>``, so ``hold gc`` keeps it
+until ``hold snapshots rm``; inside ``--lease ID`` they do not, and the lease keeps them
+instead. A mounted snapshot is never removed (``rm`` refuses without ``--force``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
     return {k: v for k, v in parse_labels(pairs).items() if v}
 
 
+def _made_labels(app: App, pairs: tuple[str, ...]) -> dict[str, str]:
+    """Labels for a snapshot made by hand: a GC root (as ctr's), unless a lease keeps it."""
+    labels = _labels(pairs)
+    if app.lease is None:
+        import time
+
+        from cargohold.types import LABEL_GC_ROOT
+
+        labels.setdefault(LABEL_GC_ROOT, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return labels
+
+
 def _show_mounts(app: App, key: str, mounts: list, target: str | None) -> None:
     """Mount on ``target``, or print the commands that would (with TARGET to fill in)."""
     if target is None:
@@ -94,8 +107,11 @@ def ls(app: App, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
 @click.pass_obj
 def prepare(app: App, target: str | None, labels: tuple[str, ...], key: str,
             parent: str) -> None:
-    """Create the writable snapshot KEY on committed PARENT (none: empty)."""
-    mounts = _sn(app).prepare(key, parent, labels=_labels(labels))
+    """Create the writable snapshot KEY on committed PARENT (none: empty).
+
+    It is a GC root (containerd.io/gc.root) unless made inside --lease.
+    """
+    mounts = _sn(app).prepare(key, parent, labels=_made_labels(app, labels))
     _show_mounts(app, key, mounts, target)
 
 
@@ -106,8 +122,11 @@ def prepare(app: App, target: str | None, labels: tuple[str, ...], key: str,
 @click.argument("parent")
 @click.pass_obj
 def view(app: App, target: str | None, labels: tuple[str, ...], key: str, parent: str) -> None:
-    """Create the read-only snapshot KEY showing committed PARENT."""
-    mounts = _sn(app).view(key, parent, labels=_labels(labels))
+    """Create the read-only snapshot KEY showing committed PARENT.
+
+    It is a GC root (containerd.io/gc.root) unless made inside --lease.
+    """
+    mounts = _sn(app).view(key, parent, labels=_made_labels(app, labels))
     _show_mounts(app, key, mounts, target)
 
 
@@ -117,19 +136,24 @@ def view(app: App, target: str | None, labels: tuple[str, ...], key: str, parent
 @click.argument("key")
 @click.pass_obj
 def commit(app: App, labels: tuple[str, ...], name: str, key: str) -> None:
-    """Commit the writable snapshot KEY as NAME (KEY stops existing). Unmount KEY first."""
-    _sn(app).commit(name, key, labels=_labels(labels))
+    """Commit the writable snapshot KEY as NAME (KEY stops existing). Unmount KEY first.
+
+    NAME is a GC root (containerd.io/gc.root) unless committed inside --lease.
+    """
+    _sn(app).commit(name, key, labels=_made_labels(app, labels))
     click.echo(name)
 
 
 @snapshots.command("rm")
+@click.option("--force", is_flag=True,
+              help="Remove even a mounted snapshot (its mounts are detached first).")
 @click.argument("keys", nargs=-1, required=True)
 @click.pass_obj
-def rm(app: App, keys: tuple[str, ...]) -> None:
-    """Remove snapshots (children before their parents)."""
+def rm(app: App, force: bool, keys: tuple[str, ...]) -> None:
+    """Remove snapshots (children before their parents). A mounted one is refused."""
     sn = _sn(app)
     for k in keys:
-        sn.remove(k)
+        sn.remove(k, force=force)
         click.echo(k)
 
 

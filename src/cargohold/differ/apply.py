@@ -119,7 +119,8 @@ def _apply(desc: Descriptor, mounts: Sequence[Mount], *, reader: BinaryIO | None
     with _target(mounts) as (root, how):
         if not os.path.isdir(root):
             raise InvalidArgument(f"layer {layer}: target {root!r} is not a directory")
-        x = Extractor(root, layer, devices=devices, warnings=warnings, **how)
+        x = Extractor(root, layer, devices=devices, warnings=warnings, layer_size=desc.size,
+                      **how)
         with _Durable(root, layer, WRITEBACK_INTERVAL if sync else None) as durable:
             with stream:  # starts it unless the caller did; stops and joins its worker
                 x.run(TarReader(stream, layer))

@@ -33,6 +33,7 @@ import os
 import shutil
 import stat
 
+from cargohold._oserror import NoSpace, free_bytes, no_space
 from cargohold.differ import whiteout
 from cargohold.differ.api import (
     FORBIDDEN_XATTR_PREFIXES,
@@ -49,15 +50,24 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM}
 
 
+class LayerNoSpace(ApplyError, NoSpace):
+    """The target filesystem filled up while a layer was applied."""
+
+
 class Extractor:
     """Applies entries under ``root``; ``overlay`` selects overlay whiteouts (else real ones)."""
 
     def __init__(self, root: str, layer: str, *, overlay: bool = False,
                  userxattr: bool = False, lowerdirs: list[str] | None = None,
                  same_owner: bool | None = None, devices: bool | None = None,
-                 warnings: list[str] | None = None) -> None:
+                 warnings: list[str] | None = None, layer_size: int = 0) -> None:
         is_root = os.geteuid() == 0
         self.layer = layer
+        self.root = root
+        # For a full disk's message: the layer's (compressed) size, a lower bound of what it
+        # needs, and what was free before it took its part.
+        self.layer_size = layer_size
+        self.free_at_start = free_bytes(root)
         self.overlay = overlay
         self.xattr_ns = "user" if userxattr else "trusted"
         self.same_owner = is_root if same_owner is None else same_owner
@@ -88,6 +98,11 @@ class Extractor:
 
     def _oserror(self, exc: OSError, entry: str) -> Exception:
         what = f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            err = no_space(self.root, f"layer {self.layer}: entry {entry!r}", self.layer_size,
+                           free=self.free_at_start, at_least=True,
+                           when="when the layer started")
+            return LayerNoSpace(err.message, hint=err.hint)
         if exc.errno in _ENV_ERRNOS:
             return ApplyError(f"layer {self.layer}: entry {entry!r}: {what}",
                               hint="free space or fix the target filesystem, then retry")

@@ -6,12 +6,14 @@ Checks, each named in the report with its subject:
   well-formed name (``stray``);
 - every namespace's content record has its blob (``missing``) with the recorded size (``size``);
 - every blob is recorded by some namespace or expected by a live ingest (``unreferenced``);
-- every backend ingest is readable and recorded (``ingest``), every ingest record unexpired or
-  backed by data (``expired-ingest``);
+- every backend ingest is readable and recorded (``ingest``), every ingest record unexpired,
+  held by a live lease, or backed by data (``expired-ingest``);
 - every image's target is recorded in its namespace (``image``); every snapshot record's
   parent and child links agree (``snapshot``);
 - given a snapshotter lookup, every snapshot record against its backend and every backend
-  against itself (``missing``, ``unreferenced``, ``backend``; see :mod:`.snapshots`).
+  against itself (``missing``, ``unreferenced``, ``backend``; see :mod:`.snapshots`);
+- what interrupted work left: a dead owner's half-extracted snapshots (``interrupted
+  unpack``), its lease and resumable partial ingests (notes; see :mod:`.leftovers`).
 
 Repairs never lose data that could still be good: a corrupt blob is moved aside to
 ``content/corrupt/`` and its records dropped (so a re-import writes it again and heals every
@@ -65,6 +67,7 @@ class Report:
     records_checked: int = 0
     ingests_checked: int = 0
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # worth knowing, but not problems
 
     @property
     def clean(self) -> bool:
@@ -102,6 +105,8 @@ class Fsck:
         self.snapshotters = snapshotters
 
     def run(self) -> Report:
+        if self.repair:
+            self.db.check_writable()  # a read-only root: say so before checking anything
         t = time.monotonic()
         rep = Report()
         files = self._check_blob_files(rep)
@@ -115,6 +120,12 @@ class Fsck:
             found, n = check_snapshots(self.db, self.snapshotters, repair=self.repair)
             rep.problems += found
             rep.records_checked += n
+        from cargohold.fsck.leftovers import check_leftovers
+
+        found, notes = check_leftovers(self.db, self.store, self.snapshotters,
+                                       repair=self.repair)
+        rep.problems += found
+        rep.notes += notes
         rep.seconds = time.monotonic() - t
         return rep
 
@@ -256,9 +267,12 @@ class Fsck:
                 if self.repair:
                     p.repaired = self._abort(st.ref, rep)
                 rep.problems.append(p)
+        from cargohold.fsck.leftovers import held_ingests
+
         now = now_ns()
+        held = held_ingests(self.db)  # a live lease keeps an ingest past its own expiry
         for bref, (ns, ref, exp) in recs.items():
-            if exp and exp < now:
+            if exp and exp < now and (ns, ref) not in held:
                 p = Problem("expired-ingest", f"namespace {ns} ingest {ref}",
                             "expired; nothing protects it", "drop the record and its data")
                 if self.repair:

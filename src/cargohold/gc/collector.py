@@ -1,5 +1,17 @@
 """The collector: mark in a read transaction, sweep records in small batches, then delete files
-and call backends with no metadata lock held.
+and call backends with no lock held that writers wait on.
+
+One plan for both runs. :meth:`Collector.collect` with ``dry_run`` computes the :class:`Plan`
+from a read transaction and reports it; without, it sweeps the records and then computes the
+same plan from what survived, and carries it out. So on a quiet store the dry run lists
+exactly what the real run removes, byte totals included (blob files by size, backend snapshots
+by their usage).
+
+What is never removed: anything a root reaches (:mod:`.scan`), plus every snapshot in use by a
+mount — named by a mount record under ``<state>/mounts`` (``pins``) or used by a kernel mount
+(each backend's ``mounted()``: bind sources, overlay layers, devices) — and every backend object
+a kernel mount uses even when no record names it. ``gc --why`` shows such a snapshot as
+"mounted at DIR".
 
 Concurrency without stalling writers: every metadata write bumps the ``epoch``. The sweep
 removes a batch only if the epoch is still the one it marked at (checked inside the batch's
@@ -7,7 +19,14 @@ write transaction, so nothing can slip in between); if another process wrote mea
 mark is redone. After a few lost races the last attempt marks inside the write transaction
 (a bounded stall, never starvation). Blob files are unlinked under the store's per-digest lock
 after re-checking that no namespace records the digest, so a concurrent commit of the same
-digest (which writes its record under that lock) is never undone.
+digest (which writes its record under that lock) is never undone. Backend snapshots are
+unrecorded under the snapshotter's exclusive lock (so no prepare or commit is between its
+backend call and its record), but that lock covers only a rename (``remove(defer=True)``);
+the deletion itself (rmtree, subvolume delete, zfs destroy) runs in ``cleanup()`` after the
+lock is let go.
+
+A backend this host cannot open is an error in the result (and ``hold gc`` exits 1), never a
+silent skip: its records are still swept, its objects are not.
 """
 
 from __future__ import annotations
@@ -22,23 +41,28 @@ from typing import Any
 from cargohold._fsutil import FileLock
 from cargohold.errors import CargoholdError, NotFound, Unavailable
 from cargohold.gc.mark import CONTENT, IMAGE, INGEST, LEASE, SNAPSHOT, Node, mark, paths
-from cargohold.gc.scan import Graph, order_for_removal, scan
+from cargohold.gc.scan import Graph, order_for_removal, scan, unreferenced_reason
 from cargohold.metadata import namespaces
 from cargohold.metadata import snapshots as snaprec
 from cargohold.metadata.content import blob_path, ingest_path, recorded_anywhere
 from cargohold.metadata.db import DB, Tx, epoch
 from cargohold.metadata.schema import ns_bucket, ns_path
+from cargohold.metadata.snapshotter import Pin, backend_lock
 from cargohold.types import now_ns
 
 SnapshotterLookup = Callable[[str], Any]
-"""Maps a snapshotter name to an open backend (or None when it is not available here)."""
+"""Maps a snapshotter name to an open backend; raises CargoholdError when it cannot."""
 
 
 @dataclass
 class Removed:
-    """One thing the collector removed (or would remove)."""
+    """One thing the collector removed (or would remove).
 
-    kind: str  # content, image, snapshot, lease, ingest, blob-file, ingest-dir
+    ``kind``: content, image, snapshot, lease, ingest (records); blob-file, ingest-dir and
+    backend-snapshot (``<snapshotter>/<backend name>``) for what is on disk.
+    """
+
+    kind: str
     ns: str
     key: str
     size: int = 0
@@ -57,28 +81,87 @@ class Result:
     errors: list[str] = field(default_factory=list)
     dry_run: bool = False
 
+    def add(self, r: Removed) -> None:
+        self.removed.append(r)
+        self.bytes_freed += r.size
+
+
+@dataclass
+class Plan:
+    """What is on disk with nothing left to keep it, for one graph (records come apart)."""
+
+    files: list[tuple[str, int]] = field(default_factory=list)  # digest, size
+    ingests: list[str] = field(default_factory=list)  # backend ingest refs
+    # snapshotter -> [(backend name, size)], children before parents
+    backend: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+
 
 _KINDS = {CONTENT: "content", IMAGE: "image", SNAPSHOT: "snapshot", LEASE: "lease",
           INGEST: "ingest"}
 
 
 class Collector:
-    """Garbage collection over one root (all namespaces)."""
+    """Garbage collection over one root (all namespaces).
+
+    ``snapshotters`` opens a backend by name (raising CargoholdError when this host cannot);
+    ``pins`` lists the snapshots mount records name (see the module docstring).
+    """
 
     def __init__(self, db: DB, store: Any, snapshotters: SnapshotterLookup | None = None, *,
-                 batch: int = 500, attempts: int = 4, lock_path: str | None = None) -> None:
+                 batch: int = 500, attempts: int = 4, lock_path: str | None = None,
+                 pins: Callable[[], list[Pin]] | None = None) -> None:
         self.db = db
         self.store = store  # a LocalStore: blob_path, walk, delete(check=), ingest_refs, abort
-        self.snapshotters = snapshotters or (lambda name: None)
+        self.snapshotters = snapshotters
         self.batch = batch
         self.attempts = attempts
         self.lock_path = lock_path
+        self.pins = pins or (lambda: [])
+        self.root = os.path.dirname(os.path.abspath(db.path))
+        # Per collection: open backends and what kernel mounts use (backend names).
+        self._backends: dict[str, Any] = {}
+        self._mounted: dict[str, dict[str, list[str]]] = {}
 
     # --- marking -------------------------------------------------------------------------
     def graph(self, tx: Tx) -> tuple[Graph, set[Node]]:
         g = scan(tx, now_ns())
+        self._add_mount_roots(g)
         live = mark((r for r, _ in g.roots), g.refs)
         return g, live
+
+    def _add_mount_roots(self, g: Graph) -> None:
+        for p in self.pins():
+            g.roots.append(((SNAPSHOT, p.ns, f"{p.snapshotter}/{p.key}"), p.reason))
+        if not self._mounted:
+            return
+        for n, bname in g.snapshot_name.items():
+            sn = n[2].split("/", 1)[0]
+            for target in self._mounted.get(sn, {}).get(bname, ()):
+                g.roots.append((n, f"mounted at {target}"))
+
+    def _open_backends(self, res: Result) -> None:
+        """Open every snapshotter that records or directories name; read what is mounted."""
+        self._backends.clear()
+        self._mounted.clear()
+        with self.db.view() as tx:
+            names = set(_snapshot_names(tx))
+        sdir = os.path.join(self.root, "snapshots")
+        if os.path.isdir(sdir):
+            names.update(e for e in os.listdir(sdir) if os.path.isdir(os.path.join(sdir, e)))
+        if not names or self.snapshotters is None:
+            return
+        from cargohold.mount import MountUsers
+
+        users = MountUsers()
+        for sn in sorted(names):
+            try:
+                backend = self.snapshotters(sn)
+            except CargoholdError as exc:
+                res.errors.append(f"snapshotter {sn}: cannot open it, so its snapshots were "
+                                  f"not collected: {exc}")
+                continue
+            self._backends[sn] = backend
+            self._mounted[sn] = backend.mounted(users)
 
     def why(self, obj: str) -> list[list[tuple[Node, str]]]:
         """For each namespace where ``obj`` is alive: the chain from a root to it.
@@ -87,8 +170,10 @@ class Collector:
         ``lease/<id>`` or ``ingest/<ref>``. Raises NotFound when no namespace has it.
         """
         kind, key = _parse_object(obj)
+        self._open_backends(Result())
         with self.db.view() as tx:
             g = scan(tx, now_ns())
+        self._add_mount_roots(g)
         targets = [Node(*n) for n in g.nodes if n[0] == kind and n[2] == key]
         if not targets:
             raise NotFound(f"{obj}: not found in any namespace",
@@ -96,11 +181,15 @@ class Collector:
                                 "lease/<id> or ingest/<ref>")
         chains = []
         roots = [Node(*r) for r, _ in g.roots]
-        reasons = {r: why for r, why in g.roots}
+        reasons: dict[Node, str] = {}
+        for r, why in g.roots:  # a node can be a root several times over: say every reason
+            n = Node(*r)
+            if why not in reasons.get(n, "").split("; "):
+                reasons[n] = f"{reasons[n]}; {why}" if n in reasons else why
         for t in targets:
             chain = paths(roots, g.refs_why, t)
             if chain is None:
-                chains.append([(t, "unreferenced")])
+                chains.append([(t, unreferenced_reason(g, t))])
             else:
                 first, _ = chain[0]
                 chain[0] = (first, reasons.get(first, reasons.get(first.flat(), "root")))
@@ -111,39 +200,34 @@ class Collector:
     def collect(self, *, dry_run: bool = False) -> Result:
         """Run one collection (or, with ``dry_run``, list what it would remove)."""
         res = Result(dry_run=dry_run)
+        if not dry_run:
+            self.db.check_writable()  # a read-only root: say so, even with nothing to remove
         lock = FileLock(self.lock_path, "gc") if self.lock_path else None
         if lock is not None:
             lock.acquire(wait=False)
         try:
+            self._open_backends(res)
             if dry_run:
-                self._plan(res)
-            else:
-                survivors = self._sweep(res)
                 t = time.monotonic()
-                self._backends(res, survivors)
+                with self.db.view() as tx:
+                    g, live = self.graph(tx)
+                res.mark_seconds = time.monotonic() - t
+                for n in order_for_removal(g, g.nodes - live):
+                    res.add(Removed(_KINDS[n.type], n.ns, n.key))
+                self._report(self._plan(g, live, res), res)
+            else:
+                g, live = self._sweep(res)
+                t = time.monotonic()
+                self._carry_out(self._plan(g, live, res), res)
                 res.backend_seconds = time.monotonic() - t
         finally:
+            self._backends.clear()
             if lock is not None:
                 lock.release()
         return res
 
-    def _plan(self, res: Result) -> None:
-        t = time.monotonic()
-        with self.db.view() as tx:
-            g, live = self.graph(tx)
-        res.mark_seconds = time.monotonic() - t
-        for n in order_for_removal(g, g.nodes - live):
-            res.removed.append(Removed(_KINDS[n.type], n.ns, n.key))
-        # A file survives when a record that survives (or a live ingest) still names it.
-        keep = _surviving_digests(g, live)
-        for d in self._blob_digests():
-            if d not in keep:
-                size = self._file_size(d)
-                res.removed.append(Removed("blob-file", "", d, size))
-                res.bytes_freed += size
-
-    def _sweep(self, res: Result) -> set[str]:
-        """Remove unreachable records; return the digests the surviving records name."""
+    def _sweep(self, res: Result) -> tuple[Graph, set[Node]]:
+        """Remove unreachable records; return the graph and live set they were judged by."""
         for attempt in range(self.attempts):
             last = attempt == self.attempts - 1
             if last:
@@ -152,10 +236,9 @@ class Collector:
                     t = time.monotonic()
                     g, live = self.graph(tx)
                     res.mark_seconds += time.monotonic() - t
-                    doomed = order_for_removal(g, g.nodes - live)
-                    for n in doomed:
-                        self._remove_record(tx, g, n, res)
-                return _surviving_digests(g, live)
+                    for n in order_for_removal(g, g.nodes - live):
+                        self._remove_record(tx, n, res)
+                return g, live
             t = time.monotonic()
             with self.db.view() as tx:
                 g, live = self.graph(tx)
@@ -170,15 +253,15 @@ class Collector:
                         ok = False
                         break
                     for n in doomed[i:i + self.batch]:
-                        self._remove_record(tx, g, n, res)
+                        self._remove_record(tx, n, res)
                     seen = seen + 1 if tx.dirty else seen
             res.sweep_seconds += time.monotonic() - t
             if ok:
-                return _surviving_digests(g, live)
+                return g, live
             res.retries += 1
-        return set()
+        raise AssertionError("unreachable: the last attempt always returns")
 
-    def _remove_record(self, tx: Tx, g: Graph, n: Node, res: Result) -> None:
+    def _remove_record(self, tx: Tx, n: Node, res: Result) -> None:
         if n.type == CONTENT:
             tx.delete_tree(blob_path(n.ns, n.key))
         elif n.type == IMAGE:
@@ -194,9 +277,102 @@ class Collector:
             except CargoholdError as exc:  # a child appeared: not ours to remove now
                 res.errors.append(str(exc))
                 return
-        res.removed.append(Removed(_KINDS[n.type], n.ns, n.key))
+        res.add(Removed(_KINDS[n.type], n.ns, n.key))
 
-    # --- after the metadata: files and backends, no metadata lock held --------------------
+    # --- what is on disk with nothing to keep it -------------------------------------------
+    def _plan(self, g: Graph, live: set[Node], res: Result) -> Plan:
+        """The files, ingests and backend snapshots that no surviving record keeps."""
+        plan = Plan()
+        keep = _surviving_digests(g, live)
+        for d in self._blob_digests():
+            if d not in keep:
+                plan.files.append((d, self._file_size(d)))
+        live_brefs = {g.ingest_bref[n] for n in g.ingest_bref if n in live}
+        for st in self.store.list_statuses():
+            if st.ref not in live_brefs and not st.holder:
+                plan.ingests.append(st.ref)
+        kept_names: dict[str, set[str]] = {}
+        for n, bname in g.snapshot_name.items():
+            if n in live:
+                kept_names.setdefault(n[2].split("/", 1)[0], set()).add(bname)
+        for sn, backend in self._backends.items():
+            doomed = _backend_doomed(backend, kept_names.get(sn, set()),
+                                     set(self._mounted.get(sn, {})))
+            sizes = []
+            for name in doomed:
+                try:
+                    sizes.append((name, backend.usage(name).size))
+                except CargoholdError as exc:
+                    res.errors.append(f"snapshot {name} on {sn}: cannot measure it: {exc}")
+                    sizes.append((name, 0))
+            if sizes:
+                plan.backend[sn] = sizes
+        return plan
+
+    def _report(self, plan: Plan, res: Result) -> None:
+        for d, size in plan.files:
+            res.add(Removed("blob-file", "", d, size))
+        for ref in plan.ingests:
+            res.add(Removed("ingest-dir", "", ref))
+        for sn, items in plan.backend.items():
+            for name, size in items:
+                res.add(Removed("backend-snapshot", "", f"{sn}/{name}", size))
+
+    def _carry_out(self, plan: Plan, res: Result) -> None:
+        # Blob files no namespace records (swept now, or orphaned by a crash). Unlinks wait
+        # on the disk and release the GIL, so a few run at once.
+        def unrecorded(d: str) -> bool:
+            with self.db.view() as tx:
+                return not recorded_anywhere(tx, d)
+
+        def drop(item: tuple[str, int]) -> tuple[str, int, str]:
+            d, size = item
+            try:
+                self.store.delete(d, check=unrecorded)
+            except NotFound:
+                return d, -1, ""
+            except CargoholdError as exc:
+                return d, -1, str(exc)
+            return d, size if not os.path.exists(self.store.blob_path(d)) else -1, ""
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for d, size, err in pool.map(drop, plan.files):
+                if err:
+                    res.errors.append(err)
+                elif size >= 0:
+                    res.add(Removed("blob-file", "", d, size))
+        # Backend ingests nobody records (expired, aborted, or a crash before the record).
+        for ref in plan.ingests:
+            try:
+                self.store.abort(ref)
+                res.add(Removed("ingest-dir", "", ref))
+            except (NotFound, Unavailable):
+                continue  # finished meanwhile, or a writer is still on it
+        for sn, items in plan.backend.items():
+            self._prune_backend(sn, self._backends[sn], dict(items), res)
+
+    def _prune_backend(self, sn: str, backend: Any, sizes: dict[str, int],
+                       res: Result) -> None:
+        # Under the snapshotter's exclusive lock no prepare/commit is between its backend call
+        # and its record; what to keep is read again under it. Only renames happen inside.
+        with backend_lock(self.db, sn).exclusive():
+            with self.db.view() as tx:
+                keep = _snapshot_names(tx).get(sn, set())
+            doomed = _backend_doomed(backend, keep, set(self._mounted.get(sn, {})))
+            for name in doomed:
+                if name not in sizes:
+                    continue  # appeared after the plan: the next collection judges it
+                try:
+                    backend.remove(name, defer=True)
+                    res.add(Removed("backend-snapshot", "", f"{sn}/{name}", sizes[name]))
+                except CargoholdError as exc:
+                    res.errors.append(f"snapshot {name} on {sn}: {exc}")
+        # The slow part, with no lock held that a writer waits on.
+        try:
+            backend.cleanup()
+        except CargoholdError as exc:
+            res.errors.append(f"snapshotter {sn} cleanup: {exc}")
+
     def _blob_digests(self) -> list[str]:
         """Every committed blob's digest, from directory names alone (no stat per file)."""
         out: list[str] = []
@@ -215,87 +391,26 @@ class Collector:
         except (FileNotFoundError, ValueError, CargoholdError):
             return 0
 
-    def _backends(self, res: Result, recorded: set[str]) -> None:
-        # ``recorded`` comes from the mark: a blob recorded after it is not in the set, but
-        # the check under the digest lock below looks again before anything is deleted.
-        with self.db.view() as tx:
-            live_brefs = _ingest_brefs(tx)
-            snap_names = _snapshot_names(tx)
-        # Blob files no namespace records (swept now, or orphaned by a crash). Unlinks wait
-        # on the disk and release the GIL, so a few run at once.
-        def unrecorded(d: str) -> bool:
-            with self.db.view() as tx:
-                return not recorded_anywhere(tx, d)
 
-        def drop(d: str) -> tuple[str, int, str]:
-            size = self._file_size(d)
-            try:
-                self.store.delete(d, check=unrecorded)
-            except NotFound:
-                return d, 0, ""
-            except CargoholdError as exc:
-                return d, 0, str(exc)
-            gone = not os.path.exists(self.store.blob_path(d))
-            return d, size if gone else -1, ""
+def _backend_doomed(backend: Any, keep: set[str], mounted: set[str]) -> list[str]:
+    """Backend snapshots neither kept nor mounted, nor below one that is: children first."""
+    infos: list[Any] = []
+    backend.walk(infos.append)
+    parent = {i.name: i.parent for i in infos}
+    spared = set()
+    for name in keep | mounted:
+        while name and name not in spared:
+            spared.add(name)
+            name = parent.get(name, "")
 
-        doomed = [d for d in self._blob_digests() if d not in recorded]
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            for d, size, err in pool.map(drop, doomed):
-                if err:
-                    res.errors.append(err)
-                elif size >= 0 and (size or os.path.exists(self.store.root)):
-                    res.removed.append(Removed("blob-file", "", d, size))
-                    res.bytes_freed += size
-        # Backend ingests nobody records (expired, aborted, or a crash before the record).
-        for bref in self.store.ingest_refs():
-            if bref in live_brefs:
-                continue
-            try:
-                self.store.abort(bref)
-                res.removed.append(Removed("ingest-dir", "", bref))
-            except (NotFound, Unavailable):
-                continue  # finished meanwhile, or a writer is still on it
-        # Snapshots: remove backend snapshots no namespace records, children first. Every
-        # snapshotter any namespace uses, not only those that lost a record now: a crash
-        # between a backend prepare and its record leaves garbage with no record to sweep.
-        # Under the snapshotter's exclusive lock no prepare/commit is between its backend call
-        # and its record, and what to keep is read again under it.
-        from cargohold.metadata.snapshotter import backend_lock
+    def depth(name: str) -> int:
+        d = 0
+        while parent.get(name):
+            name = parent[name]
+            d += 1
+        return d
 
-        swept = {r.key.split("/", 1)[0] for r in res.removed if r.kind == "snapshot"}
-        for sn in sorted(swept | set(snap_names)):
-            backend = self.snapshotters(sn)
-            if backend is None:
-                continue
-            with backend_lock(self.db, sn).exclusive():
-                with self.db.view() as tx:
-                    keep = _snapshot_names(tx).get(sn, set())
-                self._prune_backend(sn, backend, keep, res)
-
-    def _prune_backend(self, sn: str, backend: Any, keep: set[str], res: Result) -> None:
-        infos: list[Any] = []
-        backend.walk(infos.append)
-        parent = {i.name: i.parent for i in infos}
-
-        def depth(name: str) -> int:
-            d = 0
-            while parent.get(name):
-                name = parent[name]
-                d += 1
-            return d
-
-        for name in sorted((i.name for i in infos if i.name not in keep), key=depth,
-                           reverse=True):
-            try:
-                usage = backend.usage(name)
-                backend.remove(name)
-                res.bytes_freed += usage.size
-            except CargoholdError as exc:
-                res.errors.append(f"snapshot {name} on {sn}: {exc}")
-        try:
-            backend.cleanup()
-        except CargoholdError as exc:
-            res.errors.append(f"snapshotter {sn} cleanup: {exc}")
+    return sorted((n for n in parent if n not in spared), key=lambda n: (-depth(n), n))
 
 
 def _parse_object(obj: str) -> tuple[int, str]:
@@ -320,14 +435,6 @@ def _surviving_digests(g: Graph, live: set) -> set[str]:  # type: ignore[type-ar
         if n[0] == INGEST:
             keep.update(c[2] for c, _ in g.edges.get(n, ()))
     return keep
-
-
-def _ingest_brefs(tx: Tx) -> set[str]:
-    out: set[str] = set()
-    for ns in namespaces.list_all(tx):
-        for ref in tx.children(ns_bucket(ns, "content", "ingests")):
-            out.add(tx.get_str(ingest_path(ns, ref, "ref")))
-    return out
 
 
 def _snapshot_names(tx: Tx) -> dict[str, set[str]]:

@@ -3,15 +3,18 @@ collectable node. One linear pass over each namespace's keys, inside one read tr
 
 Rules (containerd's, with its label names):
 
-- roots: every image (unless its ``gc.expire`` passed), every unexpired lease and each resource
-  it holds, every container, every blob or snapshot labelled ``gc.root``, every ingest whose
-  ``expireat`` is still ahead;
+- roots: every image (unless its ``gc.expire`` passed), every unexpired lease whose owner (if
+  it records one, see :mod:`cargohold.leases.owner`) still runs, and each resource it holds,
+  every container, every blob or snapshot labelled ``gc.root``, every ingest whose ``expireat``
+  is still ahead (leased or not: a partial ingest outlives a dead owner's lease until then);
 - references: image → its target blob; blob/snapshot/image/container → what its
   ``gc.ref.content[.x|/x]``, ``gc.ref.snapshot.<sn>[/x]``, ``gc.ref.image[.x|/x]`` labels
   name; snapshot → its parent; ingest → its expected digest; container → its snapshot;
   ``gc.bref.*`` labels add the edge backwards (the target keeps the labelled object);
 - a ``gc.flat`` lease holds only its own resources: from them only parents and image targets
-  are followed, not label references.
+  are followed, not label references;
+- a lease that holds nothing (expired, or its owner is dead) is recorded in
+  :attr:`Graph.released` with the reason, for ``hold gc --why``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from cargohold.gc.mark import (
     TYPE_MASK,
     Node,
 )
+from cargohold.leases import owner as owners
 from cargohold.metadata import namespaces
 from cargohold.metadata.db import Tx
 from cargohold.metadata.schema import SEP, ns_bucket
@@ -53,6 +57,9 @@ class Graph:
     snapshot_parent: dict[T, T] = field(default_factory=dict)
     snapshot_name: dict[T, str] = field(default_factory=dict)  # backend name
     ingest_bref: dict[T, str] = field(default_factory=dict)
+    # A lease that holds nothing, and each thing it lists -> why ("lease L expired at T",
+    # "lease L of dead process P (...)").
+    released: dict[T, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     def refs(self, n: T) -> list[T]:
         src = self.flat_edges if n[0] & FLAT else self.edges
@@ -88,11 +95,14 @@ def _expired(value: str, now: int) -> bool:
         return False
 
 
-def scan(tx: Tx, now: int) -> Graph:
-    """Build the graph of every namespace as ``tx`` sees it."""
+def scan(tx: Tx, now: int, owner_check: owners.OwnerCheck | None = None) -> Graph:
+    """Build the graph of every namespace as ``tx`` sees it. ``owner_check`` judges the
+    owners leases record (default: this host's /proc, read once per owner).
+    """
     g = Graph()
+    check = owner_check or owners.cached_check()
     for ns in namespaces.list_all(tx):
-        _scan_ns(tx, ns, now, g)
+        _scan_ns(tx, ns, now, g, check)
     return g
 
 
@@ -112,7 +122,8 @@ def _bucket(cur, prefix: bytes):  # noqa: ANN001, ANN202 - an lmdb cursor; yield
         yield k[n:], v
 
 
-def _scan_ns(tx: Tx, ns: str, now: int, g: Graph) -> None:  # noqa: C901 - one dispatch table
+def _scan_ns(tx: Tx, ns: str, now: int, g: Graph,  # noqa: C901 - one dispatch table
+             check: owners.OwnerCheck) -> None:
     cur = tx.cursor()
     labels: dict[T, dict[str, str]] = defaultdict(dict)
     nodes_add = g.nodes.add
@@ -259,19 +270,40 @@ def _scan_ns(tx: Tx, ns: str, now: int, g: Graph) -> None:  # noqa: C901 - one d
                 t = _label_target(ns, k, v, bref_p)
                 if t is not None:
                     edges[t].append((n, f"back reference label {k} on {Node(*n)}"))
-    # Leases: unexpired ones are roots, and so is each resource they hold.
+    # Leases: unexpired ones whose owner (if any) runs are roots, and so is each resource they
+    # hold. One that holds nothing is remembered with the reason.
     for lid in lease_ids:
         n = (LEASE, ns, lid)
         nodes_add(n)
         lab = lease_labels.get(lid, {})
         exp = lab.get(LABEL_GC_EXPIRE)
+        why = ""
         if exp and _expired(exp, now):
+            why = f"lease {lid} expired at {exp}"
+        elif check(lab) is owners.State.DEAD:
+            why = owners.dead_lease_text(lid, lab)
+        if why:
+            g.released[n].append(why)
+            for r in leases.get(lid, ()):
+                g.released[r].append(why)
             continue
         g.roots.append((n, "lease"))
         is_flat = bool(lab.get(LABEL_GC_FLAT))
         for r in leases.get(lid, ()):
             held = (r[0] | FLAT, r[1], r[2]) if is_flat and r[0] != INGEST else r
             g.roots.append((held, f"held by lease {lid}"))
+
+
+def unreferenced_reason(g: Graph, n: T) -> str:
+    """How ``hold gc --why`` explains a node no root reaches: ``unreferenced``, plus the
+    leases that list it but hold nothing (expired, or their owner is dead).
+    """
+    why = g.released.get(n)
+    if not why:
+        return "unreferenced"
+    if n[0] & TYPE_MASK == LEASE:
+        return f"unreferenced: {why[0]}"
+    return f"unreferenced: held only by {'; '.join(why)}, which holds nothing"
 
 
 def order_for_removal(g: Graph, doomed: set[T]) -> list[Node]:

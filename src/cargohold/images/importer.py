@@ -7,7 +7,12 @@ export``), ``docker save`` tars (``manifest.json`` with ``Config``/``RepoTags``/
 and extracted ``docker save`` directories, each gzip, zstd or xz compressed or not, from a file
 or standard input.
 
-How it runs (all inside one lease, so a crash anywhere leaves only collectable garbage):
+How it runs: inside one lease owned by this process (:mod:`cargohold.leases.owner`). A failure,
+Ctrl-C or SIGTERM included, removes its extract snapshot, deletes the lease and collects what
+only it held before the error propagates; partial ingests stay, closed, until their own expiry,
+and the next import of the same archive resumes them (:mod:`.ingest`). After a kill -9 the
+lease's owner is dead: GC and ``hold fsck --repair`` remove what it held (``hold fsck`` names
+it), and a repeat of the import neither waits for that nor trips over it.
 
 1. One pass over the archive. Every blob is streamed into the store with ``copy_into``: files
    under ``blobs/<alg>/<hex>`` are verified against their name (a digest the namespace has
@@ -40,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -123,14 +127,16 @@ class ImportResult:
     unchanged: list[str] = field(default_factory=list)  # names already pointing there
     notes: list[str] = field(default_factory=list)
     blobs: int = 0
-    bytes: int = 0
+    bytes: int = 0  # size of the new blobs
+    resumed: int = 0  # of those bytes, how many an interrupted import had stored already
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "format": self.format, "compression": self.compression,
                 "entries": [e.to_json() for e in self.entries], "images": self.images,
                 "unchanged": self.unchanged, "notes": self.notes, "blobs": self.blobs,
-                "bytes": self.bytes, "seconds": round(self.seconds, 3)}
+                "bytes": self.bytes, "resumed_bytes": self.resumed,
+                "seconds": round(self.seconds, 3)}
 
 
 class Importer:
@@ -149,17 +155,22 @@ class Importer:
         opts = opts or ImportOptions()
         t0 = time.monotonic()
         c = self.client
-        ctx = contextlib.nullcontext(c.lease) if c.lease else _import_lease(c)
+        # A lease of this process: if it dies, GC and fsck see the lease's owner is gone and
+        # free what it held at once (leases/owner.py); any failure collects right away.
+        ctx = (contextlib.nullcontext(c.lease) if c.lease else
+               c.leases.lease(expire=DEFAULT_EXPIRY, purpose=f"images import {path}",
+                              collect_on_error=True))
         with ctx as lease:
             from cargohold.metadata.content import NamespacedStore
 
             store = NamespacedStore(c.db, c.store, c.namespace, lease=lease,
                                     ingest_expiry=c.content.ingest_expiry)
             with open_archive(path) as archive:
-                reader = ArchiveIngest(store, lease, self.progress, archive.label)
+                reader = ArchiveIngest(store, lease, self.progress, archive.label, path)
                 reader.run(archive.members())
                 res = ImportResult(archive.label, "", archive.compression,
-                                   blobs=reader.count, bytes=reader.bytes)
+                                   blobs=reader.count, bytes=reader.bytes,
+                                   resumed=reader.resumed)
             entries, index_desc = self._entries(store, reader, opts, lease, res)
             self._check_and_report(store, reader, entries, opts, res)
             self._label_parents(store, [e.target for e in res.entries]
@@ -335,20 +346,20 @@ class Importer:
                 res: ImportResult) -> None:
         from cargohold.images.unpack import Unpacker
 
-        unpacker = Unpacker(self.client, store, snapshotter=opts.snapshotter or None,
-                            lease=lease, progress=self.progress)
         host = plat.Matcher()
-        for e in res.entries:
-            for s in _to_unpack(e.states, opts, host):
-                if not s.complete:
-                    e.not_unpacked[s.manifest] = s.describe()
-                    continue
-                desc = Descriptor(mt.OCI_MANIFEST, s.manifest, 1)
-                e.unpacked[s.manifest] = unpacker.unpack(desc, what=e.names[0])
-            real = [s for s in e.states if not s.attestation]
-            if not e.unpacked and real and not any(_selected(s, opts, host) for s in real):
-                res.notes.append(f"note: {e.names[0]}: no platform for this host "
-                                 f"({plat.default()}); imported without unpacking")
+        with Unpacker(self.client, store, snapshotter=opts.snapshotter or None,
+                      lease=lease, progress=self.progress) as unpacker:
+            for e in res.entries:
+                for s in _to_unpack(e.states, opts, host):
+                    if not s.complete:
+                        e.not_unpacked[s.manifest] = s.describe()
+                        continue
+                    desc = Descriptor(mt.OCI_MANIFEST, s.manifest, 1)
+                    e.unpacked[s.manifest] = unpacker.unpack(desc, what=e.names[0])
+                real = [s for s in e.states if not s.attestation]
+                if not e.unpacked and real and not any(_selected(s, opts, host) for s in real):
+                    res.notes.append(f"note: {e.names[0]}: no platform for this host "
+                                     f"({plat.default()}); imported without unpacking")
 
     # --- step 6: image records --------------------------------------------------------------
     def _write_images(self, res: ImportResult, entries: list[Entry],
@@ -378,23 +389,6 @@ class Importer:
                 t = Descriptor(target.media_type, target.digest, target.size)
                 records.upsert(tx, c.namespace, Image(name, t, labels))
                 res.images.append(name)
-
-
-@contextlib.contextmanager
-def _import_lease(client: Client) -> Iterator[str]:
-    """A lease for one import. On success it is deleted (the images now hold what they
-    need); on failure it is deleted *and* GC runs, so the blobs and snapshots of a failed
-    import do not linger in ``hold content ls`` until some later collection.
-    """
-    lease = client.leases.create(expire=DEFAULT_EXPIRY).id
-    try:
-        yield lease
-    except BaseException:
-        with contextlib.suppress(Exception):
-            client.leases.delete(lease, sync=True)
-        raise
-    with contextlib.suppress(CargoholdError):
-        client.leases.delete(lease)
 
 
 def _selected(s: PlatformState, opts: ImportOptions, host: plat.Matcher) -> bool:

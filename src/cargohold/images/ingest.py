@@ -9,27 +9,51 @@ Other files (docker layers and configs) are hashed on the way in. ``oci-layout``
 docker's v1 ``<id>/json`` and ``<id>/VERSION`` are skipped; symlinks and hardlinks (docker's
 layer dedup) are remembered and resolved by :meth:`ArchiveIngest.resolve`.
 
-Every ingest runs under the import's lease, so an interrupted import leaves only collectable
-garbage. :func:`docker_entries` turns ``manifest.json`` into Docker schema 2 manifests.
+Ingest refs are stable, so an interrupted import resumes where it stopped (the ingest record
+outlives the import's lease until its own expiry): ``import-<alg>-<hex>`` for a member whose
+digest is known (``blobs/<alg>/<hex>``, and the manifests made up here), otherwise
+``import-<hash>`` of the archive's identity (device, inode, size and mtime of the file; of the
+member's own file in a directory), the member name and its size: the same unchanged archive
+gives the same refs, a changed one new refs. A stream with no identity (a pipe on stdin) gets
+refs of its own lease for those members, and their partial data is dropped on failure, since
+nothing could resume it. Resumed bytes are checked against the archive before they are kept
+(:func:`~cargohold.store.api.copy_into`).
+
+Two imports of the same archive at once meet on the same refs: the second waits for the
+first's ingest lock, then finds the blob committed (no bytes) or resumes what the first left.
+
+On failure: a member that hashes otherwise is aborted (``bad``); on a full disk the ingest is
+aborted too (free space matters more than a resume); anything else (Ctrl-C, a truncated
+archive) keeps the partial ingest, closed, for the next import.
+:func:`docker_entries` turns ``manifest.json`` into Docker schema 2 manifests.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import hashlib
 import io
 import json
+import os
 import re
+import stat
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cargohold.errors import AlreadyExists, CargoholdError, IntegrityError, NotFound
+from cargohold.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    IntegrityError,
+    NotFound,
+    Unavailable,
+)
 from cargohold.images import mediatypes as mt
 from cargohold.images import refs
 from cargohold.images.archive import ArchiveError, Member
 from cargohold.images.manifest import MAX_JSON
 from cargohold.images.progress import Progress
-from cargohold.store.api import copy_into
+from cargohold.store.api import ResumeMismatch, Writer, copy_into
 from cargohold.types import Descriptor, Platform
 
 if TYPE_CHECKING:
@@ -60,20 +84,29 @@ class Blob:
 
 
 class ArchiveIngest:
-    """Pass 1: stream every member into the store (see the module docstring)."""
+    """Pass 1: stream every member into the store (see the module docstring).
+
+    ``source`` is the path the archive was opened from (``-`` for stdin): it gives the
+    archive's identity for stable refs. ``resumed`` counts the bytes taken over from partial
+    ingests, so ``bytes - resumed`` is what this run wrote.
+    """
 
     def __init__(self, store: NamespacedStore, lease: str, progress: Progress,
-                 label: str) -> None:
+                 label: str, source: str = "") -> None:
         self.store = store
         self.lease = lease
         self.progress = progress
         self.label = label
+        self.source = source
+        self._identity = _file_identity(source) if source else ""
+        self._dir = bool(source) and source != "-" and os.path.isdir(source)
         self.blobs: dict[str, Blob] = {}
         self.links: dict[str, str] = {}
         self.meta: dict[str, bytes] = {}
         self.bad: dict[str, str] = {}  # member name -> problem
         self.count = 0
         self.bytes = 0
+        self.resumed = 0
 
     def run(self, members: Any) -> None:
         for m in members:
@@ -100,39 +133,65 @@ class ArchiveIngest:
         expected = f"{match.group(1)}:{match.group(2)}" if match else ""
         self._ingest(m, expected)
 
+    def ref_for(self, m: Member, expected: str) -> tuple[str, bool]:
+        """The ingest ref of member ``m`` and whether a later import can resume it."""
+        if expected:
+            return digest_ref(expected), True
+        identity = self._identity
+        if self._dir:
+            identity = _file_identity(os.path.join(self.source, m.name))
+        if identity:
+            key = f"{identity}\0{m.name}\0{m.size}"
+            return f"import-{hashlib.sha256(key.encode()).hexdigest()[:40]}", True
+        return f"import-{self.lease}-{hashlib.sha256(m.name.encode()).hexdigest()[:20]}", False
+
     def _ingest(self, m: Member, expected: str) -> None:
-        ref = f"import-{self.lease}-{hashlib.sha256(m.name.encode()).hexdigest()[:20]}"
+        ref, resumable = self.ref_for(m, expected)
         key = expected or m.name
         short = f"blob {expected.split(':', 1)[1][:12]}" if expected else m.name[-40:]
+        self.progress.start(key, short, m.size)
         try:
-            w = self.store.writer(ref, total=m.size, expected=expected)
+            w = open_writer(self.store, ref, m.size, expected, self.progress)
         except AlreadyExists:
             self.blobs[m.name] = Blob(expected, m.size)
-            self.progress.start(key, short, m.size)
             self.progress.done(key, "exists")
             return
         existed: list[bool] = []
-        self.progress.start(key, short, m.size)
+        had: list[int] = []
         try:
             digest = copy_into(w, m.reader, size=m.size, expected=expected,  # type: ignore
                                progress=lambda n: self.progress.advance(key, n),
-                               then=lambda d, e: existed.append(e))
-        except IntegrityError as exc:
+                               then=lambda d, e: existed.append(e), verify_resumed=True,
+                               kept=had.append)
+        except BaseException as exc:
             self.progress.done(key, "failed")
-            with contextlib.suppress(CargoholdError):
-                self.store.abort(ref)
-            self.bad[m.name] = exc.message
-            return
-        except BaseException:
-            with contextlib.suppress(Exception):
-                w.close()
-                self.store.abort(ref)
+            # copy_into closed the writer; decide what happens to the bytes it kept.
+            if isinstance(exc, IntegrityError) and not isinstance(exc, ResumeMismatch):
+                self._abort(ref)  # they hash otherwise: nothing to resume
+                self.bad[m.name] = exc.message
+                return
+            if not resumable or _out_of_space(exc):
+                try:
+                    self._abort(ref)
+                except Exception as abort_exc:  # noqa: BLE001 - never instead of exc
+                    # The ingest record has its own expiry: GC removes it and its data then.
+                    exc.add_note(f"ingest {ref} was left behind: {abort_exc}")
             raise
         self.progress.done(key, "exists" if any(existed) else "done")
         self.blobs[m.name] = Blob(digest, m.size)
         if not any(existed):
             self.count += 1
             self.bytes += m.size
+            self.resumed += sum(had)
+
+    def _abort(self, ref: str) -> None:
+        try:
+            self.store.abort(ref)
+        except (NotFound, Unavailable):
+            # Gone already, or a concurrent import of the same archive took the ingest over
+            # the moment this one let go: it checks the bytes against its own archive before
+            # keeping any (copy_into), so nothing wrong can survive through it.
+            pass
 
     def resolve(self, name: str) -> str:
         name = _resolve_dots(name)
@@ -168,11 +227,79 @@ def put_blob(store: NamespacedStore, data: bytes, lease: str) -> str:
     """Store a small blob we made (synthesized manifest, index.json); returns its digest."""
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     try:
-        w = store.writer(f"import-{lease}-{digest[7:27]}", total=len(data), expected=digest)
+        w = open_writer(store, digest_ref(digest), len(data), digest, None)
     except AlreadyExists:
         return digest
     copy_into(w, io.BytesIO(data), size=len(data), expected=digest, then=lambda d, e: None)
     return digest
+
+
+def digest_ref(digest: str) -> str:
+    """The ingest ref of a blob whose digest is known: the same in every import."""
+    alg, _, hexpart = digest.partition(":")
+    return f"import-{alg}-{hexpart}"
+
+
+#: how often a writer waiting for another process's ingest lock looks again
+WAIT_POLL = 0.05
+
+
+def open_writer(store: NamespacedStore, ref: str, total: int, expected: str,
+                progress: Progress | None) -> Writer:
+    """``store.writer(ref)``, waiting while another process holds the ingest (a concurrent
+    import of the same archive); raises AlreadyExists once the blob is there.
+
+    A resumed ingest whose recorded total contradicts ``total`` is left over from something
+    else: it is aborted and started again. The wait is noted on ``progress`` after a second,
+    naming the holder.
+    """
+    since = time.monotonic()
+    noted = restarted = False
+    while True:
+        try:
+            return store.writer(ref, total=total, expected=expected)
+        except Unavailable as exc:
+            # The holder is a live process (an ingest lock dies with its process); when it
+            # lets go, the blob exists or its partial data is ours to resume. Wait by asking
+            # who holds the lock (no write transaction per look), then open again.
+            while True:
+                if not noted and progress is not None and time.monotonic() - since > 1:
+                    progress.note(f"waiting: {exc.message}")
+                    noted = True
+                time.sleep(WAIT_POLL)
+                try:
+                    if not store.status(ref).holder:
+                        break
+                except NotFound:
+                    break
+        except FailedPrecondition:
+            if restarted:
+                raise
+            restarted = True
+            store.abort(ref)
+
+
+def _file_identity(path: str) -> str:
+    """``dev:ino:size:mtime`` of a regular file (stdin for ``-``); '' for anything else."""
+    try:
+        st = os.fstat(0) if path == "-" else os.stat(path)
+    except OSError:
+        return ""
+    if not stat.S_ISREG(st.st_mode):
+        return ""
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk or an exhausted quota."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 8:
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return False
 
 
 def docker_entries(store: NamespacedStore, r: ArchiveIngest, lease: str, label: str, *,

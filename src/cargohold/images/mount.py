@@ -123,8 +123,10 @@ def read_record(client: Client, target: str) -> MountRecord | None:
 
 def _write_record(client: Client, rec: MountRecord) -> None:
     makedirs(_records_dir(client), 0o700)
+    # reserve_ok: marking a record unmounted must work on a full disk (it replaces a record
+    # of the same size; a new record never takes the reserve).
     atomic_write(_record_path(client, rec.id), json.dumps(rec.to_json(), indent=1).encode(),
-                 0o600)
+                 0o600, reserve_ok=True)
 
 
 def _snapshotter(client: Client, ns: str, name: str, lease: str | None = None
@@ -283,6 +285,27 @@ def unmount(client: Client, target: str, *, rm: bool | None = None) -> UnmountRe
     return UnmountResult(target, was, removed, rec)
 
 
+def read_records(state: str) -> list[MountRecord]:
+    """Every readable mount record under ``<state>/mounts`` (unreadable ones are skipped:
+    :func:`list_mounts` shows them; nothing here may fail a GC).
+    """
+    d = os.path.join(state, "mounts")
+    try:
+        names = sorted(os.listdir(d))
+    except FileNotFoundError:
+        return []
+    out = []
+    for n in names:
+        if not n.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(d, n)) as f:
+                out.append(MountRecord(**json.load(f)))
+        except (OSError, ValueError, TypeError):
+            continue
+    return out
+
+
 def list_mounts(client: Client) -> list[MountStatus]:
     """Every mount record, each with what is stale about it, plus leases left with no record.
 
@@ -294,16 +317,7 @@ def list_mounts(client: Client) -> list[MountStatus]:
 
     out: list[MountStatus] = []
     seen: set[tuple[str, str]] = set()
-    d = _records_dir(client)
-    names = sorted(os.listdir(d)) if os.path.isdir(d) else []
-    for n in names:
-        if not n.endswith(".json"):
-            continue
-        try:
-            with open(os.path.join(d, n)) as f:
-                rec = MountRecord(**json.load(f))
-        except (OSError, ValueError, TypeError):
-            continue
+    for rec in read_records(client.config.state):
         seen.add((rec.namespace, rec.lease))
         problems = []
         if rec.mounted and not kmount.is_mountpoint(rec.target):

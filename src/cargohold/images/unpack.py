@@ -32,8 +32,12 @@ stream is stopped and dropped: every thread and descriptor is released on every 
 sync of layer ``n`` itself overlaps with its extraction (the differ writes back in the
 background), so its commit waits only for the last of its data.
 
-Everything created runs inside the caller's lease; a crash leaves an extract snapshot (active,
-leased) that GC removes once the lease expires or is deleted.
+Everything created runs inside the caller's lease. A failure (Ctrl-C and SIGTERM included)
+removes the extract snapshot before it propagates; a crash (kill -9) leaves it, active and
+leased, and since internal leases name their owner process (:mod:`cargohold.leases.owner`), GC
+removes it as soon as that process is gone, ``hold fsck`` reports it as an interrupted unpack,
+and a later unpack of the same image simply prepares a fresh one (extract keys are unique)
+and reuses the layers the dead one committed. Use an :class:`Unpacker` as a context manager.
 """
 
 from __future__ import annotations
@@ -91,12 +95,32 @@ class Unpacker:
         self.applied = 0  # layers applied by this unpacker (the rest were found)
         self.early = 0  # of those, layers whose stream started while the one before applied
 
+    def __enter__(self) -> Unpacker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def exists(self, chain: str) -> bool:
         try:
             self.sn.stat(chain)
             return True
         except NotFound:
             return False
+
+    def _claim(self, chain: str) -> bool:
+        """Whether snapshot ``chain`` exists, and if so hold it in this unpacker's lease.
+
+        It is looked at again once leased: until then only someone else's lease (perhaps of
+        a dead process) or nothing held it, and GC may have taken it in between. Adding the
+        lease bumps the metadata epoch, so a collection marked before it sweeps nothing.
+        """
+        if not self.exists(chain):
+            return False
+        if not self.lease:
+            return True
+        self.client.leases.add_resource(self.lease, Resource(f"snapshots/{self.name}", chain))
+        return self.exists(chain)
 
     def unpack(self, desc: Descriptor, *, what: str = "") -> str:
         """Unpack manifest ``desc``; return its top chain ID. Repeating it applies nothing.
@@ -135,13 +159,10 @@ class Unpacker:
         """
         ahead: _Early | None = None
         try:
-            if self.exists(chain):
-                self._lease_existing(chain)
-            else:
+            if not self._claim(chain):
                 with self.locks.hold(chain):
-                    if self.exists(chain):  # a concurrent unpack finished it while we waited
-                        self._lease_existing(chain)
-                    else:
+                    # A concurrent unpack may have finished it while we waited.
+                    if not self._claim(chain):
                         if nxt is not None and self.prefetch > 0 and not self.exists(nxt[1]):
                             ahead = _Early.start(self.store, nxt[0], self.prefetch)
                         self._apply(layer, diff_id, chain, parent, what, early)
@@ -154,13 +175,6 @@ class Unpacker:
             if early is not None:
                 early.close()  # consumed by apply, or dropped: the chain was found
         return ahead
-
-    def _lease_existing(self, chain: str) -> None:
-        if not self.lease:
-            return
-        with contextlib.suppress(CargoholdError):
-            self.client.leases.add_resource(self.lease, Resource(f"snapshots/{self.name}",
-                                                                 chain))
 
     def _apply(self, layer: Descriptor, diff_id: str, chain: str, parent: str,
                what: str, early: _Early | None) -> None:
@@ -190,8 +204,12 @@ class Unpacker:
             self.early += early is not None
         except BaseException as exc:
             self.progress.done(pkey, "failed")
-            with contextlib.suppress(Exception):
+            try:
                 self.sn.remove(key)
+            except Exception as rm_exc:  # noqa: BLE001 - never instead of the layer's error
+                # Not fatal: the snapshot is active and held only by this run's lease, so
+                # the collection after a failed import (or the next 'hold gc') removes it.
+                exc.add_note(f"extract snapshot {key} was left behind: {rm_exc}")
             if isinstance(exc, CargoholdError) and not exc.message.startswith(what):
                 exc.message = f"{what}: {exc.message}"
                 exc.args = (exc.message,)
@@ -199,7 +217,9 @@ class Unpacker:
         self.progress.done(pkey)
 
     def close(self) -> None:
+        """Release the snapshotter view and the lock file; closing twice is fine."""
         self.sn.close()
+        self.locks.close()
 
 
 class _Early:
@@ -292,14 +312,12 @@ def unpack_image(client: Client, name: str, *, snapshotter: str | None = None,
                        hint="check the platforms with 'hold images check'; choose one "
                             "with --platform")
     ctx = (contextlib.nullcontext(client.lease) if client.lease
-           else client.leases.lease(expire=3600 * 10**9))
+           else client.leases.lease(expire=3600 * 10**9, purpose=f"unpack {name}"))
     with ctx as lease:
         from cargohold.metadata.content import NamespacedStore
 
         store = NamespacedStore(client.db, client.store, client.namespace, lease=lease)
-        u = Unpacker(client, store, snapshotter=snapshotter, lease=lease, progress=progress)
-        try:
+        with Unpacker(client, store, snapshotter=snapshotter, lease=lease,
+                      progress=progress) as u:
             return u.unpack(found[0], what=f"image {name}")
-        finally:
-            u.close()
 

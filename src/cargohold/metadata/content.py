@@ -8,8 +8,10 @@ no namespace that still records it.
 
 Records are written inside the blob store's digest lock (the commit hook), so GC, which deletes
 a file only under the same lock after checking that no record exists, can never remove a blob
-between its commit and its record. Ingests opened without a lease expire (24 h by default) so an
-abandoned upload becomes garbage; with a lease they live as long as the lease.
+between its commit and its record. Every ingest record expires (24 h after its writer was
+last opened, by default) so an abandoned upload becomes garbage; a lease keeps it longer, never
+shorter. That is what lets an interrupted import resume: the lease of a killed process frees
+its snapshots at once, but its partial ingests stay until their own expiry.
 """
 
 from __future__ import annotations
@@ -158,9 +160,7 @@ class NamespacedStore:
             tx.put(ingest_path(self.ns, ref, "expected"), expected)
             if self.lease:
                 self._lease_add(tx, "ingests", ref)
-                tx.delete(ingest_path(self.ns, ref, "expireat"))
-            else:
-                tx.put(ingest_path(self.ns, ref, "expireat"), now_ns() + self.ingest_expiry)
+            tx.put(ingest_path(self.ns, ref, "expireat"), now_ns() + self.ingest_expiry)
         try:
             inner = self.backend.writer(self._bref(ref), total=total, expected=expected)
         except AlreadyExists:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from cargohold._lmdb import Env, Tx
+from cargohold._oserror import read_only_error
 from cargohold.metadata import schema
 
 __all__ = ["DB", "Tx", "open_db", "epoch"]
@@ -28,11 +29,26 @@ class DB(Env):
 
 
 def open_db(root: str) -> DB:
-    """Open (creating and migrating when needed) the metadata database of a root."""
+    """Open (creating and migrating when needed) the metadata database of a root.
+
+    Under a read-only root nothing is created or migrated: a database without a version is
+    read as empty, and one at another schema version raises ``ReadOnly`` (it needs one
+    read-write open to migrate).
+    """
     db = DB(os.path.join(root, "metadata"))
-    with db.view() as tx:
-        raw = tx.get(schema.VERSION_KEY)
-    if raw is None or int(raw) != schema.SCHEMA_VERSION:
-        with db.update() as tx:
-            schema.migrate(tx)
+    try:
+        with db.view() as tx:
+            raw = tx.get(schema.VERSION_KEY)
+        if raw is None or int(raw) != schema.SCHEMA_VERSION:
+            if db.read_only and raw is not None:
+                err = read_only_error(root)
+                err.message += (f": its metadata is at schema version {int(raw)} and needs a "
+                                f"migration to {schema.SCHEMA_VERSION}")
+                raise err
+            if not db.read_only:
+                with db.update() as tx:
+                    schema.migrate(tx)
+    except BaseException:
+        db.close()
+        raise
     return db

@@ -3,6 +3,13 @@
 Resource types, as containerd names them: ``content`` (a digest), ``ingests`` (an ingest ref),
 ``images`` (an image name), ``snapshots/<snapshotter>`` (a snapshot key). A lease whose
 ``containerd.io/gc.expire`` label is in the past protects nothing and is removed by GC.
+
+Internal leases (import, unpack, pack; later pull) also name the process that owns them, in
+the labels ``cargohold.owner/pid``, ``cargohold.owner/start`` (start time from
+/proc/<pid>/stat), ``cargohold.owner/boot`` (the boot id), ``cargohold.owner/pidns`` and
+``cargohold.owner/purpose``; a lease whose owner is gone protects nothing either. What the
+labels mean and how an owner is judged: :mod:`cargohold.leases.owner`. Leases without them
+(``hold leases create``) are never judged.
 """
 
 from __future__ import annotations

@@ -28,6 +28,10 @@ Segments may hold any text but NUL; LMDB caps a whole key at 511 bytes.
     v1/<ns>/containers/<id>/{image,runtime,spec,snapshotter,snapshotkey,createdat,updatedat}
     v1/<ns>/containers/<id>/labels/<k>
 
+Lease labels in ``cargohold.owner/{pid,start,boot,pidns,purpose}`` name the process that owns
+an internal lease (see :mod:`cargohold.leases.owner`); every ingest record has ``expireat``,
+leased or not, so a partial ingest outlives a dead owner's lease long enough to be resumed.
+
 Values: text as UTF-8; sizes and times (nanoseconds since the epoch) as decimal ASCII;
 ``ingests/<ref>/ref`` is the backend ingest ref; a snapshot's ``name`` is its backend key.
 

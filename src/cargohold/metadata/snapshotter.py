@@ -45,9 +45,9 @@ import fcntl
 import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from cargohold._fsutil import _ofd
+from cargohold._fsutil import clear_holder, lock_range, open_lock, write_holder
 from cargohold.errors import (
     AlreadyExists,
     CargoholdError,
@@ -83,11 +83,12 @@ class SnapshotterLock:
     """
 
     def __init__(self, db_path: str, snapshotter: str) -> None:
+        self.snapshotter = snapshotter
         self.path = os.path.join(db_path, f"snapshotter-{snapshotter}.lock")
 
     @contextlib.contextmanager
     def _fd(self) -> Iterator[int]:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = open_lock(self.path, 0o600)  # creates nothing under a read-only root
         try:
             yield fd
         finally:
@@ -95,21 +96,44 @@ class SnapshotterLock:
 
     @contextlib.contextmanager
     def writer(self, ns: str, *keys: str) -> Iterator[None]:
-        """Hold ``keys`` of ``ns`` exclusively and the snapshotter shared (waits for both)."""
+        """Hold ``keys`` of ``ns`` exclusively and the snapshotter shared (waits for both;
+        after a second of waiting, says who holds them).
+        """
         with self._fd() as fd:
             # Always in byte order, so two writers locking two keys each cannot deadlock.
             for off in sorted({1 + (zlib.crc32(f"{ns}\0{k}".encode()) & 0x7FFFFFFF)
                                for k in keys}):
-                _ofd(fd, fcntl.F_WRLCK, off, 1, True)
-            _ofd(fd, fcntl.F_RDLCK, 0, 1, True)
+                lock_range(fd, fcntl.F_WRLCK, off, 1,
+                           f"snapshot {keys[0]} on {self.snapshotter}")
+            lock_range(fd, fcntl.F_RDLCK, 0, 1, f"snapshotter {self.snapshotter}")
             yield
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        """Hold the whole snapshotter: no prepare, view, commit or remove is in flight."""
+        """Hold the whole snapshotter: no prepare, view, commit or remove is in flight.
+
+        The holder (pid, command, since) is written beside the lock file, so that a writer
+        kept waiting can say who it waits for.
+        """
         with self._fd() as fd:
-            _ofd(fd, fcntl.F_WRLCK, 0, 1, True)
-            yield
+            lock_range(fd, fcntl.F_WRLCK, 0, 1, f"snapshotter {self.snapshotter}")
+            write_holder(fd)
+            try:
+                yield
+            finally:
+                clear_holder(fd)
+
+
+class Pin(NamedTuple):
+    """A snapshot a mount record names: it stays while the record does (GC and ``remove``).
+
+    ``reason`` says why, for ``hold gc --why`` and refusals ("mounted at /mnt/x").
+    """
+
+    ns: str
+    snapshotter: str
+    key: str
+    reason: str
 
 
 def backend_lock(db: DB, snapshotter: str) -> SnapshotterLock:
@@ -142,12 +166,14 @@ class NamespacedSnapshotter:
     """
 
     def __init__(self, db: DB, backend: Any, ns: str, name: str, *,
-                 lease: str | None = None) -> None:
+                 lease: str | None = None,
+                 pins: Callable[[], list[Pin]] | None = None) -> None:
         self.db = db
         self.backend = backend
         self.ns = ns
         self.name = name
         self.lease = lease
+        self.pins = pins or (lambda: [])
         self.lock = SnapshotterLock(db.path, name)
         self._closed = False
 
@@ -215,6 +241,26 @@ class NamespacedSnapshotter:
         """
         rec = self._record(key)
         return self._call({rec.name: key}, self.backend.mounts, rec.name)
+
+    def mounted(self) -> dict[str, list[str]]:
+        """This namespace's keys in use by a mount now -> why (``mounted at DIR``, ...).
+
+        Kernel mounts come from the backend (:meth:`Bookkept.mounted`), mount records from
+        ``pins``; either keeps a snapshot from ``remove`` without ``force`` and from GC.
+        """
+        self._check_open()
+        out: dict[str, list[str]] = {}
+        for p in self.pins():
+            if p.ns == self.ns and p.snapshotter == self.name:
+                out.setdefault(p.key, []).append(p.reason)
+        by_name = self.backend.mounted()
+        if by_name:
+            with self.db.view() as tx:
+                for key in snapshots.keys(tx, self.ns, self.name):
+                    targets = by_name.get(self._get(tx, key).name)
+                    if targets:
+                        out.setdefault(key, []).extend(f"mounted at {t}" for t in targets)
+        return out
 
     def walk(self, fn: Callable[[Info], None], filters: Sequence[str] = ()) -> None:
         """Call ``fn`` for each snapshot of this namespace matching ``filters`` (``kind``,
@@ -343,14 +389,28 @@ class NamespacedSnapshotter:
                 snapshots.rename(tx, self.ns, self.name, key, name, bname, labels)
                 self._hold(tx, name)
 
-    def remove(self, key: str) -> None:
+    def remove(self, key: str, *, force: bool = False) -> None:
         """Remove ``key`` (any kind) from this namespace and then from the backend.
 
         Raises NotFound when missing (so a repeat raises NotFound) and FailedPrecondition when
-        other snapshots build on it. A backend removal that fails after the record is gone is
-        left to GC, and is not an error.
+        other snapshots build on it, or when it is mounted (:meth:`mounted`) and ``force`` is
+        not given; with ``force``, kernel mounts using it are detached first. A backend
+        removal that fails after the record is gone is left to GC, and is not an error.
         """
         self._check_open()
+        self._record(key)  # NotFound before anything else
+        used = self.mounted().get(key, [])
+        if used and not force:
+            raise FailedPrecondition(
+                f"snapshot {key} on {self.name}: in use ({'; '.join(used)})",
+                hint="unmount it first, or remove it anyway with "
+                     f"'hold snapshots rm --force {key}'")
+        if used:
+            from cargohold.mount import unmount
+
+            for why in used:
+                if why.startswith("mounted at "):
+                    unmount(why[len("mounted at "):], detach=True)
         with self.lock.writer(self.ns, key):
             with self.db.update() as tx:
                 rec = snapshots.remove(tx, self.ns, self.name, key)

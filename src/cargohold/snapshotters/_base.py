@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from cargohold._fsutil import makedirs
 from cargohold.errors import FailedPrecondition
+from cargohold.mount import MountUsers
 from cargohold.snapshotters.api import Info, Kind, Usage
 from cargohold.snapshotters.storage import MetaStore, Snapshot
 from cargohold.types import Mount
@@ -46,6 +47,23 @@ class Bookkept:
     def _active_usage(self, sn: Snapshot) -> Usage:
         """The usage of an active or view snapshot, measured now."""
         raise NotImplementedError
+
+    def _in_use(self, ids: dict[str, str], users: MountUsers) -> dict[str, list[str]]:
+        """Internal id -> the mount points that use its object, for the ids in ``ids``."""
+        raise NotImplementedError
+
+    def mounted(self, users: MountUsers | None = None) -> dict[str, list[str]]:
+        """Every snapshot (by key) whose object a kernel mount uses now -> those mount points.
+
+        Read from ``/proc/self/mountinfo`` (or ``users``, one reading shared by callers):
+        bind mounts of a snapshot's directory, overlays naming it as a layer, devices and
+        datasets mounted by name. GC and ``remove`` callers keep what is listed here.
+        """
+        self._check_open()
+        with self.ms.view() as tx:
+            ids = self.ms.id_map(tx)
+        found = self._in_use(ids, users or MountUsers())
+        return {ids[sid]: targets for sid, targets in found.items() if targets}
 
     # --- the contract: the bookkeeping side ----------------------------------------------------
     def stat(self, key: str) -> Info:

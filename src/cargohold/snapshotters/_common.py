@@ -31,6 +31,7 @@ import shutil
 import stat
 
 from cargohold._fsutil import makedirs
+from cargohold._oserror import is_env_errno, translate
 from cargohold.errors import (
     AlreadyExists,
     CargoholdError,
@@ -38,6 +39,7 @@ from cargohold.errors import (
     NotFound,
     Unavailable,
 )
+from cargohold.mount import MountUsers
 from cargohold.snapshotters._base import Bookkept
 from cargohold.snapshotters.api import Kind, Usage
 from cargohold.snapshotters.storage import Snapshot
@@ -53,12 +55,12 @@ def os_error(subject: str, exc: OSError) -> CargoholdError:
         return AlreadyExists(f"{subject}: {reason}")
     if exc.errno in (errno.EBUSY, errno.EAGAIN):
         return Unavailable(f"{subject}: {reason}", hint="something still uses it; retry later")
-    hint = None
     if exc.errno in (errno.EPERM, errno.EACCES):
-        hint = "this needs more privileges (run as root?)"
-    elif exc.errno == errno.ENOSPC:
-        hint = "free some space (hold gc) or grow the filesystem"
-    return FailedPrecondition(f"{subject}: {reason}", hint=hint)
+        return FailedPrecondition(f"{subject}: {reason}",
+                                  hint="this needs more privileges (run as root?)")
+    if is_env_errno(exc.errno) and exc.filename:
+        return translate(exc, os.fsdecode(exc.filename), subject)  # full, read-only, I/O
+    return FailedPrecondition(f"{subject}: {reason}")
 
 
 def diff_usage(parent: str, child: str) -> Usage:
@@ -187,10 +189,13 @@ class DirSnapshotter(Bookkept):
                 raise os_error(f"snapshot {key}", exc) from exc
             raise
 
-    def remove(self, key: str) -> None:
+    def remove(self, key: str, *, defer: bool = False) -> None:
         """Forget ``key`` and delete its object once the forgetting has committed.
 
-        A failure to delete after the commit is not an error: ``cleanup`` retries it.
+        The object is renamed to ``rm-<id>`` inside the transaction (quick, whatever its size)
+        and deleted after it; with ``defer`` the deletion is left to :meth:`cleanup`, so a
+        caller holding a lock (GC) can let go of it before the slow part. A failure to delete
+        after the commit is not an error: ``cleanup`` retries it.
         """
         self._check_open()
         moved: tuple[str, str] | None = None
@@ -207,8 +212,14 @@ class DirSnapshotter(Bookkept):
             if isinstance(exc, OSError):
                 raise os_error(f"snapshot {key}", exc) from exc
             raise
-        if moved:
+        if moved and not defer:
             self._delete_quietly(moved[1])
+
+    def _in_use(self, ids: dict[str, str], users: MountUsers) -> dict[str, list[str]]:
+        # Overlay layers may be shown relative to the snapshots directory (a mount made after
+        # ``cd`` into it, as 'hold snapshots mounts' prints) or to the backend root.
+        bases = (self.snapshots_dir, self.root)
+        return {sid: users.targets(self.path(sid), bases) for sid in ids}
 
     def cleanup(self) -> None:
         """Delete every object under ``snapshots/`` that no snapshot record owns.

@@ -66,6 +66,7 @@ from cargohold.errors import (
     Unavailable,
     Unsupported,
 )
+from cargohold.mount import MountUsers
 from cargohold.snapshotters._tool import ToolSnapshotter
 from cargohold.snapshotters.api import Kind, Usage
 from cargohold.snapshotters.dmpool import (
@@ -352,12 +353,14 @@ class Devmapper(ToolSnapshotter):
         with contextlib.suppress(CargoholdError):
             self.pool.deactivate(self.dev_name(tid), check=False)
 
-    def remove(self, key: str) -> None:
+    def remove(self, key: str, *, defer: bool = False) -> None:
         """Forget ``key``, then discard, deactivate and delete its thin device.
 
         The record goes first, keeping the thin id reserved; discarding before the record went
         would destroy data a failed remove still points to. A teardown that fails (device still
         mounted, pool trouble) leaves the id reserved for :meth:`cleanup`, and fsck reports it.
+        With ``defer`` (GC, which holds a lock meanwhile) the teardown is left to
+        :meth:`cleanup` altogether.
         """
         self._check_open()
         with self.ms.update() as tx:
@@ -366,7 +369,21 @@ class Devmapper(ToolSnapshotter):
             tx.delete_prefix(self.key("snap", sid) + SEP)
             tx.put(self.key("thin", str(tid)), f"rm {sectors}")
         # Crash window: the record is gone, the thin id reserved as "rm" (module docstring).
-        self._finish_removal(tid, sectors)
+        if not defer:
+            self._finish_removal(tid, sectors)
+
+    def _in_use(self, ids: dict[str, str], users: MountUsers) -> dict[str, list[str]]:
+        by_source: dict[str, list[str]] = {}
+        for e in users.entries:
+            by_source.setdefault(os.path.realpath(e.source), []).append(e.target)
+        out: dict[str, list[str]] = {}
+        with self.ms.view() as tx:
+            for sid in ids:
+                raw = tx.get(self.key("snap", sid, "tid"))
+                if raw is not None:
+                    dev = os.path.realpath(f"/dev/mapper/{self.dev_name(int(raw))}")
+                    out[sid] = by_source.get(dev, [])
+        return out
 
     def _teardown(self, tid: int, sectors: int) -> None:
         dev = self.dev_name(tid)

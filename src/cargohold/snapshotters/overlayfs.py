@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cargohold._fsutil import dir_size
+from cargohold._oserror import read_only_root
 from cargohold.errors import CargoholdError, FailedPrecondition, Unsupported
 from cargohold.mount import libc, mount, unmount
 from cargohold.snapshotters._common import DirSnapshotter
@@ -177,7 +178,13 @@ def _nearest_dir(path: str) -> str:
 
 
 def probe(root: str) -> str:
-    """Why overlay snapshots cannot work under ``root`` ("" when they can); cached per fs."""
+    """Why overlay snapshots cannot work under ``root`` ("" when they can); cached per fs.
+
+    Under a read-only root the probe (which writes a trial tree) is skipped: nothing may be
+    written there, and reading what overlay snapshots already hold needs no probe.
+    """
+    if read_only_root(root) is not None:
+        return ""
     base = _nearest_dir(root)
     dev = os.stat(base).st_dev
     if dev in _probed:

@@ -50,6 +50,7 @@ from typing import Any
 
 from cargohold._lmdb import Tx
 from cargohold.errors import CargoholdError, FailedPrecondition, Unsupported
+from cargohold.mount import MountUsers
 from cargohold.snapshotters._tool import ToolSnapshotter
 from cargohold.snapshotters.api import Kind, Usage
 from cargohold.snapshotters.runner import CommandFailed, Result, Runner
@@ -218,18 +219,35 @@ class ZFS(ToolSnapshotter):
         if not res.ok:
             raise CommandFailed(res)
 
-    def remove(self, key: str) -> None:
+    def remove(self, key: str, *, defer: bool = False) -> None:
         """Destroy ``@snapshot`` (committed) and the dataset, then forget ``key``.
 
         Objects that are already gone count as destroyed. If destroying the dataset fails after
         its snapshot went, the snapshot is taken again (the data is unchanged since the commit)
         and the record stays, so nothing is left half-removed.
+
+        With ``defer`` (GC, which holds a lock while it removes), the record goes at once and
+        the id is parked under ``zfs/v1/trash/<id>``; :meth:`cleanup` destroys parked datasets
+        later, so no ``zfs destroy`` runs while the caller holds its lock.
         """
         self._check_open()
         with self.ms.update() as tx:
             sid, kind = self.ms.remove(tx, key)
+            if defer:
+                tx.put(self.key("trash", sid), int(kind))
+                return
             self._destroy(sid, kind)
             # Crash window: objects gone, record still there; a second remove finishes it.
+
+    def _trash(self, tx: Tx) -> dict[str, Kind]:
+        prefix = self.key("trash") + b"\x00"
+        return {k[len(prefix):].decode(): Kind(int(v)) for k, v in tx.scan(prefix)}
+
+    def _in_use(self, ids: dict[str, str], users: MountUsers) -> dict[str, list[str]]:
+        by_source: dict[str, list[str]] = {}
+        for e in users.entries:
+            by_source.setdefault(e.source, []).append(e.target)
+        return {sid: by_source.get(self.ds(sid), []) for sid in ids}
 
     def _destroy(self, sid: str, kind: Kind) -> None:
         snap_went = False
@@ -252,12 +270,26 @@ class ZFS(ToolSnapshotter):
             raise
 
     def cleanup(self) -> None:
-        """Nothing to do: removals finish inside their transaction.
+        """Destroy the datasets parked by deferred removals (``zfs/v1/trash``).
 
         Leftovers of crashes are found by :meth:`fsck`, which lists the parent's children;
-        cleanup runs after every GC and must stay cheap, so it lists nothing.
+        cleanup runs after every GC and must stay cheap, so it lists nothing. A destroy that
+        fails keeps its entry (the next cleanup retries) and is raised after the others ran.
         """
         self._check_open()
+        with self.ms.view() as tx:
+            parked = self._trash(tx)
+        failed: CargoholdError | None = None
+        for sid, kind in sorted(parked.items(), key=lambda kv: -int(kv[0])):  # children first
+            try:
+                self._destroy(sid, kind)
+            except CargoholdError as exc:
+                failed = failed or exc
+                continue
+            with self.ms.update() as tx:
+                tx.delete(self.key("trash", sid))
+        if failed is not None:
+            raise failed
 
     # --- fsck ------------------------------------------------------------------------------------
     def fsck(self, *, repair: bool = False) -> list[str]:
@@ -311,9 +343,16 @@ class ZFS(ToolSnapshotter):
                 except CargoholdError as exc:
                     problems.append(f"{what}: repair failed: {exc}")
 
+        parked = self._trash(tx)
         for sid in sorted(datasets - set(ids), key=int):
-            problems.append(f"dataset {self.ds(sid)}: no snapshot record owns it")
+            if sid in parked:
+                problems.append(f"dataset {self.ds(sid)}: removed, waiting to be destroyed")
+            else:
+                problems.append(f"dataset {self.ds(sid)}: no snapshot record owns it")
             fix(self.ds(sid), lambda sid=sid: self._zfs("destroy", "-r", self.ds(sid)))
+        if repair:
+            for sid in parked:
+                tx.delete(self.key("trash", sid))
         for sid, key in sorted(ids.items(), key=lambda kv: -int(kv[0])):  # children first
             kind = self.ms.get_info(tx, key)[1].kind
             if sid not in datasets:

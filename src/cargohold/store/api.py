@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, runtime_checkable
 
+from cargohold.errors import IntegrityError
+
 READ_CHUNK = 1 << 20
 
 
@@ -116,44 +118,106 @@ class Store(Protocol):
     def list_statuses(self, filters: Sequence[str] = ()) -> list[Status]: ...
 
 
+class ResumeMismatch(IntegrityError):
+    """The bytes an interrupted copy left in an ingest are not the start of this source."""
+
+
 def copy_into(writer: Writer, src: BinaryIO, *, size: int = 0, expected: str = "",
               labels: dict[str, str] | None = None,
               progress: Callable[[int], None] | None = None,
-              then: CommitHook | None = None) -> str:
+              then: CommitHook | None = None, verify_resumed: bool = False,
+              kept: Callable[[int], None] | None = None) -> str:
     """Stream ``src`` into ``writer`` from the writer's current offset, then commit.
 
-    A resumed writer skips what it already has: ``src`` is seeked when it can be, otherwise the
-    bytes are read and dropped. Returns the committed digest; raises what commit raises.
+    A resumed writer (offset > 0, left by an interrupted copy) skips what it already has:
+    ``src`` is seeked when it can be, otherwise the bytes are read and dropped; commit's digest
+    check is then what catches a wrong start. With ``verify_resumed`` (for refs without an
+    ``expected`` digest, or when a wrong start must not fail the commit), the first ``offset``
+    bytes of ``src`` are read and hashed instead (reading is cheap; writing them again is what
+    a resume saves) and kept only if they hash as the writer's data does. Otherwise the
+    ingest restarts from zero: a seekable ``src`` is copied again from its start; from a
+    stream those bytes are gone, so :class:`ResumeMismatch` is raised (the ingest is empty
+    now, and a repeat copies it whole). ``progress(n)`` is called for every ``n`` bytes
+    written, and for the bytes a verified resume keeps; ``kept(n)`` once, with the number of
+    bytes taken over from the earlier copy (0 when there were none or they were discarded).
+
+    Returns the committed digest; raises what commit raises. Whatever fails, the writer is
+    closed (its lock freed, its data kept for a later resume) before the error propagates.
     """
-    offset = writer.status().offset
-    if offset:
-        try:
-            src.seek(offset)
-        except (OSError, AttributeError, ValueError):
-            left = offset
-            while left:
-                chunk = src.read(min(left, READ_CHUNK))
-                if not chunk:
+    try:
+        offset = writer.status().offset
+        if offset and verify_resumed:
+            if not _same_prefix(writer, src, offset):
+                offset = 0
+                writer.truncate(0)
+                try:
+                    src.seek(0)
+                except (OSError, AttributeError, ValueError) as exc:
+                    raise ResumeMismatch(
+                        f"ingest {writer.ref}: the {offset} bytes kept from an interrupted "
+                        "copy are not the start of this source; they were discarded",
+                        hint="run the command again: it copies the data from the start"
+                    ) from exc
+            elif progress is not None:
+                progress(offset)
+        elif offset:
+            _skip(src, offset)
+        if kept is not None:
+            kept(offset)
+        buf = bytearray(READ_CHUNK)
+        view = memoryview(buf)
+        readinto = getattr(src, "readinto", None)
+        while True:
+            if readinto is not None:
+                n = readinto(view)
+                if not n:
                     break
-                left -= len(chunk)
-    buf = bytearray(READ_CHUNK)
-    view = memoryview(buf)
-    readinto = getattr(src, "readinto", None)
-    while True:
-        if readinto is not None:
-            n = readinto(view)
-            if not n:
+                writer.write(view[:n])
+            else:
+                data = src.read(READ_CHUNK)
+                if not data:
+                    break
+                n = len(data)
+                writer.write(data)
+            if progress is not None:
+                progress(n)
+    except BaseException as exc:
+        try:
+            writer.close()
+        except Exception as close_exc:  # noqa: BLE001 - the copy's own error is the one to raise
+            exc.add_note(f"closing ingest {writer.ref} failed as well: {close_exc}")
+        raise
+    return writer.commit(size, expected, labels, then=then)  # commit always closes the writer
+
+
+def _skip(src: BinaryIO, offset: int) -> None:
+    try:
+        src.seek(offset)
+    except (OSError, AttributeError, ValueError):
+        left = offset
+        while left:
+            chunk = src.read(min(left, READ_CHUNK))
+            if not chunk:
                 break
-            writer.write(view[:n])
-        else:
-            data = src.read(READ_CHUNK)
-            if not data:
-                break
-            n = len(data)
-            writer.write(data)
-        if progress is not None:
-            progress(n)
-    return writer.commit(size, expected, labels, then=then)
+            left -= len(chunk)
+
+
+def _same_prefix(writer: Writer, src: BinaryIO, offset: int) -> bool:
+    """Whether the first ``offset`` bytes of ``src`` hash to what ``writer`` holds; ``src``
+    is left right after them (or at its end, when it is shorter).
+    """
+    import hashlib
+
+    algorithm, _, want = writer.digest().partition(":")
+    h = hashlib.new(algorithm)
+    left = offset
+    while left:
+        chunk = src.read(min(left, READ_CHUNK))
+        if not chunk:
+            return False
+        h.update(chunk)
+        left -= len(chunk)
+    return h.hexdigest() == want
 
 
 def walk_all(store: Store, filters: Iterable[str] = ()) -> list[Info]:

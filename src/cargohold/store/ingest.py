@@ -31,8 +31,10 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from cargohold import _fsutil
+from cargohold._oserror import free_bytes, no_space, translate
 from cargohold.errors import (
     AlreadyExists,
+    CargoholdError,
     FailedPrecondition,
     IntegrityError,
     InvalidArgument,
@@ -208,7 +210,8 @@ class IngestWriter:
             if not self._out.broken:
                 with contextlib.suppress(OSError):
                     self._out.flush()
-            with contextlib.suppress(OSError):
+            # Advisory (the data's mtime says as much): a full disk must not fail the close.
+            with contextlib.suppress(OSError, CargoholdError):
                 _fsutil.atomic_write(os.path.join(self.path, "updatedat"),
                                      str(now_ns()).encode(), sync=False)
         finally:
@@ -327,9 +330,21 @@ class IngestWriter:
             raise FailedPrecondition(f"ingest {self.ref}: an earlier write failed",
                                      hint="close and open the ref again to resume from disk")
 
-    def _io_error(self, what: str, exc: OSError) -> FailedPrecondition:
-        hint = "free some space" if exc.errno == errno.ENOSPC else None
-        return FailedPrecondition(f"ingest {self.ref}: {what}: {exc.strerror or exc}", hint=hint)
+    def _io_error(self, what: str, exc: OSError) -> CargoholdError:
+        """The error for ``exc``; a full disk names the filesystem, the blob's size and the
+        space there was for it (free now plus what this ingest already holds).
+        """
+        subject = f"ingest {self.ref}" + (f" (blob {self._expected})" if self._expected else "")
+        if exc.errno == errno.ENOSPC:
+            held = 0
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    held = os.fstat(self._fd).st_blocks * 512
+            return no_space(self.path, f"{subject}: {what}", self._total,
+                            free=free_bytes(self.path) + held)
+        if exc.errno is not None and exc.errno != errno.ENOENT:
+            return translate(exc, self.path, f"{subject}: {what}")
+        return FailedPrecondition(f"{subject}: {what}: {exc.strerror or exc}")
 
     def _release(self) -> None:
         if self._fd is None:

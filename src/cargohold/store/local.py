@@ -16,6 +16,11 @@ does not hash to; at worst an ingest or an unreferenced blob, which GC/fsck remo
 
 Labels kept here serve the store used on its own; the metadata layer keeps its own per
 namespace and ignores these.
+
+Under a read-only root (:func:`cargohold._oserror.mark_read_only`) the store creates nothing
+when opened and every write (``writer``, ``update``, ``delete``, ``abort``) raises ``ReadOnly``
+before touching the disk. Errors of the environment (full disk, permission, I/O, open-file
+limit) leave translated by :func:`cargohold._oserror.translate`, naming the path.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 
 from cargohold import _fsutil
-from cargohold.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cargohold._oserror import check_writable, read_only_root, translate
+from cargohold.errors import (
+    AlreadyExists,
+    CargoholdError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from cargohold.filters import Filter, adaptor_for
 from cargohold.store.api import Info, Status
 from cargohold.store.ingest import (
@@ -49,15 +61,45 @@ class BlobReader(io.FileIO):
     """A committed blob opened for reading: a binary file plus ``size`` and ``read_at``.
 
     It holds an open descriptor, so a blob deleted meanwhile stays readable until closed.
+    A read that fails (an I/O error) raises the error of :func:`cargohold._oserror.translate`
+    naming the blob's path.
     """
 
     def __init__(self, path: str) -> None:
         super().__init__(path, "rb")
+        self.path = path
         self.size = os.fstat(self.fileno()).st_size
+
+    def _error(self, exc: OSError) -> CargoholdError:
+        return translate(exc, self.path, f"blob file {self.path}")
 
     def read_at(self, n: int, offset: int) -> bytes:
         """Up to ``n`` bytes at ``offset`` (fewer only at the end); the position is unchanged."""
-        return os.pread(self.fileno(), n, offset)
+        try:
+            return os.pread(self.fileno(), n, offset)
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def readinto(self, buffer) -> int | None:  # noqa: ANN001 - any writable buffer
+        """Read into ``buffer`` (see ``io.FileIO.readinto``)."""
+        try:
+            return super().readinto(buffer)
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def read(self, size: int = -1) -> bytes:
+        """Read up to ``size`` bytes (all when negative)."""
+        try:
+            return super().read(size)
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def readall(self) -> bytes:
+        """Read to the end."""
+        try:
+            return super().readall()
+        except OSError as exc:
+            raise self._error(exc) from exc
 
 
 class LocalStore:
@@ -70,7 +112,8 @@ class LocalStore:
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
-        _fsutil.makedirs(self.root)
+        if read_only_root(self.root) is None:
+            _fsutil.makedirs(self.root)
         self.locks = _fsutil.KeyedLocks(os.path.join(self.root, "locks"))
         self._ingest_root = os.path.join(self.root, "ingest")
 
@@ -92,20 +135,26 @@ class LocalStore:
 
     def info(self, digest: str) -> Info:
         """The blob's size, times and labels; NotFound when it is not committed."""
+        path = self.blob_path(digest)
         try:
-            st = os.stat(self.blob_path(digest))
+            st = os.stat(path)
         except FileNotFoundError as exc:
             raise _not_found(digest) from exc
+        except OSError as exc:
+            raise translate(exc, path, f"content digest {digest}") from exc
         labels, labels_mtime = self._read_labels(digest)
         return Info(digest=str(digest), size=st.st_size, created_at=st.st_mtime_ns,
                     updated_at=max(st.st_mtime_ns, labels_mtime), labels=labels)
 
     def reader(self, digest: str) -> BlobReader:
         """Open the blob for reading; NotFound when it is not committed."""
+        path = self.blob_path(digest)
         try:
-            return BlobReader(self.blob_path(digest))
+            return BlobReader(path)
         except FileNotFoundError as exc:
             raise _not_found(digest) from exc
+        except OSError as exc:
+            raise translate(exc, path, f"content digest {digest}") from exc
 
     def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
         """Change labels: ``labels`` replaces all, ``labels.<k>`` one key (empty = delete).
@@ -120,6 +169,7 @@ class LocalStore:
             if fp != "labels" and not fp.startswith("labels."):
                 raise InvalidArgument(f"field path {fp!r}: cannot update",
                                       hint="only labels and labels.<key> can be updated")
+        check_writable(self.root)
         with self.locks.hold(digest):
             if not os.path.exists(self.blob_path(digest)):
                 raise _not_found(digest)
@@ -154,6 +204,8 @@ class LocalStore:
                 entries = sorted(os.listdir(d))
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                raise translate(exc, d, f"blob directory {d}") from exc
             for name in entries:
                 if len(name) != hexlen or not _HEX.match(name):
                     continue
@@ -170,20 +222,23 @@ class LocalStore:
         False nothing is removed (GC asks "is it still unreferenced?" there).
         """
         digest = Digest(digest)
+        check_writable(self.root)
         with self.locks.hold(digest):
             if check is not None and not check(digest):
                 return
             path = self.blob_path(digest)
             if not os.path.exists(path):
                 raise _not_found(digest)
-            # Labels first: a crash in between leaves a blob without labels, never labels
-            # waiting to attach themselves to a later blob of the same digest.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._labels_path(digest))
             try:
+                # Labels first: a crash in between leaves a blob without labels, never labels
+                # waiting to attach themselves to a later blob of the same digest.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._labels_path(digest))
                 os.unlink(path)
             except FileNotFoundError as exc:
                 raise _not_found(digest) from exc
+            except OSError as exc:
+                raise translate(exc, path, f"content digest {digest}") from exc
 
     # --- labels sidecars -----------------------------------------------------------------
 
@@ -224,14 +279,21 @@ class LocalStore:
         """
         if not ref:
             raise InvalidArgument("ingest '': empty ref", hint="give every ingest a name")
+        check_writable(self.root)
         if expected:
             expected = Digest(expected)
             if os.path.exists(self.blob_path(expected)):
                 raise AlreadyExists(f"content digest {expected}: already exists")
         path = self._ingest_dir(ref)
-        lock = self._lock_ingest(ref, path)
+        try:
+            lock = self._lock_ingest(ref, path)
+        except OSError as exc:
+            raise translate(exc, path, f"ingest {ref}", needed=total) from exc
         try:
             return self._open_locked(ref, path, lock, total, expected)
+        except OSError as exc:
+            lock.release()
+            raise translate(exc, path, f"ingest {ref}", needed=total) from exc
         except BaseException:
             lock.release()
             raise
@@ -348,6 +410,8 @@ class LocalStore:
                 st = self._status_at(path)
             except (FileNotFoundError, NotADirectoryError):
                 continue
+            except OSError as exc:
+                raise translate(exc, path, f"ingest directory {path}") from exc
             if st is not None and flt.match(adaptor_for({"ref": st.ref}, {})):
                 out.append(st)
         return sorted(out, key=lambda s: s.ref)
@@ -357,6 +421,9 @@ class LocalStore:
             names = os.listdir(self._ingest_root)
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise translate(exc, self._ingest_root, f"ingest directory {self._ingest_root}") \
+                from exc
         return [os.path.join(self._ingest_root, n) for n in sorted(names)]
 
     def ingest_refs(self) -> list[str]:
@@ -371,6 +438,7 @@ class LocalStore:
 
     def abort(self, ref: str) -> None:
         """Remove the ingest. NotFound when absent; Unavailable while a writer holds it."""
+        check_writable(self.root)
         path = self._ingest_dir(ref)
         lock = _fsutil.FileLock(os.path.join(path, "lock"), f"ingest {ref}")
         try:

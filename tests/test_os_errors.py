@@ -1,0 +1,240 @@
+"""No OSError and no LMDB error reaches the user as "internal error".
+
+A table drives each errno through the real code path: the real ``hold`` child process where
+the condition can be made real (a full tmpfs, a read-only mount, a root owned by another user
+with the DAC capabilities dropped, a blob nobody may read, a lowered RLIMIT_NOFILE); an
+injected fault where the machine cannot produce it (EIO: ``os.fsync`` replaced in the child by
+one that fails, the fault-injection wrapper of STYLE.md §11). LMDB's own errors are produced
+for real on a live environment (map full, readers full, map resized by another process), and
+every other ``lmdb.Error`` class is checked against the translation table.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import lmdb
+import pytest
+
+from cargohold import _lmdb
+from cargohold._oserror import NoSpace, PermissionDenied, ReadOnly
+from cargohold.errors import CargoholdError, FailedPrecondition, InvalidArgument, Unavailable
+from tests.conftest import run_hold
+from tests.diskkit import fill, make_archive, need_root, ro_bind, tmpfs
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    return make_archive(str(tmp_path_factory.mktemp("errno") / "a.tar"), 1, "example.com/e:1")
+
+
+@pytest.fixture
+def populated(tmp_path, archive):
+    root = str(tmp_path / "root")
+    run_hold(root, "images", "import", archive)
+    return root
+
+
+def _layer(root: str) -> str:
+    out = run_hold(root, "content", "ls", "-q").stdout.decode().split()
+    sizes = {d: os.path.getsize(os.path.join(root, "content", "blobs", "sha256", d[7:]))
+             for d in out}
+    return max(sizes, key=sizes.get)
+
+
+def _child(root: str, setup: str, argv: list[str], *, input: bytes | None = None,
+           prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``hold ARGV`` in a child after ``setup`` (Python) ran in it: the fault injection."""
+    code = textwrap.dedent(setup) + "\nfrom cargohold.cli.main import main\nmain(ARGV)\n"
+    env = dict(os.environ, PYTHONPATH=SRC, HOLD_ROOT=root,
+               HOLD_STATE=os.path.join(root, "_state"),
+               HOLD_CONFIG=os.path.join(root, "_no_config.toml"))
+    return subprocess.run([*(prefix or []), sys.executable, "-c", f"ARGV = {argv!r}\n{code}"],
+                          input=input, capture_output=True, env=env, timeout=120)
+
+
+def _one_error(p: subprocess.CompletedProcess) -> list[str]:
+    err = p.stderr.decode()
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert p.returncode == 1, (p.returncode, err)
+    lines = err.splitlines()
+    assert lines and lines[0].startswith("hold: "), err
+    return lines
+
+
+_NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+def _need_setpriv() -> None:
+    need_root()
+    if shutil.which("setpriv") is None:
+        pytest.skip("missing setpriv (util-linux): needed to drop CAP_DAC_OVERRIDE")
+
+
+# --- the table: errno -> a real situation ----------------------------------------------------
+def case_enospc(tmp_path, archive, populated):
+    with tmpfs(str(tmp_path / "fs"), "32m") as fs:
+        root = os.path.join(fs, "root")
+        run_hold(root, "images", "ls")
+        fill(fs)
+        p = run_hold(root, "content", "ingest", "r1", input=os.urandom(1 << 20), check=False)
+        lines = _one_error(p)
+        assert f"no space left on filesystem {fs} " in lines[0], lines
+        assert lines[1].startswith("hint: free space with 'hold images rm' and 'hold gc'")
+    return lines
+
+
+def case_erofs(tmp_path, archive, populated):
+    ro = str(tmp_path / "ro")
+    with ro_bind(populated, ro):
+        p = run_hold(ro, "images", "import", archive, check=False)
+        lines = _one_error(p)
+        assert lines[0] == f"hold: root {ro} is read-only"
+        # Below the CLI, without the read-only mark: the store meets EROFS itself.
+        from cargohold.store.local import LocalStore
+
+        with pytest.raises(ReadOnly, match=f"root .*{ro}.* is read-only"):
+            LocalStore(os.path.join(ro, "content")).writer("x")
+    return lines
+
+
+def case_eacces_root(tmp_path, archive, populated):
+    _need_setpriv()
+    shutil.chown(populated, 65534, 65534)
+    os.chmod(populated, 0o700)
+    p = _child(populated, "", ["images", "ls"], prefix=_NO_DAC)
+    lines = _one_error(p)
+    assert "permission denied" in lines[0], lines
+    assert "belongs to nobody (uid 65534)" in lines[1], lines
+    return lines
+
+
+def case_eacces_blob(tmp_path, archive, populated):
+    _need_setpriv()
+    layer = _layer(populated)
+    path = os.path.join(populated, "content", "blobs", "sha256", layer[7:])
+    os.chmod(path, 0)
+    p = _child(populated, "", ["content", "get", layer], prefix=_NO_DAC)
+    lines = _one_error(p)
+    assert lines[0] == f"hold: content digest {layer}: permission denied", lines
+    return lines
+
+
+def case_emfile(tmp_path, archive, populated):
+    # Everything imported first, then the limit lowered to one more descriptor than are open:
+    # LMDB's open (data.mdb and lock.mdb) is what runs out.
+    setup = """
+        import os, resource
+        import cargohold.cli.images_manage, cargohold.client, cargohold.metadata.db
+        import cargohold.images.service, cargohold.store.local
+        n = len(os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n + 1, n + 1))
+    """
+    p = _child(populated, setup, ["images", "ls"])
+    lines = _one_error(p)
+    assert "too many open files (this process)" in lines[0], lines
+    assert lines[1] == "hint: raise the open-file limit ('ulimit -n') or run fewer commands at once"
+    return lines
+
+
+def case_eio(tmp_path, archive, populated):
+    # Fault injection: fsync of a regular file fails with EIO, as a dying disk's would.
+    setup = """
+        import errno, os, stat
+        real = os.fsync
+        def fsync(fd):
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return real(fd)
+        os.fsync = fsync
+    """
+    p = _child(populated, setup, ["content", "ingest", "r1"], input=b"some bytes")
+    lines = _one_error(p)
+    assert "cannot write: I/O error on filesystem" in lines[0], lines
+    assert lines[1].startswith("hint: the disk or filesystem reported an error: check 'dmesg'")
+    return lines
+
+
+CASES = {"ENOSPC": case_enospc, "EROFS": case_erofs, "EACCES (root of another user)":
+         case_eacces_root, "EACCES (blob file)": case_eacces_blob, "EMFILE": case_emfile,
+         "EIO": case_eio}
+
+
+@pytest.mark.parametrize("errno_case", list(CASES))
+def test_os_error_is_translated(tmp_path, archive, populated, errno_case):
+    lines = CASES[errno_case](tmp_path, archive, populated)
+    print(f"\n[{errno_case}] " + " | ".join(lines))
+
+
+# --- LMDB's own errors, for real ---------------------------------------------------------------
+def test_map_full_is_no_space(tmp_path, monkeypatch):
+    monkeypatch.setattr(_lmdb, "MAP_SIZE", 256 << 10)
+    env = _lmdb.Env(str(tmp_path / "db"))
+    try:
+        with pytest.raises(NoSpace, match="the database reached its map size"):
+            with env.update() as tx:
+                for i in range(2000):
+                    tx.put(b"k%06d" % i, os.urandom(512))
+        with env.view() as tx:  # nothing of the failed transaction is visible
+            assert tx.get(b"k000000") is None
+    finally:
+        env.close()
+
+
+def test_readers_full_is_unavailable(tmp_path, monkeypatch):
+    monkeypatch.setattr(_lmdb, "MAX_READERS", 1)
+    env = _lmdb.Env(str(tmp_path / "db"))
+    try:
+        with env.view():
+            with pytest.raises(Unavailable, match="1 readers have it open") as ei:
+                with env.view():
+                    pass
+        assert "wait for other hold processes" in ei.value.hint
+    finally:
+        env.close()
+
+
+def test_map_resized_by_another_process_is_unavailable(tmp_path, monkeypatch):
+    path = str(tmp_path / "db")
+    monkeypatch.setattr(_lmdb, "MAP_SIZE", 1 << 20)
+    env = _lmdb.Env(path)
+    try:
+        grow = textwrap.dedent(f"""
+            import lmdb, os
+            env = lmdb.open({path!r}, map_size=64 << 20)
+            with env.begin(write=True) as txn:
+                for i in range(4000):
+                    txn.put(b"g%06d" % i, os.urandom(1024))
+        """)
+        subprocess.run([sys.executable, "-c", grow], check=True, timeout=60)
+        with pytest.raises(Unavailable, match="another process grew the database") as ei:
+            with env.update() as tx:
+                tx.put(b"x", b"y")
+        assert ei.value.hint == "run the command again"
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("cls", sorted(
+    (c for c in vars(lmdb).values()
+     if isinstance(c, type) and issubclass(c, lmdb.Error)), key=lambda c: c.__name__),
+    ids=lambda c: c.__name__)
+def test_every_lmdb_error_class_is_translated(cls):
+    err = _lmdb.lmdb_error(cls("mdb_something"), "/r/metadata")
+    assert isinstance(err, CargoholdError)
+    assert "/r/metadata" in err.message
+    if cls is lmdb.BadValsizeError:
+        assert isinstance(err, InvalidArgument)
+    else:
+        assert isinstance(err, (FailedPrecondition, Unavailable)), (cls, err)
+    expected = {lmdb.MapFullError: NoSpace, lmdb.DiskError: NoSpace,
+                lmdb.ReadersFullError: Unavailable, lmdb.MapResizedError: Unavailable,
+                lmdb.LockError: Unavailable, lmdb.ReadonlyError: PermissionDenied}
+    if cls in expected:
+        assert isinstance(err, expected[cls]), (cls, err)
