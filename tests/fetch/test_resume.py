@@ -45,8 +45,10 @@ def test_kill_9_mid_pull_then_pull_again_resumes(tmp_path, root):
         env = dict(os.environ, HOLD_ROOT=root, HOLD_STATE=os.path.join(root, "_state"),
                    HOLD_CONFIG=os.path.join(root, "_no_config.toml"),
                    PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+        # One blob at a time: at 60 % the first layer is finished and the second partial.
         p = subprocess.Popen([sys.executable, "-m", "cargohold", "images", "pull",
-                              "--progress", "none", "--chunk-size", "8MiB", ref], env=env,
+                              "--progress", "none", "--chunk-size", "8MiB",
+                              "--max-concurrent-downloads", "1", ref], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while proxy.sent < 0.6 * total and time.monotonic() < deadline and p.poll() is None:
@@ -56,8 +58,16 @@ def test_kill_9_mid_pull_then_pull_again_resumes(tmp_path, root):
         assert p.returncode == -signal.SIGKILL, p.stderr.read().decode()
         first = proxy.sent
         assert 0.5 * total < first < total
+        # The dead pull's half-applied layer is reported, and GC takes it — but neither the
+        # partial downloads (ingests with their own expiry) nor the finished layers (the
+        # owner-less resume lease): the retry needs them.
+        fsck = run_hold(root, "fsck", check=False)
+        assert fsck.returncode == 1 and b"interrupted unpack" in fsck.stderr + fsck.stdout
+        run_hold(root, "gc")
         active = json.loads(run_hold(root, "content", "active", "--format", "json").stdout)
         assert active and all(a["ref"].startswith("layer-sha256:") for a in active)
+        done = json.loads(run_hold(root, "content", "ls", "--format", "json").stdout)
+        assert info["layers"][0] in {b["digest"] for b in done}  # kept by the resume lease
         kept = sum(a["offset"] for a in active)
         proxy.reset()
         res = json.loads(run_hold(root, "images", "pull", "--progress", "none", "--chunk-size",
@@ -68,8 +78,11 @@ def test_kill_9_mid_pull_then_pull_again_resumes(tmp_path, root):
         assert second <= (total - first) + 3 * CHUNK + overhead, (first, second, total)
         assert res["bytes"] <= total - kept
         assert res["target"]["digest"] == info["manifest"]
-        fsck = run_hold(root, "fsck")
-        assert b"clean" in fsck.stdout
+        assert b"clean" in run_hold(root, "fsck").stdout
+        leases = json.loads(run_hold(root, "leases", "ls", "--format", "json").stdout)
+        assert leases == []  # the resume lease went with the successful pull
+        assert json.loads(run_hold(root, "images", "check", "--format", "json").stdout)[0][
+            "platforms"][0]["complete"]
         assert json.loads(run_hold(root, "content", "active", "--format", "json").stdout) == []
     finally:
         if proxy is not None:

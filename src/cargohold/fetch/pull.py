@@ -20,13 +20,17 @@
 Everything runs inside one lease (internal, named for this process), which holds each blob's
 digest from before its download starts, and the snapshots. Partial downloads are not in the
 lease: their ingest records expire on their own (:mod:`.download`), so after a crash or a
-``kill -9`` the next pull of the same image continues each blob from its offset. On any
+``kill -9`` the next pull of the same image continues each blob from its offset. Finished
+layers are also held by an owner-less "resume" lease (``pull-<hash>``, see
+:meth:`Puller._resume_lease`) that a successful pull deletes and a failed one leaves to
+expire, so a GC between a killed pull and its retry does not take them either. On any
 failure the remaining downloads are stopped; a download's error wins over the unpack error it
 caused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -34,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cargohold.errors import AlreadyExists, NotFound
+from cargohold.errors import AlreadyExists, CargoholdError, NotFound
 from cargohold.fetch.api import Reference
 from cargohold.fetch.download import (
     BlobDownload,
@@ -138,7 +142,7 @@ class Puller:
         c = self.client
         from cargohold.metadata.content import NamespacedStore
 
-        with c.leases.lease(expire=DEFAULT_EXPIRY) as lease:
+        with c.leases.lease(expire=DEFAULT_EXPIRY, purpose=f"pull {ref.name}") as lease:
             leased = NamespacedStore(c.db, c.store, c.namespace, lease=lease,
                                      ingest_expiry=c.content.ingest_expiry)
             # Partial layer downloads live outside the lease (see the module docstring).
@@ -152,11 +156,41 @@ class Puller:
             found = walk.manifests(target, matcher, ref.name)
             res.manifests = [(str(p) if p else "", m.digest) for m, p in found]
             layers = walk.layers(found)
+            keep = self._resume_lease(ref.name, layers)
             self._fetch_and_unpack(remote, leased, loose, lease, walk, found, layers, opts,
                                    res)
             res.image = self._write_image(ref.name, target, opts.labels)
+            # The image holds everything now; a failure above leaves ``keep`` to expire.
+            with contextlib.suppress(CargoholdError):
+                c.leases.delete(keep)
         res.seconds = time.monotonic() - t0
         return res
+
+    def _resume_lease(self, name: str, layers: list[Descriptor]) -> str:
+        """The owner-less lease that keeps this image's finished layers for a retry.
+
+        The pull's own lease names this process, so once it dies GC may take what that
+        lease held; partial layers survive as ingests with their own expiry, and finished
+        ones would be downloaded again. This lease (id ``pull-<hash of the name>``, label
+        ``cargohold.io/pull=<name>``) holds their digests for ``[gc] ingest_expiry`` — the
+        same time a partial layer is kept — and a successful pull deletes it.
+        """
+        import hashlib
+
+        from cargohold.metadata import leases as lease_records
+        from cargohold.types import LABEL_GC_EXPIRE, format_time, now_ns
+
+        c = self.client
+        lid = "pull-" + hashlib.sha256(f"{c.namespace}/{name}".encode()).hexdigest()[:20]
+        labels = {"cargohold.io/pull": name,
+                  LABEL_GC_EXPIRE: format_time(now_ns() + c.content.ingest_expiry)}
+        with c.db.update() as tx:
+            if lease_records.exists(tx, c.namespace, lid):
+                lease_records.delete(tx, c.namespace, lid)
+            lease_records.create(tx, c.namespace, lid, labels)
+            for d in layers:
+                lease_records.add_resource(tx, c.namespace, lid, Resource("content", d.digest))
+        return lid
 
     def _fetch_and_unpack(self, remote: Remote, leased: NamespacedStore,
                           loose: NamespacedStore, lease: str, walk: _Walk,
