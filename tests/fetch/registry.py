@@ -142,6 +142,7 @@ class CountingProxy:
         self.rate = rate
         self.port = free_port()
         self.sent = 0
+        self.pause = threading.Event()  # set: nothing more reaches clients (a silent server)
         self._mu = threading.Lock()
         self._stop = threading.Event()
         self._sock = socket.create_server(("127.0.0.1", self.port))
@@ -186,6 +187,8 @@ class CountingProxy:
                     break
                 if count and self.rate:
                     time.sleep(len(data) / self.rate)
+                while count and self.pause.is_set() and not self._stop.is_set():
+                    time.sleep(0.01)
                 dst.sendall(data)
                 if count:
                     with self._mu:

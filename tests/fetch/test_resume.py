@@ -120,3 +120,43 @@ def test_two_pulls_of_one_image_at_once(tmp_path, root):
         if proxy is not None:
             proxy.close()
         reg.stop()
+
+
+def test_ctrl_c_while_the_registry_is_silent_stops_at_once(tmp_path, root):
+    """SIGINT mid-pull against a registry that stopped sending: exit 130 promptly (the
+    reads are aborted, not left to the read timeout), and the next pull resumes.
+    """
+    need_registry()
+    lay = str(tmp_path / "layout")
+    info = make_layout(lay, [{f"l{i}.bin": os.urandom(6 << 20)} for i in range(2)])
+    total = sum(info["sizes"])
+    reg = DockerRegistry(str(tmp_path / "reg")).start()
+    proxy = None
+    try:
+        push_layout(lay, "1", f"{reg.host}/team/quiet:1")
+        proxy = CountingProxy(reg.port, rate=8 << 20)
+        ref = f"{proxy.host}/team/quiet:1"
+        env = dict(os.environ, HOLD_ROOT=root, HOLD_STATE=os.path.join(root, "_state"),
+                   HOLD_CONFIG=os.path.join(root, "_no_config.toml"),
+                   PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+        p = subprocess.Popen([sys.executable, "-m", "cargohold", "images", "pull",
+                              "--progress", "none", ref], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while proxy.sent < 0.3 * total and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.01)
+        proxy.pause.set()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        p.wait(30)
+        assert p.returncode == 130, p.stderr.read().decode()
+        assert time.monotonic() - t0 < 10
+        proxy.pause.clear()
+        res = json.loads(run_hold(root, "images", "pull", "--progress", "none", "--format",
+                                  "json", ref).stdout)
+        assert res["resumed"] > 0 and res["target"]["digest"] == info["manifest"]
+    finally:
+        if proxy is not None:
+            proxy.close()
+        reg.stop()

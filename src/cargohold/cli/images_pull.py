@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -25,8 +26,45 @@ def registry_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def open_registry(app: App, hosts_dir: str | None, plain_http: bool, user: str) -> Any:
-    """A :class:`cargohold.fetch.registry.Registry` for this command's options."""
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C and SIGTERM first abort running downloads, then unwind as usual (a silent
+    registry must not hold the cleanup until its read timeout).
+    """
+    import signal
+    import threading
+
+    from cargohold.fetch.pull import interrupt_all
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        prev = signal.getsignal(sig)
+
+        def handler(signum: int, frame: Any, prev: Any = prev) -> None:
+            interrupt_all()
+            if callable(prev):
+                prev(signum, frame)
+            else:
+                raise KeyboardInterrupt
+
+        saved[sig] = prev
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, prev in saved.items():
+            signal.signal(sig, prev)
+
+
+@contextlib.contextmanager
+def open_registry(app: App, hosts_dir: str | None, plain_http: bool,
+                  user: str) -> Iterator[Any]:
+    """A :class:`cargohold.fetch.registry.Registry` for this command's options, closed
+    after the block; signals interrupt its downloads first (see ``_interruptible``).
+    """
     from cargohold.fetch.credentials import Credentials, Secret, parse_user
     from cargohold.fetch.registry import Registry
 
@@ -43,8 +81,9 @@ def open_registry(app: App, hosts_dir: str | None, plain_http: bool, user: str) 
         secret = Secret(name, password, source="--user")
     if hosts_dir is None:
         hosts_dir = str(app.config.section("registry").get("config_path", ""))
-    return Registry(hosts_dir=hosts_dir, plain_http=plain_http,
-                    credentials=Credentials(secret))
+    with Registry(hosts_dir=hosts_dir, plain_http=plain_http,
+                  credentials=Credentials(secret)) as reg, _interruptible():
+        yield reg
 
 
 def pull_options(f: Callable[..., Any]) -> Callable[..., Any]:

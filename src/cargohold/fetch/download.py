@@ -124,6 +124,7 @@ class BlobDownload:
         self.fetched = 0  # body bytes received in this run
         self.endpoint: Endpoint | None = None
         self._cond = threading.Condition()
+        self._live: list[BlobStream] = []  # responses opened, for interrupt()
 
     # --- the download --------------------------------------------------------------------
     def run(self) -> None:
@@ -237,6 +238,23 @@ class BlobDownload:
             self.status = "exists"
         return w
 
+    def _open(self, desc: Descriptor, offset: int = 0, end: int = 0,
+              endpoint: Endpoint | None = None) -> BlobStream:
+        s = self.remote.open_blob(desc, offset, end, endpoint=endpoint)
+        with self._cond:
+            self._live.append(s)
+        if self.cancel.is_set():
+            s.abort()  # interrupt() ran while this request was being made
+        return s
+
+    def interrupt(self) -> None:
+        """Stop now (from another thread): cancel, and abort the responses being read."""
+        self.cancel.set()
+        with self._cond:
+            live = list(self._live)
+        for s in live:
+            s.abort()
+
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
             raise Cancelled(f"blob {self.desc.digest}: download stopped")
@@ -247,7 +265,7 @@ class BlobDownload:
     def _first(self, w: Any, offset: int) -> tuple[BlobStream, int]:
         """The first request: from ``offset``, bounded to one chunk when parts may follow."""
         end = offset + self.chunk if self._use_parts(offset) else 0
-        s = self.remote.open_blob(self.desc, offset, end)
+        s = self._open(self.desc, offset, end)
         self.endpoint = s.endpoint
         if offset and not s.ranged:
             # The registry ignores Range: start over (nobody reads this ingest yet).
@@ -294,6 +312,7 @@ class BlobDownload:
                 raise _Dropped()
             except (_Dropped, *_read_errors()) as exc:
                 s.close()
+                self._check_cancel()  # an interrupt() aborted the read: stop, do not retry
                 stalls += 1
                 if stalls > STALLS:
                     raise RegistryError(f"{s.endpoint.describe()}: blob {self.desc.digest}: "
@@ -302,7 +321,7 @@ class BlobDownload:
                                         "there") from (exc if not isinstance(exc, _Dropped)
                                                        else None)
                 time.sleep(self.backoff * stalls)
-                s = self.remote.open_blob(self.desc, offset, endpoint=s.endpoint)
+                s = self._open(self.desc, offset, endpoint=s.endpoint)
                 skip = offset if not s.ranged else 0
 
     def _fetch_part(self, start: int, end: int, stop: threading.Event) -> bytes:
@@ -315,7 +334,7 @@ class BlobDownload:
             self._check_cancel()
             if stop.is_set():
                 raise Cancelled(f"blob {self.desc.digest}: part stopped")
-            s = self.remote.open_blob(self.desc, start + got, end, endpoint=self.endpoint)
+            s = self._open(self.desc, start + got, end, endpoint=self.endpoint)
             try:
                 if not s.ranged:
                     raise RegistryError(f"{s.endpoint.describe()}: blob {self.desc.digest}: "
@@ -332,6 +351,7 @@ class BlobDownload:
                     got += len(data)
                 return b"".join(parts)
             except (_Dropped, *_read_errors()) as exc:
+                self._check_cancel()
                 stalls += 1
                 if stalls > STALLS:
                     raise RegistryError(f"{s.endpoint.describe()}: blob {self.desc.digest}: "
@@ -379,7 +399,7 @@ class BlobDownload:
                     break
                 buf += data
         except _read_errors():
-            pass
+            self._check_cancel()
         finally:
             s.close()
         if len(buf) == end - start:

@@ -62,6 +62,21 @@ if TYPE_CHECKING:
     from cargohold.metadata.content import NamespacedStore
 
 DEFAULT_CHUNK = 32 << 20
+_ACTIVE: set[Puller] = set()  # pulls running in this process, for interrupt_all()
+_ACTIVE_MU = threading.Lock()
+
+
+def interrupt_all() -> None:
+    """Abort every running pull's downloads now (their reads included).
+
+    For a signal handler to call before it raises KeyboardInterrupt: unpack's cleanup waits
+    for the layer it reads, and a silent registry would otherwise keep it waiting until the
+    read timeout. Safe from any thread, and when nothing runs.
+    """
+    with _ACTIVE_MU:
+        pullers = list(_ACTIVE)
+    for p in pullers:
+        p.interrupt()
 
 
 @dataclass
@@ -129,6 +144,12 @@ class Puller:
         self.client = client
         self.registry = registry
         self.progress = progress or Progress()
+        self._downloads: dict[str, BlobDownload] = {}
+
+    def interrupt(self) -> None:
+        """Stop this pull's downloads now (see :func:`interrupt_all`)."""
+        for dl in list(self._downloads.values()):
+            dl.interrupt()
 
     def pull(self, text: str, opts: PullOptions | None = None) -> PullResult:
         """Pull ``text`` (a reference). Raises the fetch errors of :mod:`.api`, NotFound for
@@ -215,6 +236,9 @@ class Puller:
         pool = ThreadPoolExecutor(max(1, opts.max_concurrent_downloads),
                                   thread_name_prefix="cargohold-pull")
         failed: BaseException | None = None
+        self._downloads = downloads
+        with _ACTIVE_MU:
+            _ACTIVE.add(self)
         try:
             for dl in downloads.values():
                 pool.submit(dl.run)
@@ -224,10 +248,13 @@ class Puller:
                 dl.wait()
         except BaseException as exc:
             failed = exc
-            cancel.set()
+            for dl in downloads.values():
+                dl.interrupt()  # a Ctrl-C must not wait for a silent registry's timeout
             raise
         finally:
             pool.shutdown(wait=True)
+            with _ACTIVE_MU:
+                _ACTIVE.discard(self)
             self.progress.done("total", "failed" if failed else "done")
             for dl in downloads.values():
                 if dl.status == "exists":

@@ -19,6 +19,7 @@ the last one lists every earlier answer. Requests to mirrors carry ``?ns=<regist
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,6 +54,21 @@ class BlobStream:
 
     def close(self) -> None:
         self.response.close()
+
+    def abort(self) -> None:
+        """Close from another thread: shut the socket down, so a read blocked on a silent
+        registry returns at once instead of at the read timeout.
+        """
+        import socket
+
+        raw = self.response.raw
+        conn = getattr(raw, "_connection", None) or getattr(raw, "connection", None)
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 class Remote:
