@@ -14,7 +14,13 @@ import subprocess
 
 import pytest
 
-from tests.fetch.registry import DockerRegistry, make_layout, need_registry, push_layout
+from tests.fetch.registry import (
+    DockerRegistry,
+    make_index_layout,
+    make_layout,
+    need_registry,
+    push_layout,
+)
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow]
 
@@ -29,7 +35,14 @@ def src(tmp_path_factory):
         b = make_layout(str(base / "b"), [{"etc/b": b"image b\n"}])
         push_layout(str(base / "a"), "1", f"{reg.host}/team/app:1")
         push_layout(str(base / "b"), "1", f"{reg.host}/team/other:1")
-        yield {"reg": reg, "a": a, "b": b}
+        host = "arm64" if os.uname().machine == "aarch64" else "amd64"
+        other = "amd64" if host == "arm64" else "arm64"
+        multi = make_index_layout(str(base / "m"), "3", [(host, [{"m": b"mine"}]),
+                                                         (other, [{"t": b"theirs"}])])
+        subprocess.run(["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false",
+                        f"oci:{base / 'm'}:3", f"docker://{reg.host}/team/multi:3"],
+                       check=True, capture_output=True, timeout=120)
+        yield {"reg": reg, "a": a, "b": b, "multi": multi}
     finally:
         reg.stop()
 
@@ -189,3 +202,19 @@ def test_colliding_paths_are_refused_or_prefixed(hold, src, dst, tmp_path):
         ctd.ctr("images", "pull", "--hosts-dir", hosts, "a.example/team/app:1")
         ls = ctd.ctr("images", "ls").stdout.decode()
         assert src["a"]["manifest"] in ls
+
+
+def test_bundle_all_platforms_fetches_the_missing_ones(hold, src, tmp_path):
+    import tarfile
+
+    ref = f"{src['reg'].host}/team/multi:3"
+    hold("images", "pull", ref)  # this host's platform only
+    out = str(tmp_path / "multi.tar.gz")
+    res = jhold(hold, "airgap", "bundle", "--all-platforms", out, ref)
+    assert res["pulled"] == [ref]  # present, but not every platform: fetched first
+    with tarfile.open(out) as t:
+        names = set(t.getnames())
+        index = json.load(t.extractfile("index.json"))
+    assert index["manifests"][0]["digest"] == src["multi"]["index"]
+    for m in src["multi"]["manifests"]:
+        assert f"blobs/sha256/{m[7:]}" in names
