@@ -38,6 +38,12 @@ sweep_batch = 500
 # Ingests opened without a lease expire after this long.
 ingest_expiry = "24h"
 
+[registry]
+# Directory of per-host hosts.toml files, in containerd's layout (<host>/hosts.toml and
+# _default/hosts.toml): mirrors, TLS and headers for pull, push and 'hold hosts explain'
+# (--hosts-dir overrides it).
+config_path = "/etc/cargohold/certs.d"
+
 [snapshotters.overlayfs]
 # Extra mount options for every overlay mount (e.g. ["volatile"]).
 mount_options = []
@@ -91,6 +97,7 @@ def default_text() -> str:
 DEFAULTS: dict[str, Any] = {
     "namespace": "default", "snapshotter": "overlayfs", "read_only": False,
     "gc": {"sweep_batch": 500, "ingest_expiry": "24h"},
+    "registry": {"config_path": "/etc/cargohold/certs.d"},
     "snapshotters": {"overlayfs": {"mount_options": []}, "btrfs": {"root_path": ""},
                      "zfs": {"dataset": ""},
                      "devmapper": {"pool_name": "", "base_image_size": "10GB",

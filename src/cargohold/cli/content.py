@@ -1,4 +1,4 @@
-"""``hold content``: ls, get, ingest, active, rm, label (compatible with ``ctr content``)."""
+"""``hold content``: ls, get, ingest, active, rm, label, fetch (as ``ctr content``)."""
 
 from __future__ import annotations
 
@@ -153,3 +153,12 @@ def label(app: App, digest: str, labels: tuple[str, ...]) -> None:
                                      [f"labels.{k}" for k in lab])
     click.echo(labels_text(info.labels))
 
+
+def _fetch() -> None:
+    # ``fetch`` shares its options and code with ``hold images pull`` (cli/images_pull.py).
+    from cargohold.cli.images_pull import fetch_cmd
+
+    content.add_command(fetch_cmd, "fetch")
+
+
+_fetch()

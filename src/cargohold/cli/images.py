@@ -2,7 +2,7 @@
 
 Verbs and their modules: ls/check/tag/rm/label/inspect -> images_manage; import ->
 images_import; export -> images_export; mount/unmount/mounts -> images_mount; pack ->
-images_pack; pull/push -> images_pull (later).
+images_pack; pull/push -> images_pull.
 """
 
 from __future__ import annotations

@@ -79,11 +79,12 @@ def tag_cmd(app: App, force: bool, src: str, dsts: tuple[str, ...]) -> None:
 
 @click.command("rm")
 @click.option("--sync", is_flag=True, help="Run GC now and report the bytes freed.")
+@click.option("--force", is_flag=True, help="Remove pinned (seeded) images too.")
 @click.argument("names", nargs=-1, required=True)
 @click.pass_obj
-def rm_cmd(app: App, sync: bool, names: tuple[str, ...]) -> None:
+def rm_cmd(app: App, sync: bool, force: bool, names: tuple[str, ...]) -> None:
     """Remove image records; their blobs and snapshots go to GC (now with --sync)."""
-    res = _service(app).remove(list(names), sync=sync)
+    res = _service(app).remove(list(names), sync=sync, force=force)
     for n in res.removed:
         click.echo(n)
     if sync:

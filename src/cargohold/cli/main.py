@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "df": ("cargohold.cli.df", "df", ()),
     "plugins": ("cargohold.cli.plugins", "plugins", ()),
     "config": ("cargohold.cli.config", "config", ()),
+    "hosts": ("cargohold.cli.hosts", "hosts", ("host",)),
+    "airgap": ("cargohold.cli.airgap", "airgap", ()),
     "version": ("cargohold.cli.version", "version", ()),
 }
 ALIASES = {a: name for name, (_m, _a, al) in COMMANDS.items() for a in al}

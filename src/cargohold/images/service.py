@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from cargohold.client import Client
 
 ATTESTATION_REF = "vnd.docker.reference.digest"
+#: containerd CRI's pin: kubelet image GC keeps such images, and so does 'hold images rm'
+PINNED_LABEL = "io.cri-containerd.pinned"
 
 
 @dataclass(frozen=True)
@@ -238,14 +240,24 @@ class ImageService:
                                                              dict(img.labels))))
         return out
 
-    def remove(self, names: Sequence[str], *, sync: bool = False) -> RemoveResult:
+    def remove(self, names: Sequence[str], *, sync: bool = False,
+               force: bool = False) -> RemoveResult:
         """Delete the records of ``names`` (all or none: NotFound names the first missing one).
 
-        What they kept alive becomes garbage; ``sync`` runs GC now and returns its result.
+        A pinned image (label ``io.cri-containerd.pinned=pinned``, as seeding sets it) is
+        refused with FailedPrecondition unless ``force``. What they kept alive becomes
+        garbage; ``sync`` runs GC now and returns its result.
         """
         with self.client.db.update() as tx:
             for n in names:
-                records.get(tx, self.ns, n)
+                img = records.get(tx, self.ns, n)
+                if img.labels.get(PINNED_LABEL) == "pinned" and not force:
+                    from cargohold.errors import FailedPrecondition
+
+                    raise FailedPrecondition(
+                        f"image {n}: pinned (seeded for offline use)",
+                        hint="remove it anyway with 'hold images rm --force', or unpin it "
+                             f"with 'hold images label {n} {PINNED_LABEL}='")
             for n in dict.fromkeys(names):
                 records.delete(tx, self.ns, n)
         res = RemoveResult(list(dict.fromkeys(names)))

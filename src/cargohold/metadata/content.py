@@ -258,6 +258,15 @@ class NamespacedStore:
 
         return hook
 
+    def ingest_reader(self, ref: str) -> ReaderAt:
+        """The bytes of this namespace's ingest ``ref`` so far (see the backend's
+        ``ingest_reader``); NotFound when there is no such ingest.
+        """
+        with self.db.view() as tx:
+            if not tx.exists(ingest_path(self.ns, ref, "ref")):
+                raise NotFound(f"ingest {ref}: not found")
+        return self.backend.ingest_reader(self._bref(ref))  # type: ignore[attr-defined]
+
     # --- ingest manager ------------------------------------------------------------------
     def _ingest_refs(self, tx: Tx) -> list[str]:
         return list(tx.children(ns_bucket(self.ns, "content", "ingests")))

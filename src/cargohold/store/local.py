@@ -105,8 +105,9 @@ class BlobReader(io.FileIO):
 class LocalStore:
     """A :class:`~cargohold.store.api.Store` on a local directory (see the module docstring).
 
-    Extras over the protocol: :meth:`blob_path`, :meth:`ingest_refs` (for GC), ``locks`` (the
-    per-digest cross-process locks) and ``delete(digest, check=...)``.
+    Extras over the protocol: :meth:`blob_path`, :meth:`ingest_refs` (for GC),
+    :meth:`ingest_reader` (an ingest read while it is written), ``locks`` (the per-digest
+    cross-process locks) and ``delete(digest, check=...)``.
     """
 
     def __init__(self, root: str) -> None:
@@ -364,6 +365,22 @@ class LocalStore:
         if st is None or st.ref != ref:
             raise NotFound(f"ingest {ref}: not found")
         return st
+
+    def ingest_reader(self, ref: str) -> BlobReader:
+        """The bytes ingest ``ref`` holds so far, opened for reading; NotFound when absent.
+
+        The reader follows the file: bytes written later become readable through it, and
+        after a commit the same descriptor reads the committed blob (the file is renamed, not
+        copied). Its ``size`` is the size at opening. What is read before the commit is
+        unverified: the caller checks the commit's outcome before trusting it.
+        """
+        path = self._ingest_dir(ref)
+        if read_text(os.path.join(path, "ref")) != ref:
+            raise NotFound(f"ingest {ref}: not found")
+        try:
+            return BlobReader(os.path.join(path, "data"))
+        except FileNotFoundError as exc:
+            raise NotFound(f"ingest {ref}: not found") from exc
 
     def _status_at(self, path: str) -> Status | None:
         ref = read_text(os.path.join(path, "ref"))
