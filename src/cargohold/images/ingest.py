@@ -4,8 +4,10 @@
 under ``blobs/<alg>/<hex>`` are written with that digest as ``expected``: a blob the namespace
 already has costs no bytes, and one whose content hashes otherwise is recorded in ``bad``
 (its ingest aborted) so that the importer can name the image and platform it belongs to.
-Other files (docker layers and configs) are hashed on the way in. ``oci-layout``,
-``index.json``, ``manifest.json`` and ``repositories`` are kept in memory (20 MiB at most);
+Other files (docker layers and configs) are hashed on the way in; progress names them by
+member until their digest is known, then by digest (``blob <12 hex>``, as layout blobs).
+``oci-layout``, ``index.json``, ``manifest.json`` and ``repositories`` are kept in memory
+(20 MiB at most);
 docker's v1 ``<id>/json`` and ``<id>/VERSION`` are skipped; symlinks and hardlinks (docker's
 layer dedup) are remembered and resolved by :meth:`ArchiveIngest.resolve`.
 
@@ -148,7 +150,7 @@ class ArchiveIngest:
     def _ingest(self, m: Member, expected: str) -> None:
         ref, resumable = self.ref_for(m, expected)
         key = expected or m.name
-        short = f"blob {expected.split(':', 1)[1][:12]}" if expected else m.name[-40:]
+        short = _blob_label(expected) if expected else _member_label(m.name)
         self.progress.start(key, short, m.size)
         try:
             w = open_writer(self.store, ref, m.size, expected, self.progress)
@@ -177,7 +179,8 @@ class ArchiveIngest:
                     # The ingest record has its own expiry: GC removes it and its data then.
                     exc.add_note(f"ingest {ref} was left behind: {abort_exc}")
             raise
-        self.progress.done(key, "exists" if any(existed) else "done")
+        # Now that its digest is known, a member is named by it, as a blob of a layout is.
+        self.progress.done(key, "exists" if any(existed) else "done", _blob_label(digest))
         self.blobs[m.name] = Blob(digest, m.size)
         if not any(existed):
             self.count += 1
@@ -200,6 +203,22 @@ class ArchiveIngest:
                 return name
             name = self.links[name]
         return name
+
+
+def _blob_label(digest: str) -> str:
+    """``blob <12 hex>``: how progress names a blob whose digest is known."""
+    return f"blob {digest.split(':', 1)[-1][:12]}"
+
+
+_HEX64 = re.compile(r"(sha256:)?([0-9a-f]{12})[0-9a-f]{52}")
+
+
+def _member_label(name: str) -> str:
+    """How progress names a member until its digest is known (docker layers and configs are
+    hashed on the way in): ``member 25c993c526f1/layer.tar``, every 64-hex run cut to 12.
+    """
+    short = _HEX64.sub(lambda mo: mo.group(2), name)
+    return f"member {short if len(short) <= 33 else short[:32] + '…'}"
 
 
 def _resolve_dots(path: str) -> str:
