@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,38 @@ def validate_labels(labels: dict[str, str]) -> dict[str, str]:
                 f"label {k!r}: key and value longer than {MAX_LABEL_BYTES} bytes"
             )
     return labels
+
+
+def apply_field_paths(current: dict[str, str], given: dict[str, str], fieldpaths: Sequence[str],
+                      *, subject: str, default: Sequence[str] = ("labels",),
+                      other: Sequence[str] = ()) -> tuple[dict[str, str], set[str]]:
+    """The labels after an update in containerd's field-path language, and the other fields
+    the paths name.
+
+    ``labels`` replaces every label by ``given``'s; ``labels.<k>`` sets ``k`` to ``given[k]``
+    or, when that is empty or absent, deletes it; no paths at all means ``default``. A path in
+    ``other`` (an image's ``target``, say) is returned for the caller to apply; any other path
+    raises InvalidArgument naming ``subject``. The result has no empty values and is validated.
+    """
+    labels = dict(current)
+    named: set[str] = set()
+    for fp in fieldpaths or default:
+        if fp == "labels":
+            labels = dict(given)
+        elif fp.startswith("labels.") and len(fp) > 7:
+            k = fp[7:]
+            if given.get(k):
+                labels[k] = given[k]
+            else:
+                labels.pop(k, None)
+        elif fp in other:
+            named.add(fp)
+        else:
+            can = ", ".join([*other, "labels", "labels.<key>"])
+            raise InvalidArgument(f"{subject}: cannot update field {fp!r}",
+                                  hint=f"only {can} can change")
+    labels = {k: v for k, v in labels.items() if v}
+    return validate_labels(labels), named
 
 
 def parse_labels(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:

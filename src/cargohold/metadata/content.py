@@ -25,7 +25,7 @@ from cargohold.metadata import namespaces
 from cargohold.metadata.db import DB, Tx
 from cargohold.metadata.schema import QUARANTINE, bucket, key, ns_bucket, ns_path
 from cargohold.store.api import CommitHook, Info, ReaderAt, Status, Store, Writer
-from cargohold.types import Digest, now_ns, validate_labels
+from cargohold.types import Digest, apply_field_paths, now_ns, validate_labels
 
 DEFAULT_INGEST_EXPIRY = 24 * 3600 * 10**9
 
@@ -153,22 +153,8 @@ class NamespacedStore:
             cur = read_info(tx, self.ns, info.digest)
             if cur is None:
                 raise NotFound(f"content digest {info.digest}: not found")
-            labels = dict(cur.labels)
-            if not fieldpaths:
-                fieldpaths = ("labels",)
-            for fp in fieldpaths:
-                if fp == "labels":
-                    labels = dict(info.labels)
-                elif fp.startswith("labels."):
-                    k = fp[7:]
-                    if info.labels.get(k):
-                        labels[k] = info.labels[k]
-                    else:
-                        labels.pop(k, None)
-                else:
-                    raise InvalidArgument(f"content field {fp!r}: cannot be updated",
-                                          hint="only labels and labels.<key> can change")
-            validate_labels(labels)
+            labels, _ = apply_field_paths(cur.labels, info.labels, fieldpaths,
+                                          subject=f"content {info.digest}")
             tx.write_labels(blob_path(self.ns, info.digest), labels, replace=True)
             tx.put(blob_path(self.ns, info.digest, "updatedat"), now_ns())
             return read_info(tx, self.ns, info.digest)  # type: ignore[return-value]

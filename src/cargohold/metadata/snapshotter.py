@@ -52,16 +52,15 @@ from cargohold.errors import (
     AlreadyExists,
     CargoholdError,
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
 )
-from cargohold.filters import Clause, Filter, adaptor_for
+from cargohold.filters import adaptor_for
 from cargohold.metadata import leases, snapshots
 from cargohold.metadata.db import DB, Tx
 from cargohold.metadata.leases import Resource
 from cargohold.metadata.snapshots import SnapshotRecord
-from cargohold.snapshotters.api import Info, Kind, Usage
-from cargohold.types import LABEL_SNAPSHOT_REF, Mount, validate_labels
+from cargohold.snapshotters.api import Info, Kind, Usage, kind_filter
+from cargohold.types import LABEL_SNAPSHOT_REF, Mount, apply_field_paths, validate_labels
 
 INHERITED_PREFIX = "containerd.io/snapshot/"
 
@@ -269,11 +268,7 @@ class NamespacedSnapshotter:
         snapshot is missing are skipped (``hold fsck`` reports them).
         """
         self._check_open()
-        flt = Filter(filters)
-        # containerd prints kinds capitalised but users type them in lower case: accept both.
-        flt.alternatives = [
-            [Clause(c.path, c.op, c.value.lower()) if c.path == ("kind",) else c for c in alt]
-            for alt in flt.alternatives]
+        flt = kind_filter(filters)
         with self.db.view() as tx:
             recs = [self._get(tx, k) for k in snapshots.keys(tx, self.ns, self.name)]
         for rec in recs:
@@ -293,20 +288,11 @@ class NamespacedSnapshotter:
         raises InvalidArgument; a missing key NotFound. Returns the new Info.
         """
         self._check_open()
-        for fp in fieldpaths:
-            if fp != "labels" and not fp.startswith("labels."):
-                raise InvalidArgument(f"snapshot {info.name}: cannot update field {fp!r}",
-                                      hint="only labels and labels.<key> can change")
+        apply_field_paths({}, info.labels, fieldpaths, subject=f"snapshot {info.name}")
         with self.db.update() as tx:
             rec = self._get(tx, info.name)
-            labels = dict(rec.labels)
-            for fp in fieldpaths or ("labels",):
-                if fp == "labels":
-                    labels = dict(info.labels)
-                else:
-                    k = fp[len("labels."):]
-                    labels[k] = info.labels.get(k, "")
-            labels = {k: v for k, v in validate_labels(labels).items() if v}
+            labels, _ = apply_field_paths(rec.labels, info.labels, fieldpaths,
+                                          subject=f"snapshot {info.name}")
             rec = snapshots.set_labels(tx, self.ns, self.name, info.name, labels, replace=True)
         binfo = self._call({rec.name: rec.key}, self.backend.stat, rec.name)
         return self._info(rec, binfo.kind)

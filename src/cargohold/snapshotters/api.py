@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from cargohold.filters import Clause, Filter
 from cargohold.types import Mount
 
 
@@ -86,3 +87,15 @@ class Snapshotter(Protocol):
     def walk(self, fn: Callable[[Info], None], filters: Sequence[str] = ()) -> None: ...
     def close(self) -> None: ...
     def cleanup(self) -> None: ...
+
+
+def kind_filter(filters: Sequence[str]) -> Filter:
+    """``filters`` for a snapshot walk, with the values of ``kind`` clauses lower-cased:
+    containerd prints kinds capitalised (``Committed``) but users type them in lower case, so
+    both match the lower-case kind a walk compares with.
+    """
+    flt = Filter(filters)
+    flt.alternatives = [
+        [Clause(c.path, c.op, c.value.lower()) if c.path == ("kind",) else c for c in alt]
+        for alt in flt.alternatives]
+    return flt

@@ -51,7 +51,7 @@ from cargohold.store.ingest import (
     read_text,
     remove_ingest_dir,
 )
-from cargohold.types import Digest, now_ns, validate_labels
+from cargohold.types import Digest, apply_field_paths, now_ns
 
 ALGORITHMS = {"sha256": 64, "sha512": 128}
 _HEX = re.compile(r"[a-f0-9]+")  # fullmatch: "$" would accept a trailing "\n"
@@ -164,25 +164,13 @@ class LocalStore:
         """
         digest = Digest(info.digest)
         new = dict(info.labels or {})
-        validate_labels(new)
-        for fp in fieldpaths:
-            if fp != "labels" and not fp.startswith("labels."):
-                raise InvalidArgument(f"field path {fp!r}: cannot update",
-                                      hint="only labels and labels.<key> can be updated")
+        apply_field_paths({}, new, fieldpaths, subject=f"content {digest}")  # refuse early
         check_writable(self.root)
         with self.locks.hold(digest):
             if not os.path.exists(self.blob_path(digest)):
                 raise _not_found(digest)
-            if not fieldpaths or "labels" in fieldpaths:
-                labels = new
-            else:
-                labels, _ = self._read_labels(digest)
-                for fp in fieldpaths:
-                    key = fp[len("labels."):]
-                    if new.get(key):
-                        labels[key] = new[key]
-                    else:
-                        labels.pop(key, None)
+            labels, _ = apply_field_paths(self._read_labels(digest)[0], new, fieldpaths,
+                                          subject=f"content {digest}")
             self._write_labels(digest, labels)
         return self.info(digest)
 
