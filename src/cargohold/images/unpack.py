@@ -105,8 +105,8 @@ class Unpacker:
         self.prefetch = prefetch
         self.sn = NamespacedSnapshotter(client.db, client.backend_snapshotter(self.name),
                                         client.namespace, self.name, lease=lease)
-        self.locks = _fsutil.KeyedLocks(os.path.join(
-            _fsutil.makedirs(os.path.join(client.root, "locks")), "unpack.lock"))
+        self.locks = _fsutil.RangeLocks(os.path.join(
+            _fsutil.makedirs(os.path.join(client.root, "locks")), "unpack.lock"), "layer")
         self.applied = 0  # layers applied by this unpacker (the rest were found)
         self.early = 0  # of those, layers whose stream started while the one before applied
 
@@ -245,9 +245,8 @@ class Unpacker:
                                      f"{compression.value})")
 
     def close(self) -> None:
-        """Release the snapshotter view and the lock file; closing twice is fine."""
+        """Release the snapshotter view; closing twice is fine (locks are per hold)."""
         self.sn.close()
-        self.locks.close()
 
 
 class _CountedStream(PlainStream):

@@ -46,7 +46,6 @@ from cargohold.store.api import Info, Status
 from cargohold.store.ingest import (
     IngestWriter,
     ingest_key,
-    lock_holder,
     read_int,
     read_text,
     remove_ingest_dir,
@@ -114,7 +113,7 @@ class LocalStore:
         self.root = os.path.abspath(root)
         if read_only_root(self.root) is None:
             _fsutil.makedirs(self.root)
-        self.locks = _fsutil.KeyedLocks(os.path.join(self.root, "locks"))
+        self.locks = _fsutil.RangeLocks(os.path.join(self.root, "locks"), "blob")
         self._ingest_root = os.path.join(self.root, "ingest")
 
     # --- paths ---------------------------------------------------------------------------
@@ -384,7 +383,7 @@ class LocalStore:
                       expected=expected,
                       started_at=read_int(os.path.join(path, "startedat")),
                       updated_at=max(read_int(os.path.join(path, "updatedat")), mtime),
-                      holder=lock_holder(os.path.join(path, "lock")))
+                      holder=_fsutil.lock_holder(os.path.join(path, "lock")))
 
     def list_statuses(self, filters: Sequence[str] = ()) -> list[Status]:
         """Every readable ingest matching ``filters`` (field ``ref``), sorted by ref.
