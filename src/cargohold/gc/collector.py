@@ -48,6 +48,7 @@ from cargohold.metadata.content import blob_path, ingest_path, recorded_anywhere
 from cargohold.metadata.db import DB, Tx, epoch
 from cargohold.metadata.schema import ns_bucket, ns_path
 from cargohold.metadata.snapshotter import Pin, backend_lock
+from cargohold.snapshotters.api import children_first
 from cargohold.types import now_ns
 
 SnapshotterLookup = Callable[[str], Any]
@@ -403,14 +404,7 @@ def _backend_doomed(backend: Any, keep: set[str], mounted: set[str]) -> list[str
             spared.add(name)
             name = parent.get(name, "")
 
-    def depth(name: str) -> int:
-        d = 0
-        while parent.get(name):
-            name = parent[name]
-            d += 1
-        return d
-
-    return sorted((n for n in parent if n not in spared), key=lambda n: (-depth(n), n))
+    return children_first(sorted(n for n in parent if n not in spared), parent)
 
 
 def _parse_object(obj: str) -> tuple[int, str]:

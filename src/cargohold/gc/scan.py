@@ -38,6 +38,7 @@ from cargohold.leases import owner as owners
 from cargohold.metadata import namespaces
 from cargohold.metadata.db import Tx
 from cargohold.metadata.schema import SEP, ns_bucket
+from cargohold.snapshotters.api import children_first
 from cargohold.types import LABEL_GC_EXPIRE, LABEL_GC_FLAT, LABEL_GC_ROOT, parse_time
 
 _P = "containerd.io/gc."
@@ -308,17 +309,7 @@ def unreferenced_reason(g: Graph, n: T) -> str:
 
 def order_for_removal(g: Graph, doomed: set[T]) -> list[Node]:
     """Doomed nodes in a safe removal order: snapshots children first, the rest after."""
-
-    def depth(n: T) -> int:
-        d = 0
-        seen = set()
-        while n in g.snapshot_parent and n not in seen:
-            seen.add(n)
-            n = g.snapshot_parent[n]
-            d += 1
-        return d
-
-    snaps = sorted((n for n in doomed if n[0] & TYPE_MASK == SNAPSHOT), key=depth,
-                   reverse=True)
+    snaps = children_first((n for n in doomed if n[0] & TYPE_MASK == SNAPSHOT),
+                           g.snapshot_parent)
     rest = sorted(n for n in doomed if n[0] & TYPE_MASK != SNAPSHOT)
     return [Node(*n) for n in snaps + rest]
