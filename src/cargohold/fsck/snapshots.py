@@ -30,7 +30,6 @@ from cargohold.fsck.check import Problem
 from cargohold.metadata import namespaces
 from cargohold.metadata import snapshots as snaprec
 from cargohold.metadata.db import DB
-from cargohold.metadata.schema import ns_bucket
 from cargohold.metadata.snapshots import SnapshotRecord
 from cargohold.metadata.snapshotter import backend_lock
 from cargohold.snapshotters.api import children_first
@@ -43,7 +42,7 @@ def _records(db: DB) -> dict[str, list[tuple[str, SnapshotRecord]]]:
     out: dict[str, list[tuple[str, SnapshotRecord]]] = {}
     with db.view() as tx:
         for ns in namespaces.list_all(tx):
-            for sn in tx.children(ns_bucket(ns, "snapshots")):
+            for sn in snaprec.snapshotters(tx, ns):
                 recs = out.setdefault(sn, [])
                 for key in snaprec.keys(tx, ns, sn):
                     recs.append((ns, snaprec.get(tx, ns, sn, key)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from cargohold.errors import AlreadyExists, CargoholdError, InvalidArgument, NotFound
 from cargohold.filters import Filter, adaptor_for
@@ -45,6 +46,55 @@ def read_info(tx: Tx, ns: str, digest: str) -> Info | None:
     return Info(digest, int(size), tx.get_int(blob_path(ns, digest, "createdat")),
                 tx.get_int(blob_path(ns, digest, "updatedat")),
                 tx.read_labels(blob_path(ns, digest)))
+
+
+@dataclass(frozen=True)
+class IngestRecord:
+    """A namespace's record of an ingest: its ``ref``, the backend's ref, what it expects
+    and when it expires (ns since the epoch; 0: never).
+    """
+
+    ns: str
+    ref: str
+    bref: str
+    expected: str
+    expire_at: int
+
+
+def digests(tx: Tx, ns: str) -> list[str]:
+    """Every digest namespace ``ns`` records, in key order."""
+    return list(tx.children(ns_bucket(ns, "content", "blob")))
+
+
+def has_record(tx: Tx, ns: str, digest: str) -> bool:
+    return tx.exists(blob_path(ns, digest, "size"))
+
+
+def record_labels(tx: Tx, ns: str, digest: str) -> dict[str, str]:
+    """The labels of ``ns``'s record of ``digest`` ({} when there is none)."""
+    return tx.read_labels(blob_path(ns, digest))
+
+
+def set_size(tx: Tx, ns: str, digest: str, size: int) -> None:
+    """Correct a record's size (fsck, to what the verified blob has)."""
+    tx.put(blob_path(ns, digest, "size"), size)
+
+
+def delete_record(tx: Tx, ns: str, digest: str) -> None:
+    """Drop ``ns``'s record of ``digest`` (the file stays until no namespace records it)."""
+    tx.delete_tree(blob_path(ns, digest))
+
+
+def ingest_records(tx: Tx, ns: str) -> list[IngestRecord]:
+    """Every ingest namespace ``ns`` records."""
+    return [IngestRecord(ns, ref, tx.get_str(ingest_path(ns, ref, "ref")),
+                         tx.get_str(ingest_path(ns, ref, "expected")),
+                         tx.get_int(ingest_path(ns, ref, "expireat")))
+            for ref in tx.children(ns_bucket(ns, "content", "ingests"))]
+
+
+def delete_ingest_record(tx: Tx, ns: str, ref: str) -> None:
+    tx.delete_tree(ingest_path(ns, ref))
 
 
 def write_record(tx: Tx, ns: str, digest: str, size: int, labels: dict[str, str]) -> None:
