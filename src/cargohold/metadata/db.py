@@ -1,7 +1,9 @@
 """The metadata database: the schema of :mod:`cargohold.metadata.schema` on LMDB.
 
 Every write transaction that changes anything bumps ``epoch``; the garbage collector marks in a
-read transaction and sweeps only while the epoch it marked at still holds.
+read transaction and sweeps only while the epoch it marked at still holds. One that removes
+records (images, blobs, snapshots, leases) adds how many to ``removals``, so ``hold serve``'s
+GC scheduler counts deletions made by any process.
 """
 
 from __future__ import annotations
@@ -12,12 +14,36 @@ from cargohold._lmdb import Env, Tx
 from cargohold._oserror import read_only_error
 from cargohold.metadata import schema
 
-__all__ = ["DB", "Tx", "open_db", "epoch"]
+__all__ = ["DB", "Tx", "open_db", "epoch", "removals"]
+
+# The key that makes a bucket a record, by kind: (number of segments, last segment).
+_RECORD_KEYS = {b"images": (5, b"target"), b"leases": (5, b"createdat"),
+                b"snapshots": (6, b"name"), b"content": (6, b"size")}
+_V1 = schema.ROOT.encode() + schema.SEP
 
 
 def epoch(tx: Tx) -> int:
     """The mutation counter as this transaction sees it."""
     return tx.get_int(schema.EPOCH_KEY)
+
+
+def removals(tx: Tx) -> int:
+    """How many records have been removed, ever, as this transaction sees it."""
+    return tx.get_int(schema.REMOVALS_KEY)
+
+
+def removed_records(log: list[tuple[bytes, bytes | None]]) -> int:
+    """How many image, blob, snapshot and lease records a write log removes."""
+    n = 0
+    for k, v in log:
+        if v is not None or not k.startswith(_V1):
+            continue
+        parts = k.split(schema.SEP)
+        want = _RECORD_KEYS.get(parts[2]) if len(parts) > 2 else None
+        if want and len(parts) == want[0] and parts[-1] == want[1] and (
+                parts[2] != b"content" or parts[3] == b"blob"):
+            n += 1
+    return n
 
 
 class DB(Env):
@@ -26,6 +52,9 @@ class DB(Env):
     def _before_commit(self, tx: Tx) -> None:
         if tx.dirty:  # the GC's sweep checks this counter (see the module docstring)
             tx.put(schema.EPOCH_KEY, epoch(tx) + 1)
+            n = removed_records(tx.log)
+            if n:
+                tx.put(schema.REMOVALS_KEY, removals(tx) + n)
 
 
 def open_db(root: str) -> DB:
