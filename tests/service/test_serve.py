@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import os
 import signal
 import threading
@@ -155,3 +156,22 @@ def test_airgap_seed_push_with_credentials_and_refused_without(root, tmp_path):
         assert out.returncode == 0, out.stderr.decode()
         assert info["manifest"] in out.stdout.decode()
     assert hold(serve_root, "fsck", check=False).returncode == 0
+
+
+def test_stale_mount_records_are_swept(root, tmp_path):
+    from tests.peers import need_root
+
+    need_root()
+    import_image(root, str(tmp_path), "example.com/m/app:1", [{"etc/m": b"m\n"}], unpack=True)
+    target = str(tmp_path / "target")
+    records = os.path.join(root, "_state", "mounts")
+    with Serve(root, FAST_GC + '[serve]\nmount_sweep_interval = "200ms"\n') as s:
+        hold(root, "images", "mount", "example.com/m/app:1", target)
+        assert os.listdir(records)
+        st = s.status()
+        assert st["mounts"]["swept_total"] == 0, "a mounted target is left alone"
+        subprocess.run(["umount", target], check=True)  # not through hold: the record stays
+        s.wait_for(lambda st: st["mounts"]["swept_total"] >= 1, "the sweep")
+        assert os.listdir(records) == []
+        leases = hold(root, "leases", "ls", "-q").stdout.decode()
+        assert "mount-" not in leases
