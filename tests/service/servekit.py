@@ -46,7 +46,7 @@ class Serve:
 
     def write_config(self, text: str) -> None:
         if "registry_address" not in text:
-            text = f'[serve]\nregistry_address = "127.0.0.1:{{port}}"\n' + text \
+            text = '[serve]\nregistry_address = "127.0.0.1:{port}"\n' + text \
                 if "[serve]" not in text else text.replace(
                     "[serve]\n", '[serve]\nregistry_address = "127.0.0.1:{port}"\n', 1)
         with open(self.config_path, "w") as f:
@@ -132,8 +132,9 @@ class Serve:
 def hold(root: str, *args: str, check: bool = True, input: bytes | None = None,
          timeout: float = 120, env: dict[str, str] | None = None
          ) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "cargohold", *args], env=hold_env(root, **(env or {})),
-                       capture_output=True, input=input, timeout=timeout)
+    p = subprocess.run([sys.executable, "-m", "cargohold", *args],
+                       env=hold_env(root, **(env or {})), capture_output=True, input=input,
+                       timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"hold {' '.join(args)} failed ({p.returncode}):\n"
                              f"{p.stderr.decode()}\n{p.stdout.decode()}")

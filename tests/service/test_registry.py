@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.fetch.registry import htpasswd
-from tests.service.servekit import Serve, hold, import_image
+from tests.service.servekit import Serve, import_image
 
 ACCEPT = ("application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json,"
           " application/vnd.docker.distribution.manifest.v2+json")

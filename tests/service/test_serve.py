@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import os
 import signal
+import subprocess
 import threading
 
 import pytest

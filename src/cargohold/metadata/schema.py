@@ -11,6 +11,9 @@ Segments may hold any text but NUL; LMDB caps a whole key at 511 bytes.
     removals                                  records removed (images, blobs, snapshots,
                                               leases), bumped by the txn that removes them;
                                               read by hold serve's GC scheduler
+    gcactive                                  set while a collection runs (a deadline, ns)
+    gclog/<epoch>                             JSON [key, value] of the v1 puts of that txn,
+                                              written only while gcactive (the GC's barrier)
     v1/<ns>                                   namespace marker (empty value)
     v1/<ns>/labels/<k>                        namespace labels
     v1/<ns>/images/<name>/target              descriptor JSON {mediaType,digest,size,annotations}

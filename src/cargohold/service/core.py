@@ -184,25 +184,27 @@ class Service:
     def _gc_done(self, res: Any, error: str, seconds: float) -> None:
         c = self.counters
         if res is None:
-            c.add("gc_failures_total")
             self.gc_last = RunRecord(time.time(), seconds, {}, error)
+            c.add("gc_failures_total")
             log.warning("gc failed: %s", error)
             return
         pause = res.mark_seconds + res.sweep_seconds
-        c.add("gc_runs_total")
-        c.add("gc_bytes_freed_total", res.bytes_freed)
-        c.add("gc_objects_removed_total", len(res.removed))
-        c.add("gc_pause_seconds_total", pause)
-        c.set("gc_last_pause_seconds", pause)
         kinds: dict[str, int] = {}
         for r in res.removed:
             kinds[r.kind] = kinds.get(r.kind, 0) + 1
+        # The record first: a status read between the two never sees a run without it.
         self.gc_last = RunRecord(time.time(), seconds, {
             "bytes_freed": res.bytes_freed, "removed": kinds,
             "mark_seconds": round(res.mark_seconds, 4),
             "sweep_seconds": round(res.sweep_seconds, 4),
             "pause_seconds": round(pause, 4), "retries": res.retries,
+            "longest_batch_seconds": round(res.longest_batch_seconds, 4),
             "problems": res.errors}, "; ".join(res.errors))
+        c.add("gc_runs_total")
+        c.add("gc_bytes_freed_total", res.bytes_freed)
+        c.add("gc_objects_removed_total", len(res.removed))
+        c.add("gc_pause_seconds_total", pause)
+        c.set("gc_last_pause_seconds", pause)
         if res.removed:
             log.info("gc: removed %d object(s), freed %d bytes in %.3fs", len(res.removed),
                      res.bytes_freed, seconds)
