@@ -26,7 +26,7 @@ def _reload(app: App) -> None:
             with open(state_paths(state)["pid"]) as f:
                 pid = int(f.read().strip())
         except (OSError, ValueError):
-            raise NotFound(f"hold serve: not running (no socket or pid file in {state})",
+            raise NotFound(f"service state {state}: no hold serve runs there (no socket, no pid file)",
                            hint="start it with 'hold serve' (or check --state)") from None
         os.kill(pid, signal.SIGHUP)
         click.echo(f"sent SIGHUP to hold serve (pid {pid}); 'hold status' shows the outcome")

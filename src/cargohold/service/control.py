@@ -149,10 +149,10 @@ def call(state: str, method: str, path: str, *, timeout: float = TIMEOUT
         r = conn.getresponse()
         body = r.read()
     except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise NotFound(f"hold serve: not running (no service at {sock})",
+        raise NotFound(f"service socket {sock}: no hold serve answers there",
                        hint="start it with 'hold serve' (or check --state)") from exc
     except (TimeoutError, OSError, http.client.HTTPException) as exc:
-        raise Unavailable(f"hold serve at {sock}: no answer ({exc})",
+        raise Unavailable(f"service socket {sock}: no answer ({exc})",
                           hint="check that it runs: see its log") from exc
     finally:
         conn.close()
