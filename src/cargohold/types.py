@@ -269,3 +269,21 @@ def parse_duration(text: str) -> int:
         raise InvalidArgument(f"duration {text!r}: not understood",
                               hint="write it like 30s, 10m, 1h30m or 2d")
     return int(sum(float(n) * units[u] for n, u in parts))
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6,
+               "mib": 1 << 20, "g": 10**9, "gb": 10**9, "gib": 1 << 30, "t": 10**12,
+               "tb": 10**12, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Parse ``32MiB``, ``16M``, ``4GB``, ``1048576``, ``0`` into bytes."""
+    t = text.strip().lower().replace(" ", "")
+    num = t.rstrip("kmgtib")
+    try:
+        n = float(num)
+        unit = _SIZE_UNITS[t[len(num):]]
+    except (ValueError, KeyError) as exc:
+        raise InvalidArgument(f"size {text!r}: not understood",
+                              hint="write it like 32MiB, 16MB or 0") from exc
+    return int(n * unit)

@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from cargohold.metadata.db import Tx
-from cargohold.metadata.schema import SEP, ns_bucket
+from cargohold.metadata.schema import SEP, ns_bucket, ns_path
 
 GC_PREFIX = b"containerd.io/gc."
 _LBL_GC = b"labels" + SEP + GC_PREFIX
@@ -143,3 +143,57 @@ def _read_blobs(cur, ns: str, r: NamespaceRecords) -> None:  # noqa: ANN001 - lm
                 refs((k[plen:j].decode(), lk, cur.value().decode()))
             else:
                 labels[k[plen:j].decode()][lk.decode()] = cur.value().decode()
+
+
+def written_records(tx: Tx, writes: list[tuple[str, str]]
+                    ) -> tuple[set[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """What logged writes (``(key, value)`` pairs, see :func:`~cargohold.metadata.db.
+    writes_since`) touched, in GC's terms: ``(kind, namespace, key)`` for each record written
+    or named by a written value (an image target, an ingest's expected digest, a snapshot's
+    parent, a lease resource, a container's snapshot), with kinds ``content``, ``image``,
+    ``ingest``, ``snapshot`` (key ``<snapshotter>/<key>``), ``lease`` and ``container``; and
+    ``(namespace, label, value)`` for every label written, for GC to read as a reference.
+    """
+    touched: set[tuple[str, str, str]] = set()
+    labels: list[tuple[str, str, str]] = []
+    for k, v in writes:
+        p = k.split("\x00")
+        if len(p) < 4 or p[0] != "v1":
+            continue
+        ns, kind = p[1], p[2]
+        if kind == "images":
+            touched.add(("image", ns, p[3]))
+            if len(p) == 5 and p[4] == "target":
+                try:
+                    touched.add(("content", ns, str(json.loads(v)["digest"])))
+                except (ValueError, KeyError, TypeError):
+                    pass  # not a descriptor: nothing it names
+        elif kind == "content" and len(p) >= 5:
+            if p[3] == "blob":
+                touched.add(("content", ns, p[4]))
+            elif p[3] == "ingests":
+                touched.add(("ingest", ns, p[4]))
+                if p[-1] == "expected" and v:
+                    touched.add(("content", ns, v))
+        elif kind == "snapshots" and len(p) >= 5:
+            touched.add(("snapshot", ns, f"{p[3]}/{p[4]}"))
+            if len(p) == 6 and p[5] == "parent" and v:
+                touched.add(("snapshot", ns, f"{p[3]}/{v}"))
+        elif kind == "leases":
+            touched.add(("lease", ns, p[3]))
+            if len(p) == 6 and p[4] in ("content", "ingests", "images"):
+                touched.add(({"content": "content", "ingests": "ingest",
+                              "images": "image"}[p[4]], ns, p[5]))
+            elif len(p) == 7 and p[4] == "snapshots":
+                touched.add(("snapshot", ns, f"{p[5]}/{p[6]}"))
+        elif kind == "containers":
+            touched.add(("container", ns, p[3]))
+            sn = tx.get_str(ns_path(ns, "containers", p[3], "snapshotter"))
+            key = tx.get_str(ns_path(ns, "containers", p[3], "snapshotkey"))
+            if sn and key:
+                touched.add(("snapshot", ns, f"{sn}/{key}"))
+        if "labels" in p[3:] and v:
+            i = p.index("labels", 3) + 1
+            if i < len(p):
+                labels.append((ns, p[i], v))
+    return touched, labels
