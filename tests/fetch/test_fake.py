@@ -316,12 +316,8 @@ class _Recorder:
     def __init__(self):
         import threading
 
-        from cargohold.images.progress import Progress
-
         self.events = []
         self._mu = threading.Lock()
-        base = Progress()
-        self.stream = base.stream
 
     def start(self, key, label, total=0):
         with self._mu:
@@ -378,12 +374,12 @@ def test_progress_json_events(client, fake):
     import io
     import json
 
-    from cargohold.images.progress import Progress
+    from cargohold.cli.progress import open_progress
 
     fake_image(fake, "team/app", "1", [{"a": b"a" * 1000}])
     out = io.StringIO()
     with registry(fake) as reg:
-        Puller(client, reg, progress=Progress.open("json", out)).pull(REF)
+        Puller(client, reg, progress=open_progress("json", out)).pull(REF)
     events = [json.loads(line) for line in out.getvalue().splitlines()]
     keys = {(e["event"], e["key"]) for e in events if "key" in e}
     assert ("start", "total") in keys and ("done", "total") in keys

@@ -17,12 +17,12 @@ import threading
 import pytest
 from tests.conftest import run_hold
 
+from cargohold.cli.progress import open_progress
 from cargohold.errors import InvalidArgument
 from cargohold.images import refs
-from cargohold.images.progress import Progress
 
 
-def _drive(p: Progress) -> None:
+def _drive(p) -> None:  # noqa: ANN001 - a cli.progress display
     p.start("a", "layer a", 3000)
     threads = [threading.Thread(target=lambda: [p.advance("a", 10) for _ in range(100)])
                for _ in range(3)]
@@ -40,36 +40,36 @@ def _drive(p: Progress) -> None:
 
 def test_plain_json_none_and_bars():
     out = io.StringIO()
-    _drive(Progress.open("plain", out))
+    _drive(open_progress("plain", out))
     assert out.getvalue().splitlines()[0] == "a note"
     assert out.getvalue().splitlines()[1].startswith("layer a: done 3.0 kB in ")
     out = io.StringIO()
-    _drive(Progress.open("json", out))
+    _drive(open_progress("json", out))
     events = [json.loads(x) for x in out.getvalue().splitlines()]
     assert events[0]["event"] == "start" and events[0]["total"] == 3000
     assert events[-1] == {**events[-1], "event": "done", "current": 3000, "status": "done"}
     assert any(e["event"] == "note" and e["text"] == "a note" for e in events)
     out = io.StringIO()
-    _drive(Progress.open("none", out))
+    _drive(open_progress("none", out))
     assert out.getvalue() == ""
     out = io.StringIO()
-    _drive(Progress.open("bars", out))
+    _drive(open_progress("bars", out))
     assert "\x1b[2K" in out.getvalue() and "layer a: done" in out.getvalue()
     out = io.StringIO()
-    assert Progress.open("auto", out).mode == "none"  # not a terminal
+    assert open_progress("auto", out).mode == "none"  # not a terminal
     with pytest.raises(ValueError):
-        Progress.open("fancy")
+        open_progress("fancy")
 
 
 def test_done_may_rename_the_item():
     out = io.StringIO()
-    p = Progress.open("plain", out)
+    p = open_progress("plain", out)
     p.start("k", "member 1a2b/layer.tar", 10)
     p.advance("k", 10)
     p.done("k", "done", "blob 0123456789ab")
     assert out.getvalue().startswith("blob 0123456789ab: done 10 B")
     out = io.StringIO()
-    p = Progress.open("json", out)
+    p = open_progress("json", out)
     p.start("k", "member x", 0)
     p.done("k", label="blob y")
     start, done = (json.loads(x) for x in out.getvalue().splitlines())

@@ -39,12 +39,12 @@ def bundle_cmd(app: App, platform_: tuple[str, ...], all_platforms: bool, progre
     import' and 'ctr images import' read; .gz/.tgz/.zst compress it). Images the store lacks
     are pulled first.
     """
+    from cargohold.cli.progress import open_progress
     from cargohold.fetch.bundle import bundle
     from cargohold.images import platforms
-    from cargohold.images.progress import Progress
 
     with open_registry(app, hosts_dir, plain_http, user) as reg, \
-            Progress.open(progress_mode) as progress:
+            open_progress(progress_mode) as progress:
         res = bundle(app.client, reg, out, list(refs),
                      platforms=[platforms.parse(p) for p in platform_],
                      all_platforms=all_platforms, progress=progress)
@@ -82,11 +82,11 @@ def seed_cmd(app: App, push: str, prefix_host: bool, no_unpack: bool, jobs: int,
     directory: tarballs, and .txt files of references to pull). Archives seeded before and
     unchanged are skipped without being read. Seeded images are pinned.
     """
+    from cargohold.cli.progress import open_progress
     from cargohold.fetch.seed import Seeder, SeedOptions
-    from cargohold.images.progress import Progress
 
     with open_registry(app, hosts_dir, plain_http, user) as reg, \
-            Progress.open(progress_mode) as progress:
+            open_progress(progress_mode) as progress:
         res = Seeder(app.client, reg, progress=progress).seed(
             list(sources), SeedOptions(push=push, prefix_host=prefix_host,
                                        unpack=not no_unpack, jobs=jobs))

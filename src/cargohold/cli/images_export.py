@@ -32,15 +32,15 @@ def export_cmd(app: App, platform_: tuple[str, ...], all_platforms: bool,
     are not in the store are skipped; a missing blob of a platform asked for with --platform
     or --all-platforms is an error.
     """
+    from cargohold.cli.progress import open_progress
     from cargohold.images import exporter, platforms
-    from cargohold.images.progress import Progress
 
     if out == "-" and sys.stdout.isatty():
         raise click.UsageError("refusing to write an archive to a terminal; redirect it")
     opts = exporter.ExportOptions(
         platforms=[platforms.parse(p) for p in platform_] or None,
         all_platforms=all_platforms, skip_manifest_json=skip_manifest_json)
-    with Progress.open(progress_mode) as progress:
+    with open_progress(progress_mode) as progress:
         res = exporter.export(app.client, out, list(refs), opts,
                               stream=sys.stdout.buffer if out == "-" else None,
                               progress=progress)

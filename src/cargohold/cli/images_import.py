@@ -74,9 +74,9 @@ def import_cmd(app: App, base_name: str, index_name: str, name: str, digests: bo
     archives, each one's summary is printed as it finishes (--format json: one document at
     the end).
     """
+    from cargohold.cli.progress import open_progress
     from cargohold.images import platforms
     from cargohold.images.importer import Importer, ImportOptions
-    from cargohold.images.progress import Progress
     from cargohold.types import parse_labels
 
     opts = ImportOptions(base_name=base_name, index_name=index_name, name=name,
@@ -85,7 +85,7 @@ def import_cmd(app: App, base_name: str, index_name: str, name: str, digests: bo
                          snapshotter=snapshotter or app.config.snapshotter,
                          labels=parse_labels(labels))
     results = []
-    with Progress.open(progress_mode) as progress:
+    with open_progress(progress_mode) as progress:
         imp = Importer(app.client, progress=progress)
         for src in sources:
             res = imp.import_archive(src, opts)

@@ -119,9 +119,9 @@ def _pull(app: App, ref: str, *, unpack: bool, snapshotter: str, platform_: tupl
           all_platforms: bool, max_concurrent_downloads: int, chunk_size: str,
           labels: tuple[str, ...], progress_mode: str, fmt: str, hosts_dir: str | None,
           plain_http: bool, user: str) -> None:
+    from cargohold.cli.progress import open_progress
     from cargohold.fetch.pull import Puller, PullOptions
     from cargohold.images import platforms
-    from cargohold.images.progress import Progress
     from cargohold.types import parse_labels
 
     opts = PullOptions(platforms=[platforms.parse(p) for p in platform_],
@@ -131,7 +131,7 @@ def _pull(app: App, ref: str, *, unpack: bool, snapshotter: str, platform_: tupl
                        chunk_size=parse_size(chunk_size),
                        labels={k: v for k, v in parse_labels(labels).items() if v})
     with open_registry(app, hosts_dir, plain_http, user) as reg, \
-            Progress.open(progress_mode) as progress:
+            open_progress(progress_mode) as progress:
         res = Puller(app.client, reg, progress=progress).pull(ref, opts)
     if fmt == "json":
         emit_json(res.to_json())
@@ -194,15 +194,15 @@ def push_cmd(app: App, ref: str, local: str | None, platform_: tuple[str, ...],
     """Push image LOCAL (default: REF) to REF's registry: blobs it lacks (mounted from
     another repository where it can), then manifests, the index last.
     """
+    from cargohold.cli.progress import open_progress
     from cargohold.fetch.push import Pusher, PushOptions
     from cargohold.images import platforms
-    from cargohold.images.progress import Progress
 
     opts = PushOptions(platforms=[platforms.parse(p) for p in platform_],
                        chunk_size=parse_size(chunk_size),
                        max_concurrent_uploads=max_concurrent_uploads)
     with open_registry(app, hosts_dir, plain_http, user) as reg, \
-            Progress.open(progress_mode) as progress:
+            open_progress(progress_mode) as progress:
         res = Pusher(app.client, reg, progress=progress).push(local or ref, ref, opts)
     if fmt == "json":
         emit_json(res.to_json())

@@ -120,7 +120,7 @@ class _Prefixed(Progress):
     """Unpack's items beside the downloads' (both key by layer digest)."""
 
     def __init__(self, inner: Progress, prefix: str) -> None:
-        super().__init__(inner.stream)
+        super().__init__()
         self.inner, self.prefix = inner, prefix
 
     def start(self, key: str, label: str, total: int = 0) -> None:

@@ -68,11 +68,11 @@ from cargohold.errors import (
 )
 from cargohold.images import mediatypes as mt
 from cargohold.images.manifest import chain_ids, diff_ids, parse_manifest, snapshot_gc_label
-from cargohold.images.progress import Progress, human_bytes
+from cargohold.images.progress import Progress
 from cargohold.leases.manager import random_id
 from cargohold.metadata.leases import Resource
 from cargohold.store.api import Info, Store
-from cargohold.types import LABEL_SNAPSHOT_REF, LABEL_UNCOMPRESSED, Descriptor
+from cargohold.types import LABEL_SNAPSHOT_REF, LABEL_UNCOMPRESSED, Descriptor, human_size
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -241,7 +241,7 @@ class Unpacker:
         if compression is Compression.NONE:
             self.progress.start(key, f"unpack {short}", layer.size)
         else:
-            self.progress.start(key, f"unpack {short} ({human_bytes(layer.size)} "
+            self.progress.start(key, f"unpack {short} ({human_size(layer.size)} "
                                      f"{compression.value})")
 
     def close(self) -> None:
