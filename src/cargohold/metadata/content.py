@@ -404,10 +404,14 @@ class _NamespacedWriter:
 
 
 class _SharedWriter:
-    """A writer for a digest the blob store already has (from another namespace).
+    """A writer for a digest the blob store already has (from another namespace, or from a
+    concurrent writer that committed it a moment ago).
 
-    Committing needs no bytes; the first write turns it into a normal writer (the caller chose
-    to send data after all), whose commit then finds the blob present and adds the record.
+    Committing needs no bytes. Its status reports the blob's bytes as written already
+    (``offset`` = the blob's size, ``digest()`` = the digest), so :func:`copy_into` sends none:
+    it skips the source, or with ``verify_resumed`` hashes it against the digest first. The
+    first write turns it into a normal writer (the caller chose to send data after all), whose
+    commit then finds the blob present and adds the record.
     """
 
     def __init__(self, store: NamespacedStore, ref: str, expected: str, total: int) -> None:
@@ -430,7 +434,11 @@ class _SharedWriter:
     def status(self) -> Status:
         if self._inner is not None:
             return self._inner.status()
-        return Status(self.ref, 0, self.total, self.expected)
+        try:
+            size = self.store.backend.info(self.expected).size
+        except NotFound:
+            size = 0  # gone meanwhile (GC): the caller sends the bytes after all
+        return Status(self.ref, size, self.total or size, self.expected)
 
     def digest(self) -> str:
         return self._inner.digest() if self._inner is not None else self.expected
@@ -458,7 +466,13 @@ class _SharedWriter:
 
                 raise IntegrityError(f"ingest {self.ref}: size mismatch: expected {size} "
                                      f"bytes, got {info.size}")
-            hook(self.expected, True)
+            try:
+                hook(self.expected, True)
+            except AlreadyExists:
+                # Recorded meanwhile (a concurrent writer of the same digest): as the writer
+                # contract says, with a ``then`` the caller decides; without one it stands.
+                if then is None:
+                    raise
             if then is not None:
                 then(self.expected, True)
         return self.expected
