@@ -22,7 +22,8 @@ def _service(app: App, snapshotter: str = ""):  # noqa: ANN202 - an ImageService
 def ls_cmd(app: App, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
     """List images; FILTERS (like 'name~=alpine' or 'labels."k"==v') narrow the list.
 
-    Columns as ctr's: REF TYPE DIGEST SIZE (this host's platform) PLATFORMS LABELS.
+    Columns as ctr's: REF TYPE DIGEST SIZE (this host's platform) PLATFORMS LABELS, except
+    that PLATFORMS leaves out attestation manifests (ctr lists them as unknown/unknown).
     """
     svc = _service(app)
     if quiet:
@@ -73,7 +74,8 @@ def check_cmd(app: App, quiet: bool, snapshotter: str, fmt: str,
                      "complete": all(s.complete for s in states if not s.attestation),
                      "present_size": host.present_size if host else 0,
                      "required_size": host.required_size if host and host.counts() else None,
-                     "unpacked": unpacked, "platforms": [s.to_json() for s in states]})
+                     "unpacked": host.unpacked if host else False,  # None: cannot tell
+                     "platforms": [s.to_json() for s in states]})
         rows.append([img.name, img.target.media_type, img.target.digest, status,
                      _check_size(host), str(unpacked).lower()])
         if host is not None and host.manifest == img.target.digest:

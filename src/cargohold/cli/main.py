@@ -1,6 +1,8 @@
 """The ``hold`` command: global options, lazy subcommands, errors mapped to exit codes.
 
-Subcommand modules are imported only when used, so ``hold`` starts fast.
+Subcommand modules are imported only when used, so ``hold`` starts fast; every group answers
+to ctr's aliases (:mod:`cargohold.cli.groups`). An error prints ``hold: <message>`` and its
+hint; ``--debug`` adds the traceback (an internal error asks for it).
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ def cli(ctx: click.Context, root: str | None, state: str | None, namespace: str 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``hold`` console script."""
+    global _debug
+    _debug = False
     from cargohold import _fsutil
     from cargohold.cli import signals
 

@@ -84,8 +84,9 @@ def _made_labels(app: App, pairs: tuple[str, ...]) -> dict[str, str]:
 def mount_command(m, target: str) -> str:  # noqa: ANN001 - a types.Mount
     """The shell command that mounts ``m`` on ``target``, to paste as it is.
 
-    An overlay whose options pass the one-page limit of mount(2) (which mount(8) refuses) is
-    printed as containerd mounts it: in a subshell that changes into the directory its lower
+    An overlay whose options pass the one-page limit of mount(2) (past it, mount(8) fails, or
+    the kernel keeps the first page and silently stacks a truncated chain) is printed as
+    containerd mounts it: in a subshell that changes into the directory its lower
     layers share, each lower relative to it, and ``target`` made absolute. Otherwise the
     plain ``mount`` line with absolute paths (what ctr prints).
     """
