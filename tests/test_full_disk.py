@@ -200,8 +200,8 @@ def test_import_that_does_not_fit_during_blob_copy(disk, archives):
     first = err.splitlines()[0]
     assert f"no space left on filesystem {disk.fs} " in first, err
     # The blob being written (40 MiB of files plus tar headers) and what was free for it.
-    m = re.search(r"needs ([\d.]+) MB, ([\d.]+) MB free", first)
-    assert m and float(m.group(1)) >= 41.9 and 19 <= float(m.group(2)) <= 21.5, first
+    m = re.search(r"needs ([\d.]+) MiB, ([\d.]+) MiB free", first)
+    assert m and float(m.group(1)) >= 39.9 and 18.1 <= float(m.group(2)) <= 20.5, first
     assert err.splitlines()[1].startswith("hint: free space with 'hold images rm'")
     print(f"\n[full disk] blob copy: {first}")
     _assert_nothing_left(disk, before, "example.com/full/big:1", start)
@@ -218,8 +218,9 @@ def test_import_whose_blobs_fit_but_unpack_does_not(disk, archives):
     first = err.splitlines()[0]
     assert f"no space left on filesystem {disk.fs} " in first, err
     assert "layer sha256:" in first and "entry 'data/f" in first, first
-    m = re.search(r"needs at least ([\d.]+) MB, ([\d.]+) MB free when the layer started", first)
-    assert m and float(m.group(1)) >= 25.1 and float(m.group(2)) < 8, first
+    m = re.search(r"needs at least ([\d.]+) MiB, ([\d.]+) MiB free when the layer started",
+                  first)
+    assert m and float(m.group(1)) >= 23.9 and float(m.group(2)) < 7.7, first
     print(f"\n[full disk] unpack: {first}")
     _assert_nothing_left(disk, before, "example.com/full/c:1", start)
 

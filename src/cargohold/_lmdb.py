@@ -214,7 +214,7 @@ def lmdb_error(exc: lmdb.Error, path: str, what: str = "metadata", *,
         return translate(OSError(errno.EACCES, "Permission denied"), path, subject)
     if isinstance(exc, lmdb.TxnFullError):
         return FailedPrecondition(f"{subject}: one transaction changed too much at once",
-                                  hint="report it (HOLD_DEBUG=1 shows where)")
+                                  hint="report it (run it again with 'hold --debug' to see where)")
     if isinstance(exc, lmdb.BadValsizeError):
         return InvalidArgument(f"{subject}: a key or value is too large or empty ({exc})")
     if isinstance(exc, lmdb.MemoryError):

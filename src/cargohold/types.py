@@ -25,7 +25,10 @@ MAX_LABEL_BYTES = 4096
 
 # Always used with fullmatch: ``$`` would also match before a trailing newline.
 _DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
-_IDENT_RE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
+# containerd's identifiers rule (namespaces, leases, containers), spelled as containerd prints it.
+IDENTIFIER_RULE = r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$"
+MAX_IDENTIFIER = 76
+_IDENT_RE = re.compile(IDENTIFIER_RULE)
 
 
 class Digest(str):
@@ -65,12 +68,19 @@ def is_digest(value: str) -> bool:
 
 
 def validate_identifier(kind: str, value: str) -> str:
-    """Check a namespace/lease/container id against containerd's grammar (76 chars max)."""
-    if not value or len(value) > 76 or not _IDENT_RE.fullmatch(value):
-        raise InvalidArgument(
-            f"{kind} {value!r}: invalid identifier",
-            hint="use letters and digits separated by single '.', '_' or '-', at most 76 chars",
-        )
+    """Check a namespace/lease/container id against containerd's identifiers rule
+    (:data:`IDENTIFIER_RULE`, at most :data:`MAX_IDENTIFIER` characters); return it.
+
+    Raises InvalidArgument (exit 2) with a message that alone says what is allowed.
+    """
+    if not value:
+        raise InvalidArgument(f"{kind} '': must not be empty")
+    if len(value) > MAX_IDENTIFIER:
+        raise InvalidArgument(f"{kind} {value!r}: longer than {MAX_IDENTIFIER} characters "
+                              f"({len(value)})")
+    if not _IDENT_RE.fullmatch(value):  # not .match: "$" passes a final "\n"
+        raise InvalidArgument(f"{kind} {value!r}: must match {IDENTIFIER_RULE} (letters and "
+                              "digits joined by single '.', '_' or '-')")
     return value
 
 
@@ -218,14 +228,17 @@ class Mount:
         return False
 
 
+_IEC = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
 def human_size(n: int) -> str:
-    """Bytes in decimal units, as ctr prints them (``1.2 MB``)."""
+    """Bytes in IEC units with one decimal, as ctr prints sizes (``782.0 B``, ``2.9 MiB``)."""
     size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
+    unit = 0
+    while size >= 1024 and unit < len(_IEC) - 1:
+        size /= 1024
+        unit += 1
+    return f"{size:.1f} {_IEC[unit]}"
 
 
 def now_ns() -> int:

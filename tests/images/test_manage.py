@@ -19,7 +19,7 @@ def two(hold, archives):
 
 def test_ls_table_quiet_json_and_filters(hold, two):
     out = hold("images", "ls").stdout.decode().splitlines()
-    assert out[0].split() == ["NAME", "TYPE", "DIGEST", "SIZE", "PLATFORMS", "LABELS"]
+    assert out[0].split() == ["REF", "TYPE", "DIGEST", "SIZE", "PLATFORMS", "LABELS"]
     row = next(r for r in out if r.startswith("x:1.0"))
     assert two["manifest"] in row and "linux/amd64" in row
     assert hold("images", "ls", "-q").stdout.decode().split() == [
@@ -34,11 +34,17 @@ def test_ls_table_quiet_json_and_filters(hold, two):
 
 def test_check_reports_completeness_and_unpacking(hold, two):
     out = hold("images", "check").stdout.decode().splitlines()
-    assert out[0].split() == ["NAME", "PLATFORM", "STATUS", "UNPACKED", "MANIFEST"]
+    assert out[0].split() == ["REF", "TYPE", "DIGEST", "STATUS", "SIZE", "UNPACKED"]
     rows = {r.split()[0]: r.split() for r in out[1:]}
-    assert rows["x:1.0"][1:4] == ["linux/amd64", "complete", "yes"]
+    # config + 3 layers, as ctr counts them; a plain manifest has no per-platform rows.
+    assert len(out) == 3
+    assert rows["x:1.0"][2:5] == [two["manifest"], "complete", "(4/4)"]
+    assert rows["x:1.0"][-1] == "true"
     # Imported with --no-unpack, but its layers are x:1.0's: the same chain is unpacked.
-    assert rows["example.com/team/busy:1"][1:4] == ["linux/amd64", "complete", "yes"]
+    assert rows["example.com/team/busy:1"][3:5] == ["complete", "(4/4)"]
+    assert rows["example.com/team/busy:1"][-1] == "true"
+    assert hold("images", "check", "-q").stdout.decode().split() == [
+        "example.com/team/busy:1", "x:1.0"]
 
 
 def test_check_counts_missing_blobs(hold, two):
@@ -46,6 +52,15 @@ def test_check_counts_missing_blobs(hold, two):
     hold("content", "rm", man["layers"][2]["digest"], man["layers"][1]["digest"])
     [img] = json.loads(hold("images", "check", "--format", "json", "name==x:1.0").stdout)
     assert not img["complete"] and img["platforms"][0]["status"] == "2 blobs missing"
+    assert img["status"] == "incomplete (2/4)" and img["unpacked"] is True
+    sizes = {d["digest"]: d["size"] for d in [man["config"], *man["layers"]]}
+    assert img["required_size"] == sum(sizes.values())
+    assert img["present_size"] == img["required_size"] - sum(
+        d["size"] for d in man["layers"][1:3])
+    row = hold("images", "check", "name==x:1.0").stdout.decode().splitlines()[1]
+    assert "incomplete (2/4)" in row and row.endswith("true")
+    # Not ready (incomplete): -q leaves it out, as ctr's does.
+    assert hold("images", "check", "-q", "name==x:1.0").stdout == b""
 
 
 def test_tag_label_inspect_rm(hold, two):
@@ -81,3 +96,25 @@ def test_inspect_multi_platform_index(hold, archives):
     assert states[("unknown/unknown", True)]["attests"] == m["present"]
     assert states[(m["partial"], False)]["missing"] and doc["platforms"] == [
         m["host"], m["other"], m["partial"]]
+
+
+def test_check_of_a_partial_index_rows_per_platform(hold, archives):
+    """ctr's row for the host's platform, then hold's own: one indented row per manifest, so
+    the partial platforms show (ctr reports only the host's)."""
+    hold("images", "import", "--progress", "none", archives["multi_tar"])
+    m = archives["multi"]
+    out = hold("images", "check").stdout.decode().splitlines()
+    assert out[0].split() == ["REF", "TYPE", "DIGEST", "STATUS", "SIZE", "UNPACKED"]
+    top = out[1].split()
+    assert top[:3] == ["example.com/multi:1", "application/vnd.oci.image.index.v1+json",
+                       m["index"]]
+    assert top[3:5] == ["complete", "(4/4)"] and top[-1] == "true"
+    sub = {r.split()[0]: r.split() for r in out[2:]}
+    assert all(r.startswith("  ") for r in out[2:]) and len(out) == 6
+    assert sub[m["host"]][2:5] == [m["present"], "complete", "(4/4)"]
+    assert sub[m["host"]][-1] == "true"
+    assert sub[m["other"]][2:] == [m["absent"], "unavailable", "(0/?)", "0.0", "B/?", "false"]
+    assert sub[m["partial"]][3:5] == ["incomplete", "(1/3)"]
+    assert sub[m["partial"]][-1] == "false"
+    assert sub["attestation"][2:5] == [m["attestation"], "complete", "(2/2)"]
+    assert sub["attestation"][-1] == "-"  # never "unpacked", never counted against the image

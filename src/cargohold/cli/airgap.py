@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from cargohold.cli.app import App
+from cargohold.cli.groups import Group
 from cargohold.cli.images_pull import open_registry, registry_options
 from cargohold.cli.output import emit_json, human_size
 
@@ -17,7 +18,7 @@ _format = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
                        default="table")
 
 
-@click.group()
+@click.group(cls=Group)
 def airgap() -> None:
     """Carry images into an air gap: bundle, seed, mirror-config."""
 

@@ -25,8 +25,12 @@ class App:
     @cached_property
     def config(self) -> Config:
         from cargohold import config
+        from cargohold.types import validate_identifier
 
-        return config.load(self._config_file, **self._args)
+        cfg = config.load(self._config_file, **self._args)
+        # -n is checked as it is parsed; HOLD_NAMESPACE and the file's namespace here.
+        validate_identifier("namespace", cfg.namespace)
+        return cfg
 
     @property
     def namespace(self) -> str:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from cargohold.cli.app import App
+from cargohold.cli.groups import Group
 
 
-@click.group()
+@click.group(cls=Group)
 def config() -> None:
     """Inspect the configuration."""
 

@@ -1,4 +1,8 @@
-"""``hold content``: ls, get, ingest, active, rm, label, fetch (as ``ctr content``)."""
+"""``hold content``: ls, get, ingest, active, rm, label, fetch (compatible with ``ctr content``,
+aliases included: list; delete, del, remove).
+
+Sizes are in IEC units like the rest of hold (``ctr content ls`` alone prints decimal ones).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,13 @@ import sys
 import click
 
 from cargohold.cli.app import App
+from cargohold.cli.groups import Group
 from cargohold.cli.output import (
     age,
     emit_json,
     format_option,
     human_size,
+    json_time,
     labels_text,
     quiet_option,
     table,
@@ -19,7 +25,9 @@ from cargohold.cli.output import (
 from cargohold.errors import AlreadyExists, IntegrityError, NotFound
 
 
-@click.group()
+# ``fetch`` shares its options and code with ``hold images pull`` (cli/images_pull.py), which
+# is imported only when fetch runs.
+@click.group(cls=Group, lazy={"fetch": ("cargohold.cli.images_pull", "fetch_cmd")})
 def content() -> None:
     """Manage blobs in the content store."""
 
@@ -38,8 +46,8 @@ def ls(app: App, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
         for i in infos:
             click.echo(i.digest)
     elif fmt == "json":
-        emit_json([{"digest": i.digest, "size": i.size, "created_at": i.created_at,
-                    "updated_at": i.updated_at, "labels": i.labels} for i in infos])
+        emit_json([{"digest": i.digest, "size": i.size, "created_at": json_time(i.created_at),
+                    "updated_at": json_time(i.updated_at), "labels": i.labels} for i in infos])
     else:
         table(["DIGEST", "SIZE", "AGE", "LABELS"],
               [[i.digest, human_size(i.size), age(i.created_at), labels_text(i.labels)]
@@ -121,8 +129,8 @@ def active(app: App, fmt: str, filters: tuple[str, ...]) -> None:
     sts = app.client.content.list_statuses(list(filters))
     if fmt == "json":
         emit_json([{"ref": s.ref, "offset": s.offset, "total": s.total,
-                    "expected": s.expected, "started_at": s.started_at,
-                    "updated_at": s.updated_at, "holder": s.holder} for s in sts])
+                    "expected": s.expected, "started_at": json_time(s.started_at),
+                    "updated_at": json_time(s.updated_at), "holder": s.holder} for s in sts])
         return
     table(["REF", "SIZE", "TOTAL", "STARTED", "UPDATED", "WRITER"],
           [[s.ref, human_size(s.offset), human_size(s.total) if s.total else "-",
@@ -153,12 +161,3 @@ def label(app: App, digest: str, labels: tuple[str, ...]) -> None:
                                      [f"labels.{k}" for k in lab])
     click.echo(labels_text(info.labels))
 
-
-def _fetch() -> None:
-    # ``fetch`` shares its options and code with ``hold images pull`` (cli/images_pull.py).
-    from cargohold.cli.images_pull import fetch_cmd
-
-    content.add_command(fetch_cmd, "fetch")
-
-
-_fetch()

@@ -43,10 +43,11 @@ def gc(app: App, dry_run: bool, why: str | None, fmt: str) -> None:
     """Remove everything no root keeps alive, and report the bytes freed.
 
     Never removed: what an image, a lease, a container, a containerd.io/gc.root label or a
-    label chain reaches, and any snapshot in use by a mount (a 'hold images mount' record, a
-    bind or overlay mount of its directory). --dry-run lists exactly what a run would remove,
-    with the same byte total. Exits 1 when something could not be collected (a snapshotter
-    this host cannot open, a removal that failed); what could be was.
+    label chain reaches, and any snapshot in use by a mount (a 'hold images mount' or 'hold
+    snapshots mount' record, a bind or overlay mount of its directory), even once its lease
+    is gone: containerd's GC does not look at mounts. --dry-run lists exactly what a run
+    would remove, with the same byte total. Exits 1 when something could not be collected (a
+    snapshotter this host cannot open, a removal that failed); what could be was.
     """
     coll = app.client.collector
     if why:

@@ -15,12 +15,16 @@ def _service(app: App, snapshotter: str = ""):  # noqa: ANN202 - an ImageService
 
 
 @click.command("ls")
-@click.option("-q", "--quiet", is_flag=True, help="Print only image names.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the image refs.")
 @format_option
 @click.argument("filters", nargs=-1)
 @click.pass_obj
 def ls_cmd(app: App, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
-    """List images; FILTERS (like 'name~=alpine' or 'labels."k"==v') narrow the list."""
+    """List images; FILTERS (like 'name~=alpine' or 'labels."k"==v') narrow the list.
+
+    Columns as ctr's: REF TYPE DIGEST SIZE (this host's platform) PLATFORMS LABELS, except
+    that PLATFORMS leaves out attestation manifests (ctr lists them as unknown/unknown).
+    """
     svc = _service(app)
     if quiet:
         for img in svc.list(list(filters)):
@@ -30,40 +34,70 @@ def ls_cmd(app: App, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
     if fmt == "json":
         emit_json([s.to_json() for s in sums])
         return
-    table(["NAME", "TYPE", "DIGEST", "SIZE", "PLATFORMS", "LABELS"],
+    table(["REF", "TYPE", "DIGEST", "SIZE", "PLATFORMS", "LABELS"],
           [[s.image.name, s.image.target.media_type, s.image.target.digest,
             human_size(s.size), ",".join(s.platforms) or "-", labels_text(s.image.labels)]
            for s in sums])
 
 
 @click.command("check")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print only the refs ready for this host (complete and unpacked).")
 @click.option("--snapshotter", default="", metavar="NAME",
               help="Check unpacking on this snapshotter [the global one].")
 @format_option
 @click.argument("filters", nargs=-1)
 @click.pass_obj
-def check_cmd(app: App, snapshotter: str, fmt: str, filters: tuple[str, ...]) -> None:
-    """For each image and platform: complete or how many blobs are missing, and whether it
-    is unpacked. Attestation manifests are shown apart and never make an image incomplete.
+def check_cmd(app: App, quiet: bool, snapshotter: str, fmt: str,
+              filters: tuple[str, ...]) -> None:
+    """Check that each image's blobs are in the store and whether it is unpacked.
+
+    One row per image as ctr prints it: REF TYPE DIGEST STATUS SIZE UNPACKED, for this
+    host's platform (STATUS 'complete (3/3)', 'incomplete (2/3)' or 'unavailable (0/?)',
+    counting config and layers; SIZE present/required). Beyond ctr, an image with an index
+    gets one indented row per platform under it, so partial platforms are reported, and
+    attestation manifests are listed apart: they never make an image incomplete.
     """
     svc = _service(app, snapshotter)
     rows, docs = [], []
     for img in svc.list(list(filters)):
         states = svc.states(img, unpacked=True)
-        docs.append({"name": img.name, "digest": img.target.digest,
+        host = svc.host_state(img, states)
+        status = host.check_status() if host else "unavailable (0/?)"
+        unpacked = bool(host and host.unpacked)
+        if quiet:
+            if host is not None and host.complete and host.unpacked:
+                click.echo(img.name)
+            continue
+        docs.append({"name": img.name, "type": img.target.media_type,
+                     "digest": img.target.digest, "status": status,
                      "complete": all(s.complete for s in states if not s.attestation),
+                     "present_size": host.present_size if host else 0,
+                     "required_size": host.required_size if host and host.counts() else None,
+                     "unpacked": host.unpacked if host else False,  # None: cannot tell
                      "platforms": [s.to_json() for s in states]})
+        rows.append([img.name, img.target.media_type, img.target.digest, status,
+                     _check_size(host), str(unpacked).lower()])
+        if host is not None and host.manifest == img.target.digest:
+            continue  # a plain manifest: its row is the image's
         for s in states:
-            plat = s.platform or "unknown"
-            if s.attestation:
-                plat = "attestation"
-            unpacked = {True: "yes", False: "no", None: "-"}[s.unpacked]
-            rows.append([img.name, plat, s.describe(), unpacked if not s.attestation else "-",
-                         s.manifest])
+            plat = "attestation" if s.attestation else (s.platform or "unknown")
+            u = "-" if s.attestation or s.unpacked is None else str(s.unpacked).lower()
+            rows.append([f"  {plat}", s.media_type or "-", s.manifest, s.check_status(),
+                         _check_size(s), u])
+    if quiet:
+        return
     if fmt == "json":
         emit_json(docs)
         return
-    table(["NAME", "PLATFORM", "STATUS", "UNPACKED", "MANIFEST"], rows)
+    table(["REF", "TYPE", "DIGEST", "STATUS", "SIZE", "UNPACKED"], rows)
+
+
+def _check_size(s) -> str:  # noqa: ANN001 - a PlatformState or None
+    """ctr's SIZE of check: present/required (``?`` when the manifest is missing)."""
+    if s is None or s.counts() is None:
+        return f"{human_size(s.present_size if s else 0)}/?"
+    return f"{human_size(s.present_size)}/{human_size(s.required_size)}"
 
 
 @click.command("tag")

@@ -20,8 +20,9 @@ def mount_cmd(app: App, rw: bool, platform: str | None, snapshotter: str | None,
               target: str) -> None:
     """Mount the image REF on TARGET (created when missing), read-only unless --rw.
 
-    The mount holds a lease that never expires, so GC keeps it until 'hold images unmount'.
-    Prints the chain ID of the mounted layers.
+    The mount holds a lease that never expires (ctr's lasts an hour, and a long-lived mount
+    can lose its snapshot to GC), so GC keeps it until 'hold images unmount'. Prints the
+    chain ID of the mounted layers.
     """
     from cargohold.images import mount as mounting
     from cargohold.images import platforms
@@ -57,7 +58,9 @@ def unmount_cmd(app: App, rm: bool | None, target: str) -> None:
 @format_option
 @click.pass_obj
 def mounts_cmd(app: App, quiet: bool, fmt: str) -> None:
-    """List image mounts and flag stale ones (not mounted, snapshot or lease gone)."""
+    """List image mounts (and those of 'hold snapshots mount') and flag stale ones (not
+    mounted, snapshot or lease gone).
+    """
     from cargohold.images import mount as mounting
 
     found = mounting.list_mounts(app.client)
@@ -69,6 +72,12 @@ def mounts_cmd(app: App, quiet: bool, fmt: str) -> None:
                    for s in found])
     else:
         table(["TARGET", "IMAGE", "NAMESPACE", "SNAPSHOTTER", "MODE", "STATE"],
-              [[s.record.target, s.record.image or "-", s.record.namespace,
+              [[s.record.target, _what(s.record), s.record.namespace,
                 s.record.snapshotter or "-", "rw" if s.record.rw else "ro", s.state]
                for s in found])
+
+
+def _what(rec) -> str:  # noqa: ANN001 - a mount.MountRecord
+    if rec.kind == "snapshot":
+        return f"(snapshot {rec.snapshot})"
+    return rec.image or "-"

@@ -1,18 +1,24 @@
-"""``hold namespaces``: ls, create, rm, label."""
+"""``hold namespaces``: ls, create, rm, label (aliases as ctr's: list; c; remove)."""
 
 from __future__ import annotations
 
 import click
 
 from cargohold.cli.app import App
+from cargohold.cli.groups import Group
 from cargohold.cli.output import emit_json, format_option, labels_text, quiet_option, table
 from cargohold.metadata import namespaces as ns_records
 from cargohold.types import parse_labels
 
 
-@click.group()
+# `ctr namespaces -h`: "create, c", "list, ls", "remove, rm" (no delete/del there).
+@click.group(cls=Group, aliases={"ls": ("list",), "rm": ("remove",), "create": ("c",)})
 def namespaces() -> None:
-    """Manage namespaces."""
+    """Manage namespaces.
+
+    Names follow containerd's rule: letters and digits joined by single '.', '_' or '-', at
+    most 76 characters.
+    """
 
 
 @namespaces.command("ls")
@@ -30,7 +36,8 @@ def ls(app: App, quiet: bool, fmt: str) -> None:
     elif fmt == "json":
         emit_json([{"name": n, "labels": lab} for n, lab in rows])
     else:
-        table(["NAME", "LABELS"], [[n, labels_text(lab)] for n, lab in rows])
+        # ctr leaves LABELS empty for a namespace without labels (not "-").
+        table(["NAME", "LABELS"], [[n, labels_text(lab) if lab else ""] for n, lab in rows])
 
 
 @namespaces.command("create")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 
 from cargohold.cli.app import App
+from cargohold.cli.groups import Group
 from cargohold.cli.output import emit_json, table
 
 
-@click.group()
+@click.group(cls=Group)
 def plugins() -> None:
     """Inspect cargohold's components."""
 

@@ -1,22 +1,31 @@
-"""``hold snapshots``: ls, prepare, view, commit, rm, mounts, usage, info, tree, label, unmount
-(compatible with ``ctr snapshots``; the global ``--snapshotter NAME`` picks the backend).
+"""``hold snapshots``: ls, prepare, view, commit, rm, mounts, mount, unmount, usage, info, tree,
+label, diff (compatible with ``ctr snapshots``, aliases included: list; delete, del, remove;
+m for mounts; the global ``--snapshotter NAME`` picks the backend).
 
 Snapshots made here belong to the namespace (``-n``). As ``ctr`` does, ``prepare``, ``view``
 and ``commit`` label what they make ``containerd.io/gc.root=<now>``, so ``hold gc`` keeps it
 until ``hold snapshots rm``; inside ``--lease ID`` they do not, and the lease keeps them
 instead. A mounted snapshot is never removed (``rm`` refuses without ``--force``).
+
+Printed mount commands paste into a shell for any chain the kernel can stack: an overlay whose
+options pass mount(8)'s one-page limit is printed as containerd mounts it internally, from the
+directory its layers share with each lower relative to it (``(cd DIR && mount ... TARGET)``).
 """
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from cargohold.cli.app import App
+from cargohold.cli.groups import VERB_ALIASES, Group
 from cargohold.cli.output import (
     age,
     emit_json,
     format_option,
     human_size,
+    json_time,
     labels_text,
     quiet_option,
     table,
@@ -28,9 +37,15 @@ target_option = click.option("--target", metavar="DIR", default=None,
                              help="Mount it on DIR (an existing directory).")
 
 
-@click.group()
+# ctr's "mounts, m, mount": "mount" is hold's own command here, which mounts for real.
+@click.group(cls=Group, aliases={**VERB_ALIASES, "mounts": ("m",)})
 def snapshots() -> None:
-    """Manage snapshots of the selected snapshotter (--snapshotter)."""
+    """Manage snapshots of the selected snapshotter (--snapshotter).
+
+    Unlike ctr, where 'snapshots mount' is another name for 'mounts' (print the commands),
+    'hold snapshots mount TARGET KEY' mounts KEY and records it; GC keeps a mounted snapshot
+    (recorded or found in the kernel's mount table) whatever its lease or labels say.
+    """
 
 
 def _sn(app: App):  # noqa: ANN202 - a NamespacedSnapshotter
@@ -45,7 +60,7 @@ def _infos(app: App, filters: tuple[str, ...] = ()) -> list:
 
 def _info_json(i) -> dict:  # noqa: ANN001 - an api.Info
     return {"name": i.name, "parent": i.parent, "kind": str(i.kind), "labels": i.labels,
-            "created_at": i.created_at, "updated_at": i.updated_at}
+            "created_at": json_time(i.created_at), "updated_at": json_time(i.updated_at)}
 
 
 def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -66,11 +81,40 @@ def _made_labels(app: App, pairs: tuple[str, ...]) -> dict[str, str]:
     return labels
 
 
+def mount_command(m, target: str) -> str:  # noqa: ANN001 - a types.Mount
+    """The shell command that mounts ``m`` on ``target``, to paste as it is.
+
+    An overlay whose options pass the one-page limit of mount(2) (past it, mount(8) fails, or
+    the kernel keeps the first page and silently stacks a truncated chain) is printed as
+    containerd mounts it: in a subshell that changes into the directory its lower
+    layers share, each lower relative to it, and ``target`` made absolute. Otherwise the
+    plain ``mount`` line with absolute paths (what ctr prints).
+    """
+    import shlex
+
+    from cargohold.overlaymount import PAGE_LIMIT, compact_options
+
+    if m.type != "overlay" or len(",".join(m.options)) < PAGE_LIMIT:
+        return m.command(target)
+    common, short = compact_options(list(m.options))
+    if not common:
+        return m.command(target)
+    if len(short) >= PAGE_LIMIT:
+        click.echo(f"hold: note: {short.count(':') + 1} lower layers need {len(short)} bytes of "
+                   "mount options even relative, more than mount(8) takes; 'hold snapshots "
+                   "mount' mounts them (fsconfig lowerdir+)", err=True)
+    if target != "TARGET":  # the placeholder stays as it is, for the user to fill in
+        target = os.path.abspath(target)
+    line = " ".join(shlex.quote(p) for p in ("mount", "-t", m.type, "-o", short, m.source,
+                                              target))
+    return f"(cd {shlex.quote(common)} && {line})"
+
+
 def _show_mounts(app: App, key: str, mounts: list, target: str | None) -> None:
     """Mount on ``target``, or print the commands that would (with TARGET to fill in)."""
     if target is None:
         for m in mounts:
-            click.echo(m.command("TARGET"))
+            click.echo(mount_command(m, "TARGET"))
         return
     from cargohold.mount import mount_all
 
@@ -109,7 +153,9 @@ def prepare(app: App, target: str | None, labels: tuple[str, ...], key: str,
             parent: str) -> None:
     """Create the writable snapshot KEY on committed PARENT (none: empty).
 
-    It is a GC root (containerd.io/gc.root) unless made inside --lease.
+    It is a GC root (containerd.io/gc.root) unless made inside --lease. Without --target,
+    prints the mount command with TARGET to fill in (an absolute path when the command
+    starts with 'cd').
     """
     mounts = _sn(app).prepare(key, parent, labels=_made_labels(app, labels))
     _show_mounts(app, key, mounts, target)
@@ -124,7 +170,9 @@ def prepare(app: App, target: str | None, labels: tuple[str, ...], key: str,
 def view(app: App, target: str | None, labels: tuple[str, ...], key: str, parent: str) -> None:
     """Create the read-only snapshot KEY showing committed PARENT.
 
-    It is a GC root (containerd.io/gc.root) unless made inside --lease.
+    It is a GC root (containerd.io/gc.root) unless made inside --lease. Without --target,
+    prints the mount command with TARGET to fill in (an absolute path when the command
+    starts with 'cd').
     """
     mounts = _sn(app).view(key, parent, labels=_made_labels(app, labels))
     _show_mounts(app, key, mounts, target)
@@ -162,18 +210,44 @@ def rm(app: App, force: bool, keys: tuple[str, ...]) -> None:
 @click.argument("key")
 @click.pass_obj
 def mounts(app: App, target: str, key: str) -> None:
-    """Print the mount command(s) that mount KEY on TARGET, ready to paste into a shell."""
+    """Print the mount command(s) that mount KEY on TARGET, ready to paste into a shell.
+
+    A chain too long for mount(8)'s one-page option limit is printed as '(cd DIR && mount
+    ... TARGET)' with each layer relative to DIR, as containerd mounts it.
+    """
     for m in _sn(app).mounts(key):
-        click.echo(m.command(target))
+        click.echo(mount_command(m, target))
+
+
+@snapshots.command("mount")
+@click.argument("target", type=click.Path(file_okay=False))
+@click.argument("key")
+@click.pass_obj
+def mount(app: App, target: str, key: str) -> None:
+    """Mount snapshot KEY on TARGET (created when missing) and record the mount.
+
+    An active snapshot is mounted writable, a view read-only; a chain of any depth the kernel
+    can stack is mounted (lowerdir+ where the options pass one page). The record (listed by
+    'hold images mounts') keeps KEY from GC while it is mounted, even once its lease is gone;
+    'hold snapshots unmount TARGET' unmounts and drops it. Not ctr's 'snapshots mount', which
+    only prints (that is 'hold snapshots mounts').
+    """
+    from cargohold.images.mount import mount_snapshot
+
+    click.echo(mount_snapshot(app.client, key, target).target)
 
 
 @snapshots.command("unmount")
 @click.argument("target")
-def unmount(target: str) -> None:
-    """Unmount everything mounted on TARGET; doing it twice is fine."""
-    from cargohold.mount import unmount_all
+@click.pass_obj
+def unmount(app: App, target: str) -> None:
+    """Unmount everything mounted on TARGET and drop the record of 'hold snapshots mount'
+    there; doing it twice is fine. A target of 'hold images mount' is refused (use 'hold
+    images unmount').
+    """
+    from cargohold.images.mount import unmount_snapshot
 
-    unmount_all(target)
+    unmount_snapshot(app.client, target)
     click.echo(target)
 
 

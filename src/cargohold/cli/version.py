@@ -1,4 +1,4 @@
-"""``hold version``."""
+"""``hold version`` (and ``hold --version``, which prints the same)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ import click
 from cargohold import __version__
 
 
-@click.command()
-def version() -> None:
-    """Print the cargohold version."""
+def print_version() -> None:
+    """The version of cargohold, the Python running it and the kernel."""
     click.echo(f"hold {__version__}")
     click.echo(f"  python {platform.python_version()} ({sys.executable})")
     click.echo(f"  kernel {platform.release()}")
+
+
+@click.command()
+def version() -> None:
+    """Print the cargohold version (the same as 'hold --version')."""
+    print_version()

@@ -26,6 +26,11 @@ mounted is fine: unmounting twice is not an error). With ``rm`` (the default for
 mounts; ``rw`` mounts keep their changes unless asked) it removes the snapshot, the lease and
 the record; otherwise the record stays, marked unmounted, and a later mount of the same target
 picks the snapshot up again.
+
+``mount_snapshot(client, key, target)`` mounts an existing snapshot as it is (``hold snapshots
+mount``) and writes a record of kind ``snapshot`` (no image, no lease: the snapshot's own GC
+root or lease keeps it until then, the record keeps it while mounted, as every record is a GC
+pin); ``unmount_snapshot(client, target)`` unmounts and drops that record.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class MountRecord:
     time: str
     mounts: list[str] = field(default_factory=list)
     mounted: bool = True
+    kind: str = "image"  # "image" (hold images mount) or "snapshot" (hold snapshots mount)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -254,11 +260,19 @@ class UnmountResult:
 
 
 def unmount(client: Client, target: str, *, rm: bool | None = None) -> UnmountResult:
-    """Unmount ``target``; remove snapshot, lease and record when ``rm`` (see the module)."""
+    """Unmount ``target``; remove snapshot, lease and record when ``rm`` (see the module).
+
+    A target of ``hold snapshots mount`` is refused (FailedPrecondition), nothing changed.
+    """
     from cargohold.leases.manager import LeaseManager
 
     target = os.path.abspath(target)
     rec = read_record(client, target)
+    if rec is not None and rec.kind == "snapshot":
+        # Its snapshot is the user's own: removing it here would lose their work.
+        raise FailedPrecondition(f"target {target}: mounted by 'hold snapshots mount' "
+                                 f"(snapshot {rec.snapshot})",
+                                 hint=f"unmount it with 'hold snapshots unmount {target}'")
     was = kmount.is_mountpoint(target)
     if was:
         kmount.unmount_all(target)
@@ -283,6 +297,62 @@ def unmount(client: Client, target: str, *, rm: bool | None = None) -> UnmountRe
         os.unlink(_record_path(client, mid))
         removed = True
     return UnmountResult(target, was, removed, rec)
+
+
+def mount_snapshot(client: Client, key: str, target: str) -> MountRecord:
+    """Mount snapshot ``key`` (active: writable, view: read-only) of the client's namespace
+    and snapshotter on ``target`` (created when missing), and record it.
+
+    Long overlay chains are mounted through the new mount API (``lowerdir+``), so any chain
+    the kernel can stack mounts. Raises NotFound (no such snapshot), FailedPrecondition
+    (committed: prepare or view it first; something already mounted on ``target``) and
+    MountError. A failure leaves nothing mounted and no record; a crash between the mount and
+    the record leaves a kernel mount that GC still sees (it scans mountinfo).
+    """
+    target = os.path.abspath(target)
+    sn = client.snapshotter()
+    info = sn.stat(key)
+    if kmount.is_mountpoint(target):
+        old = read_record(client, target)
+        what = f" ({old.kind} {old.image or old.snapshot})" if old and old.mounted else ""
+        raise FailedPrecondition(f"target {target}: something is mounted there already{what}",
+                                 hint="choose an empty directory, or unmount it first with "
+                                      f"'hold snapshots unmount {target}'")
+    mounts = sn.mounts(key)
+    makedirs(target, 0o755)
+    kmount.mount_all(mounts, target)
+    try:
+        rec = MountRecord(mount_id(target), target, "", "", "", key, sn.name, client.namespace,
+                          "", info.kind.name == "ACTIVE", os.getpid(), format_time(now_ns()),
+                          [m.command(target) for m in mounts], kind="snapshot")
+        _write_record(client, rec)
+    except BaseException:
+        with contextlib.suppress(CargoholdError):
+            kmount.unmount_all(target)
+        raise
+    return rec
+
+
+def unmount_snapshot(client: Client, target: str) -> tuple[bool, MountRecord | None]:
+    """Unmount everything on ``target`` and drop its ``snapshot`` record; returns (was
+    mounted, the record dropped or None). Nothing mounted and no record is fine (a repeat).
+
+    A target mounted by ``hold images mount`` is refused (FailedPrecondition) before anything
+    changes: its lease and snapshot belong to ``hold images unmount``.
+    """
+    target = os.path.abspath(target)
+    rec = read_record(client, target)
+    if rec is not None and rec.kind != "snapshot":
+        raise FailedPrecondition(f"target {target}: mounted by 'hold images mount' (image "
+                                 f"{rec.image})",
+                                 hint=f"unmount it with 'hold images unmount {target}'")
+    was = kmount.is_mountpoint(target)
+    if was:
+        kmount.unmount_all(target)
+    if rec is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_record_path(client, rec.id))
+    return was, rec
 
 
 def read_records(state: str) -> list[MountRecord]:
@@ -329,7 +399,7 @@ def list_mounts(client: Client) -> list[MountStatus]:
         except CargoholdError:
             problems.append(f"snapshotter {rec.snapshotter} unavailable")
         with client.db.view() as tx:
-            if not lease_records.exists(tx, rec.namespace, rec.lease):
+            if rec.lease and not lease_records.exists(tx, rec.namespace, rec.lease):
                 problems.append("lease gone")
         out.append(MountStatus(rec, tuple(problems)))
     with client.db.view() as tx:

@@ -34,7 +34,7 @@ from cargohold.images.manifest import (
 from cargohold.metadata import images as records
 from cargohold.metadata.images import Image
 from cargohold.store.api import Store
-from cargohold.types import Descriptor, Platform
+from cargohold.types import Descriptor, Platform, format_time
 
 if TYPE_CHECKING:
     from cargohold.client import Client
@@ -58,10 +58,28 @@ class PlatformState:
     layers: int = 0
     size: int = 0  # manifest + config + layers, from the descriptors
     unpacked: bool | None = None  # None when not checked (or the snapshotter cannot run)
+    media_type: str = ""  # the manifest's
+    required_size: int = 0  # config + layers (what ctr's check counts), 0: manifest missing
+    present_size: int = 0  # of those, the bytes the store has
 
     @property
     def complete(self) -> bool:
         return not self.missing
+
+    def counts(self) -> tuple[int, int] | None:
+        """(present, required) blobs as ctr's check counts them (config and layers); None
+        when the manifest is missing, so what it requires is unknown.
+        """
+        if self.manifest_missing:
+            return None
+        return self.layers + 1 - len(self.missing), self.layers + 1
+
+    def check_status(self) -> str:
+        """ctr's status words: ``complete (3/3)``, ``incomplete (2/3)``, ``unavailable (0/?)``."""
+        c = self.counts()
+        if c is None:
+            return "unavailable (0/?)"
+        return f"{'complete' if c[0] == c[1] else 'incomplete'} ({c[0]}/{c[1]})"
 
     def describe(self) -> str:
         """``complete``, ``manifest missing`` or ``N blobs missing``."""
@@ -77,7 +95,9 @@ class PlatformState:
                 "complete": self.complete, "status": self.describe(),
                 "missing": list(self.missing), "attestation": self.attestation,
                 "attests": self.attests or None, "chain_id": self.chain_id or None,
-                "layers": self.layers, "size": self.size, "unpacked": self.unpacked}
+                "layers": self.layers, "size": self.size, "unpacked": self.unpacked,
+                "check_status": self.check_status(), "required_size": self.required_size,
+                "present_size": self.present_size}
 
 
 def store_has(store: Store) -> Callable[[str], bool]:
@@ -111,10 +131,12 @@ def _manifest_state(store: Store, desc: Descriptor, has: Callable[[str], bool],
     attests = desc.annotations.get(ATTESTATION_REF, "")
     if not has(desc.digest):
         return PlatformState(_platform_text(p), desc.digest, (desc.digest,), True,
-                             attestation, attests, size=desc.size)
+                             attestation, attests, size=desc.size, media_type=desc.media_type)
     m = parse_manifest(store, desc, what)
     blobs = [m.config, *m.layers]
     missing = tuple(d.digest for d in blobs if not has(d.digest))
+    required = sum(d.size for d in blobs)
+    present = sum(d.size for d in blobs if has(d.digest))
     chain = ""
     if has(m.config.digest) and not attestation:
         if p is None:
@@ -125,8 +147,9 @@ def _manifest_state(store: Store, desc: Descriptor, has: Callable[[str], bool],
         except CargoholdError:
             chain = ""
     return PlatformState(_platform_text(p), desc.digest, missing, False, attestation,
-                         attests, chain, len(m.layers),
-                         desc.size + sum(d.size for d in blobs))
+                         attests, chain, len(m.layers), desc.size + required,
+                         media_type=desc.media_type, required_size=required,
+                         present_size=present)
 
 
 def platform_states(store: Store, target: Descriptor, *, what: str = "",
@@ -146,7 +169,8 @@ def platform_states(store: Store, target: Descriptor, *, what: str = "",
                               f"{target.media_type!r} is not an image manifest or index",
                               hint="only OCI/Docker manifests and indexes can be images")
     if not has(target.digest):
-        return [PlatformState("", target.digest, (target.digest,), True, size=target.size)]
+        return [PlatformState("", target.digest, (target.digest,), True, size=target.size,
+                              media_type=target.media_type)]
     out: list[PlatformState] = []
     for d in children(store, target, what):
         if mt.is_index(d.media_type):
@@ -179,7 +203,8 @@ class Summary:
         t = self.image.target
         return {"name": self.image.name, "type": t.media_type, "digest": t.digest,
                 "size": self.size, "platforms": self.platforms, "labels": self.image.labels,
-                "created_at": self.image.created_at, "updated_at": self.image.updated_at}
+                "created_at": format_time(self.image.created_at),
+                "updated_at": format_time(self.image.updated_at)}
 
 
 @dataclass
@@ -314,16 +339,28 @@ class ImageService:
         except NotFound:
             return False
 
+    @staticmethod
+    def host_state(img: Image, states: Sequence[PlatformState]) -> PlatformState | None:
+        """The state ``ctr images check`` reports for ``img``: a manifest target's own, an
+        index's best match for this host (None when none matches).
+        """
+        if mt.is_manifest(img.target.media_type) or (
+                len(states) == 1 and states[0].manifest == img.target.digest):
+            return states[0] if states else None
+        matcher = plat.Matcher()
+        real = [s for s in states if not s.attestation and s.platform
+                and matcher.match(plat.parse(s.platform))]
+        return min(real, key=lambda s: matcher.rank(plat.parse(s.platform)), default=None)
+
     def summary(self, img: Image, has: Callable[[str], bool] | None = None) -> Summary:
         """Size (for this host's platform, else the first) and platforms of ``img``."""
         try:
             states = self.states(img, has=has)
         except CargoholdError:
             return Summary(img, img.target.size, [], [])
-        matcher = plat.Matcher()
         real = [s for s in states if not s.attestation]
-        best = [s for s in real if s.platform and matcher.match(plat.parse(s.platform))]
-        pick = best[0] if best else (real[0] if real else None)
+        best = self.host_state(img, states)
+        pick = best if best is not None else (real[0] if real else None)
         size = (pick.size if pick else 0)
         if mt.is_index(img.target.media_type):
             size += img.target.size
@@ -340,8 +377,9 @@ class ImageService:
         img = self.get(name)
         what = f"image {name}"
         doc: dict[str, Any] = {"name": img.name, "target": img.target.to_json(),
-                               "labels": img.labels, "created_at": img.created_at,
-                               "updated_at": img.updated_at,
+                               "labels": img.labels,
+                               "created_at": format_time(img.created_at),
+                               "updated_at": format_time(img.updated_at),
                                "snapshotter": self.snapshotter_name}
         has = store_has(self.store)
         if mt.is_index(img.target.media_type) and has(img.target.digest):
