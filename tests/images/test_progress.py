@@ -42,7 +42,7 @@ def test_plain_json_none_and_bars():
     out = io.StringIO()
     _drive(open_progress("plain", out))
     assert out.getvalue().splitlines()[0] == "a note"
-    assert out.getvalue().splitlines()[1].startswith("layer a: done 3.0 kB in ")
+    assert out.getvalue().splitlines()[1].startswith("layer a: done 2.9 KiB in ")
     out = io.StringIO()
     _drive(open_progress("json", out))
     events = [json.loads(x) for x in out.getvalue().splitlines()]
@@ -67,7 +67,7 @@ def test_done_may_rename_the_item():
     p.start("k", "member 1a2b/layer.tar", 10)
     p.advance("k", 10)
     p.done("k", "done", "blob 0123456789ab")
-    assert out.getvalue().startswith("blob 0123456789ab: done 10 B")
+    assert out.getvalue().startswith("blob 0123456789ab: done 10.0 B")
     out = io.StringIO()
     p = open_progress("json", out)
     p.start("k", "member x", 0)
@@ -97,7 +97,7 @@ def test_unpack_counts_plain_bytes_of_a_gzip_layer(tmp_path):
     # No total: the plain size of a gzip layer is unknown until its end; the label says
     # what it comes from instead.
     assert start["total"] == done["total"] == 0
-    assert re.fullmatch(r"unpack [0-9a-f]{12} \([0-9.]+ [kM]B gzip\)", start["label"])
+    assert re.fullmatch(r"unpack [0-9a-f]{12} \([0-9.]+ [KM]iB gzip\)", start["label"])
     blob = run_hold(root, "content", "get", biggest["digest"]).stdout
     plain = len(gzip.decompress(blob))
     assert plain > big > 100 * biggest["size"]  # zeros: the blob is tiny
