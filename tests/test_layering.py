@@ -1,4 +1,9 @@
-"""Imports point down the layer list of DESIGN.md §1: a lower layer never imports a higher."""
+"""Imports point down the layer list of DESIGN.md §1: a lower layer never imports a higher.
+
+Every module is checked, and every import counts: at module level, inside functions, and under
+``if TYPE_CHECKING:``. The embedded :mod:`cargohold.client` sits right below ``images``: image
+operations take a Client, and the client needs nothing above GC and fsck.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,13 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "cargohold"
 # (equal rank only within the same part).
 RANKS = {
     "errors": 0, "types": 0, "_fsutil": 0, "_lmdb": 0, "_oserror": 0, "_reserve": 0,
-    "filters": 0, "config": 0, "mount": 0, "overlaymount": 0, "__init__": 0, "__main__": 13,
+    "filters": 0, "config": 0, "mount": 0, "__init__": 0, "__main__": 13,
     "store": 1, "snapshotters": 2, "differ": 2, "metadata": 3, "leases": 4, "gc": 5,
-    "fsck": 6, "images": 7, "fetch": 8, "tasks": 9, "client": 10, "probes": 11,
+    "fsck": 6, "client": 7, "images": 8, "fetch": 9, "tasks": 10, "probes": 11,
     "service": 11, "cli": 12,
 }
 BASE = {"errors", "types", "_fsutil", "_lmdb", "_oserror", "_reserve", "filters", "config",
-        "mount", "overlaymount", "__init__"}
+        "mount", "__init__"}
 
 
 def part_of(path: pathlib.Path) -> str:
@@ -25,30 +30,21 @@ def part_of(path: pathlib.Path) -> str:
     return rel.parts[0].removesuffix(".py")
 
 
-def _type_checking_only(tree: ast.AST) -> set[int]:
-    """ids of import nodes inside ``if TYPE_CHECKING:`` blocks (not runtime dependencies)."""
-    out: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
-            out.update(id(n) for n in ast.walk(node))
-    return out
-
-
 def imported_parts(path: pathlib.Path) -> set[str]:
+    """Every part ``path`` imports, at run time or only for type checking (an annotation that
+    names a higher layer is a dependency on it all the same)."""
     tree = ast.parse(path.read_text())
-    skip = _type_checking_only(tree)
     out = set()
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module == "cargohold":
+            # from cargohold import mount (a part); __version__ and the like are the package's
+            names = [f"cargohold.{a.name}" for a in node.names if not a.name.startswith("__")]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module]
         for n in names:
-            if n == "cargohold":
-                continue
             if n.startswith("cargohold."):
                 out.add(n.split(".")[1])
     return out

@@ -9,7 +9,6 @@ import os
 
 import pytest
 
-from cargohold import overlaymount
 from cargohold.mount import (
     MountError,
     is_mountpoint,
@@ -20,6 +19,7 @@ from cargohold.mount import (
     unmount,
     unmount_all,
 )
+from cargohold.mount import overlay as overlaymount
 from cargohold.types import Mount
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")

@@ -132,7 +132,7 @@ def case_emfile(tmp_path, archive, populated):
     setup = """
         import os, resource
         import cargohold.cli.images_manage, cargohold.client, cargohold.metadata.db
-        import cargohold.images.service, cargohold.store.local
+        import cargohold.images.manage, cargohold.store.local
         n = len(os.listdir("/proc/self/fd"))
         resource.setrlimit(resource.RLIMIT_NOFILE, (n + 1, n + 1))
     """

@@ -139,8 +139,8 @@ class Client:
         ones kept for a later mount (``hold images unmount --no-rm``). Kernel mounts are
         found by each backend (``mounted()``), records here.
         """
-        from cargohold.images.mount import read_records
         from cargohold.metadata.snapshotter import Pin
+        from cargohold.mount.records import read_records
 
         out = []
         for r in read_records(self.config.state):

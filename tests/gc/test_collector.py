@@ -10,12 +10,13 @@ import os
 import pytest
 
 from cargohold.gc.collector import Collector
-from cargohold.metadata import containers, images, leases, snapshots
+from cargohold.metadata import containers, images, leases
+from cargohold.metadata import snapshot_records as snapshots
 from cargohold.metadata.content import NamespacedStore, ingest_path
 from cargohold.metadata.db import open_db
 from cargohold.metadata.images import Image
 from cargohold.metadata.leases import Resource
-from cargohold.metadata.snapshots import SnapshotRecord
+from cargohold.metadata.snapshot_records import SnapshotRecord
 from cargohold.store.api import copy_into
 from cargohold.store.local import LocalStore
 from cargohold.types import Descriptor

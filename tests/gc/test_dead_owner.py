@@ -12,11 +12,12 @@ from tests.leases.ownerkit import dead_owner_labels
 
 from cargohold.gc.collector import Collector
 from cargohold.leases import owner
-from cargohold.metadata import leases, snapshots
+from cargohold.metadata import leases
+from cargohold.metadata import snapshot_records as snapshots
 from cargohold.metadata.content import NamespacedStore, ingest_path
 from cargohold.metadata.db import open_db
 from cargohold.metadata.leases import Resource
-from cargohold.metadata.snapshots import SnapshotRecord
+from cargohold.metadata.snapshot_records import SnapshotRecord
 from cargohold.store.api import copy_into
 from cargohold.store.local import LocalStore
 

@@ -14,11 +14,12 @@ from cargohold.errors import (
     NotFound,
     Unsupported,
 )
-from cargohold.metadata import containers, images, leases, namespaces, schema, snapshots
+from cargohold.metadata import containers, images, leases, namespaces, schema
+from cargohold.metadata import snapshot_records as snapshots
 from cargohold.metadata.db import epoch, open_db
 from cargohold.metadata.images import Image
 from cargohold.metadata.leases import Resource
-from cargohold.metadata.snapshots import SnapshotRecord
+from cargohold.metadata.snapshot_records import SnapshotRecord
 from cargohold.types import Descriptor
 
 D1 = "sha256:" + "1" * 64

@@ -159,7 +159,7 @@ def test_remove_is_synchronous_and_refuses_parents(pair):
 
 def test_failed_record_write_removes_the_backend_snapshot(pair, monkeypatch):
     a, _, be = pair
-    from cargohold.metadata import snapshots
+    from cargohold.metadata import snapshot_records as snapshots
 
     def broken(*args, **kw):
         raise OSError(28, "No space left on device")

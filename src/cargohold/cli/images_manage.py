@@ -1,4 +1,4 @@
-"""``hold images ls|check|tag|rm|label|inspect`` (see cargohold.images.service)."""
+"""``hold images ls|check|tag|rm|label|inspect`` (see cargohold.images.manage)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from cargohold.cli.output import emit_json, format_option, human_size, labels_te
 
 
 def _service(app: App, snapshotter: str = ""):  # noqa: ANN202 - an ImageService
-    from cargohold.images.service import ImageService
+    from cargohold.images.manage import ImageService
 
     return ImageService(app.client, snapshotter=snapshotter or None)
 

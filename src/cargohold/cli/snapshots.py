@@ -92,7 +92,7 @@ def mount_command(m, target: str) -> str:  # noqa: ANN001 - a types.Mount
     """
     import shlex
 
-    from cargohold.overlaymount import PAGE_LIMIT, compact_options
+    from cargohold.mount.overlay import PAGE_LIMIT, compact_options
 
     if m.type != "overlay" or len(",".join(m.options)) < PAGE_LIMIT:
         return m.command(target)

@@ -42,8 +42,8 @@ from cargohold.fetch.mirrors import destinations
 from cargohold.fetch.pull import Puller, PullOptions
 from cargohold.fetch.push import Pusher, PushOptions
 from cargohold.fetch.registry import Registry
+from cargohold.images.manage import PINNED_LABEL as PINNED
 from cargohold.images.progress import Progress
-from cargohold.images.service import PINNED_LABEL as PINNED
 
 if TYPE_CHECKING:
     from cargohold.client import Client

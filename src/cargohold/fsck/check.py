@@ -35,7 +35,7 @@ from typing import Any
 from cargohold._fsutil import fsync_dir, makedirs
 from cargohold.errors import CargoholdError, NotFound, Unavailable
 from cargohold.metadata import content, images, namespaces
-from cargohold.metadata import snapshots as snaprec
+from cargohold.metadata import snapshot_records as snaprec
 from cargohold.metadata.content import (
     quarantine_records,
     read_info,

@@ -29,7 +29,7 @@ from cargohold.fsck.check import Problem
 from cargohold.leases import owner as owners
 from cargohold.metadata import leases as lease_records
 from cargohold.metadata import namespaces
-from cargohold.metadata import snapshots as snaprec
+from cargohold.metadata import snapshot_records as snaprec
 from cargohold.metadata.content import ingest_records
 from cargohold.metadata.db import DB
 from cargohold.metadata.leases import Lease, Resource

@@ -4,7 +4,7 @@ For each snapshotter that some namespace records snapshots on, or that has a roo
 under ``<root>/snapshots/<name>``:
 
 - ``backend``: the backend's own check (``fsck(repair=...)`` of
-  :class:`~cargohold.snapshotters._common.DirSnapshotter`: its bookkeeping against its objects).
+  :class:`~cargohold.snapshotters.dirtree.DirSnapshotter`: its bookkeeping against its objects).
   It runs first, so that what it drops shows up below in the same run.
 - ``missing``: a namespace record whose backend snapshot does not exist (a crash between a
   backend commit and its record, or a backend repaired above). Repair: drop the record when no
@@ -28,9 +28,9 @@ from typing import Any
 from cargohold.errors import CargoholdError
 from cargohold.fsck.check import Problem
 from cargohold.metadata import namespaces
-from cargohold.metadata import snapshots as snaprec
+from cargohold.metadata import snapshot_records as snaprec
 from cargohold.metadata.db import DB
-from cargohold.metadata.snapshots import SnapshotRecord
+from cargohold.metadata.snapshot_records import SnapshotRecord
 from cargohold.metadata.snapshotter import backend_lock
 from cargohold.snapshotters.api import children_first
 

@@ -57,7 +57,7 @@ from cargohold.gc.mark import (
 )
 from cargohold.gc.scan import Graph, _label_target, order_for_removal, scan, unreferenced_reason
 from cargohold.metadata import content, images, leases, namespaces
-from cargohold.metadata import snapshots as snaprec
+from cargohold.metadata import snapshot_records as snaprec
 from cargohold.metadata.content import recorded_anywhere
 from cargohold.metadata.db import DB, Tx, begin_barrier, end_barrier, epoch, writes_since
 from cargohold.metadata.gcrecords import written_records

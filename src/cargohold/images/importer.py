@@ -59,6 +59,7 @@ from cargohold.images import mediatypes as mt
 from cargohold.images import platforms as plat
 from cargohold.images import refs
 from cargohold.images.archive import ArchiveError, open_archive
+from cargohold.images.completeness import PlatformState, platform_states, store_has
 from cargohold.images.ingest import (
     NAME_ANNOTATION,
     REF_ANNOTATION,
@@ -70,7 +71,6 @@ from cargohold.images.ingest import (
 )
 from cargohold.images.manifest import child_gc_labels, children, parse_manifest
 from cargohold.images.progress import Progress
-from cargohold.images.service import PlatformState, platform_states, store_has
 from cargohold.leases.manager import DEFAULT_EXPIRY
 from cargohold.metadata import images as records
 from cargohold.metadata.images import Image

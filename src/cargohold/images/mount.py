@@ -36,19 +36,24 @@ pin); ``unmount_snapshot(client, target)`` unmounts and drops that record.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import re
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cargohold import mount as kmount
-from cargohold._fsutil import atomic_write, makedirs
+from cargohold._fsutil import makedirs
 from cargohold.errors import AlreadyExists, CargoholdError, FailedPrecondition, NotFound
 from cargohold.images import platforms
 from cargohold.images.manifest import chain_ids, diff_ids, manifests, parse_manifest
 from cargohold.images.platforms import Matcher
+from cargohold.mount.records import (
+    MountRecord,
+    mount_id,
+    read_record,
+    read_records,
+    record_path,
+    write_record,
+)
 from cargohold.types import Platform, format_time, now_ns
 
 if TYPE_CHECKING:
@@ -56,30 +61,6 @@ if TYPE_CHECKING:
     from cargohold.metadata.snapshotter import NamespacedSnapshotter
 
 LABEL_TARGET = "cargohold.mount/target"
-
-
-@dataclass
-class MountRecord:
-    """What ``<state>/mounts/<id>.json`` holds."""
-
-    id: str
-    target: str
-    image: str
-    manifest: str
-    chain_id: str
-    snapshot: str
-    snapshotter: str
-    namespace: str
-    lease: str
-    rw: bool
-    pid: int
-    time: str
-    mounts: list[str] = field(default_factory=list)
-    mounted: bool = True
-    kind: str = "image"  # "image" (hold images mount) or "snapshot" (hold snapshots mount)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -94,45 +75,6 @@ class MountStatus:
         if self.problems:
             return "stale: " + ", ".join(self.problems)
         return "mounted" if self.record.mounted else "unmounted (snapshot kept)"
-
-
-def mount_id(target: str) -> str:
-    """The lease id, snapshot key and record name for ``target`` (an absolute path).
-
-    A readable slug of the path plus a hash of it, so ``/a/b`` and ``/a-b`` differ, within
-    the 76 characters a lease id may have.
-    """
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", target).strip("-")[-48:].strip("-") or "root"
-    return f"mount-{slug}-{hashlib.sha256(target.encode()).hexdigest()[:10]}"
-
-
-def _records_dir(client: Client) -> str:
-    return os.path.join(client.config.state, "mounts")
-
-
-def _record_path(client: Client, mid: str) -> str:
-    return os.path.join(_records_dir(client), f"{mid}.json")
-
-
-def read_record(client: Client, target: str) -> MountRecord | None:
-    """The record of ``target``, or None."""
-    try:
-        with open(_record_path(client, mount_id(os.path.abspath(target)))) as f:
-            return MountRecord(**json.load(f))
-    except FileNotFoundError:
-        return None
-    except (ValueError, TypeError) as exc:
-        raise FailedPrecondition(f"mount record of {target}: unreadable ({exc})",
-                                 hint="unmount it with 'hold images unmount' to clean up") \
-            from exc
-
-
-def _write_record(client: Client, rec: MountRecord) -> None:
-    makedirs(_records_dir(client), 0o700)
-    # reserve_ok: marking a record unmounted must work on a full disk (it replaces a record
-    # of the same size; a new record never takes the reserve).
-    atomic_write(_record_path(client, rec.id), json.dumps(rec.to_json(), indent=1).encode(),
-                 0o600, reserve_ok=True)
 
 
 def _snapshotter(client: Client, ns: str, name: str, lease: str | None = None
@@ -195,7 +137,7 @@ def mount(client: Client, ref: str, target: str, *, rw: bool = False,
     target = os.path.abspath(target)
     sn_name = snapshotter or client.config.snapshotter
     mid = mount_id(target)
-    old = read_record(client, target)
+    old = read_record(client.config.state, target)
     if kmount.is_mountpoint(target):
         if old is not None and old.mounted:
             raise AlreadyExists(f"target {target}: already mounted (image {old.image})",
@@ -234,7 +176,7 @@ def mount(client: Client, ref: str, target: str, *, rw: bool = False,
         rec = MountRecord(mid, target, ref, manifest, chain[-1], mid, sn_name,
                           client.namespace, mid, rw, os.getpid(), format_time(now_ns()),
                           [m.command(target) for m in mounts])
-        _write_record(client, rec)
+        write_record(client.config.state, rec)
         return rec
     except BaseException:
         if mounted:
@@ -267,7 +209,7 @@ def unmount(client: Client, target: str, *, rm: bool | None = None) -> UnmountRe
     from cargohold.leases.manager import LeaseManager
 
     target = os.path.abspath(target)
-    rec = read_record(client, target)
+    rec = read_record(client.config.state, target)
     if rec is not None and rec.kind == "snapshot":
         # Its snapshot is the user's own: removing it here would lose their work.
         raise FailedPrecondition(f"target {target}: mounted by 'hold snapshots mount' "
@@ -284,7 +226,7 @@ def unmount(client: Client, target: str, *, rm: bool | None = None) -> UnmountRe
     if not rm:
         if rec is not None and rec.mounted:
             rec.mounted = False
-            _write_record(client, rec)
+            write_record(client.config.state, rec)
         return UnmountResult(target, was, False, rec)
     removed = False
     with contextlib.suppress(NotFound):
@@ -294,7 +236,7 @@ def unmount(client: Client, target: str, *, rm: bool | None = None) -> UnmountRe
         LeaseManager(client.db, ns).delete(rec.lease if rec else mid)
         removed = True
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(_record_path(client, mid))
+        os.unlink(record_path(client.config.state, mid))
         removed = True
     return UnmountResult(target, was, removed, rec)
 
@@ -313,7 +255,7 @@ def mount_snapshot(client: Client, key: str, target: str) -> MountRecord:
     sn = client.snapshotter()
     info = sn.stat(key)
     if kmount.is_mountpoint(target):
-        old = read_record(client, target)
+        old = read_record(client.config.state, target)
         what = f" ({old.kind} {old.image or old.snapshot})" if old and old.mounted else ""
         raise FailedPrecondition(f"target {target}: something is mounted there already{what}",
                                  hint="choose an empty directory, or unmount it first with "
@@ -325,7 +267,7 @@ def mount_snapshot(client: Client, key: str, target: str) -> MountRecord:
         rec = MountRecord(mount_id(target), target, "", "", "", key, sn.name, client.namespace,
                           "", info.kind.name == "ACTIVE", os.getpid(), format_time(now_ns()),
                           [m.command(target) for m in mounts], kind="snapshot")
-        _write_record(client, rec)
+        write_record(client.config.state, rec)
     except BaseException:
         with contextlib.suppress(CargoholdError):
             kmount.unmount_all(target)
@@ -341,7 +283,7 @@ def unmount_snapshot(client: Client, target: str) -> tuple[bool, MountRecord | N
     changes: its lease and snapshot belong to ``hold images unmount``.
     """
     target = os.path.abspath(target)
-    rec = read_record(client, target)
+    rec = read_record(client.config.state, target)
     if rec is not None and rec.kind != "snapshot":
         raise FailedPrecondition(f"target {target}: mounted by 'hold images mount' (image "
                                  f"{rec.image})",
@@ -351,29 +293,8 @@ def unmount_snapshot(client: Client, target: str) -> tuple[bool, MountRecord | N
         kmount.unmount_all(target)
     if rec is not None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(_record_path(client, rec.id))
+            os.unlink(record_path(client.config.state, rec.id))
     return was, rec
-
-
-def read_records(state: str) -> list[MountRecord]:
-    """Every readable mount record under ``<state>/mounts`` (unreadable ones are skipped:
-    :func:`list_mounts` shows them; nothing here may fail a GC).
-    """
-    d = os.path.join(state, "mounts")
-    try:
-        names = sorted(os.listdir(d))
-    except FileNotFoundError:
-        return []
-    out = []
-    for n in names:
-        if not n.endswith(".json"):
-            continue
-        try:
-            with open(os.path.join(d, n)) as f:
-                out.append(MountRecord(**json.load(f)))
-        except (OSError, ValueError, TypeError):
-            continue
-    return out
 
 
 def list_mounts(client: Client) -> list[MountStatus]:

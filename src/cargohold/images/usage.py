@@ -98,7 +98,7 @@ def _reach(store: Store, target: Descriptor, has: Callable[[str], bool]
 
 def disk_usage(client: Client, snapshotter: str | None = None) -> Usage:
     """Compute the report for ``client``'s namespace and ``snapshotter`` (default: global)."""
-    from cargohold.images.service import ImageService
+    from cargohold.images.manage import ImageService
 
     svc = ImageService(client, snapshotter=snapshotter)
     store = client.content

@@ -1,7 +1,7 @@
 """The per-namespace snapshotter: one shared backend seen through one namespace's records.
 
 A backend (overlayfs, native, ...) is shared by every namespace; it never sees a user's key.
-Each record of :mod:`cargohold.metadata.snapshots` maps a namespace key to a backend name
+Each record of :mod:`cargohold.metadata.snapshot_records` maps a namespace key to a backend name
 ``<ns>/<seq>/<key>`` (the sequence is never reused, so a key removed and prepared again gets a
 fresh backend snapshot). Parents are namespace keys, mapped to their backend names. A namespace
 sees, stats, commits and removes only keys it recorded itself.
@@ -17,11 +17,12 @@ backend prune (:meth:`cargohold.gc.collector.Collector._prune_backend`) and ``ho
   after the backend call removes the backend snapshot again. *Crash between the backend call and
   tx2*: an unrecorded backend snapshot, pruned by the next GC.
 - ``commit``: tx1 checks and allocates ``<ns>/<seq>/<name>``; the backend commits to it; tx2
-  renames the record (:func:`~cargohold.metadata.snapshots.rename`) and leases the name. *Crash
-  between the backend commit and tx2*: the committed backend snapshot is unrecorded (GC prunes
-  it) and the record of ``key`` names a backend snapshot that no longer exists (``hold fsck``
-  reports it as "missing" and ``--repair`` drops it). The window is one LMDB transaction long;
-  a tx2 that fails without a crash (disk full) leaves the same, and raises.
+  renames the record (:func:`~cargohold.metadata.snapshot_records.rename`) and leases the
+  name. *Crash between the backend commit and tx2*: the committed backend snapshot is
+  unrecorded (GC prunes it) and the record of ``key`` names a backend snapshot that no longer
+  exists (``hold fsck`` reports it as "missing" and ``--repair`` drops it). The window is one
+  LMDB transaction long; a tx2 that fails without a crash (disk full) leaves the same, and
+  raises.
 - ``remove``: synchronous. The record goes first (refused while children exist); the backend
   snapshot is removed right after the transaction commits. Backend names are never shared, so
   no other record can need it. If that removal fails (busy, crash), the backend snapshot is
@@ -53,10 +54,11 @@ from cargohold.errors import (
     NotFound,
 )
 from cargohold.filters import adaptor_for
-from cargohold.metadata import leases, snapshots
+from cargohold.metadata import leases
+from cargohold.metadata import snapshot_records as snapshots
 from cargohold.metadata.db import DB, Tx
 from cargohold.metadata.leases import Resource
-from cargohold.metadata.snapshots import SnapshotRecord
+from cargohold.metadata.snapshot_records import SnapshotRecord
 from cargohold.snapshotters.api import Info, Kind, Usage, kind_filter
 from cargohold.types import LABEL_SNAPSHOT_REF, Mount, apply_field_paths, validate_labels
 

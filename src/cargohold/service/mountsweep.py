@@ -35,7 +35,8 @@ class SweepResult:
 def sweep(client: Client) -> SweepResult:
     """Clean up every mount record whose target is no longer mounted (see the module)."""
     from cargohold import mount as kmount
-    from cargohold.images.mount import read_records, unmount
+    from cargohold.images.mount import unmount
+    from cargohold.mount.records import read_records
 
     res = SweepResult()
     for rec in read_records(client.config.state):

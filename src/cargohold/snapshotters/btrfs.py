@@ -1,6 +1,6 @@
 """The btrfs snapshotter: one subvolume per snapshot, children as btrfs snapshots.
 
-The root must be on btrfs. Layout (temp and removal names as in ``_common.py``)::
+The root must be on btrfs. Layout (temp and removal names as in ``dirtree.py``)::
 
     <root>/snapshots/<id>    a subvolume: empty for a prepare/view without parent, else a
                              snapshot of the parent's subvolume (read-only for views);
@@ -29,8 +29,8 @@ from typing import Any
 from cargohold._fsutil import dir_size
 from cargohold.errors import FailedPrecondition, Unsupported
 from cargohold.mount import libc
-from cargohold.snapshotters._common import DirSnapshotter, diff_usage, os_error
 from cargohold.snapshotters.api import Kind, Usage
+from cargohold.snapshotters.dirtree import DirSnapshotter, diff_usage, os_error
 from cargohold.snapshotters.runner import Runner
 from cargohold.snapshotters.storage import Snapshot
 from cargohold.types import Mount

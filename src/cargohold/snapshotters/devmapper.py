@@ -67,7 +67,6 @@ from cargohold.errors import (
     Unsupported,
 )
 from cargohold.mount import MountUsers
-from cargohold.snapshotters._tool import ToolSnapshotter
 from cargohold.snapshotters.api import Kind, Usage
 from cargohold.snapshotters.dmpool import (
     MAX_THIN_ID,
@@ -81,6 +80,7 @@ from cargohold.snapshotters.dmpool import (
 )
 from cargohold.snapshotters.runner import CommandFailed, Runner
 from cargohold.snapshotters.storage import Snapshot
+from cargohold.snapshotters.tooldriven import ToolSnapshotter
 from cargohold.types import Mount
 
 SYS_MODULE = "/sys/module/dm_mod"

@@ -1,6 +1,6 @@
 """The native snapshotter: every active snapshot is a full copy of its parent.
 
-Layout: ``<root>/snapshots/<id>/`` is the snapshot's whole tree (see ``_common.py``). Copies
+Layout: ``<root>/snapshots/<id>/`` is the snapshot's whole tree (see ``dirtree.py``). Copies
 clone file data where the filesystem can (``FICLONE`` on btrfs/xfs, ``copy_file_range`` which
 lets NFS and others copy server-side) and fall back to reading and writing. Modes, owners,
 xattrs, symlinks, hardlinks, device nodes, fifos, sockets and times are kept. Nothing needs root
@@ -11,7 +11,7 @@ parent binds the parent's directory read-only (no copy is made for it); a view w
 binds its own empty directory read-only.
 
 Usage, as the contract asks, excludes the parent: it counts what differs from the parent's
-tree (:func:`~cargohold.snapshotters._common.diff_usage`), not the bytes the copy duplicates.
+tree (:func:`~cargohold.snapshotters.dirtree.diff_usage`), not the bytes the copy duplicates.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import stat
 from typing import Any
 
 from cargohold._fsutil import dir_size
-from cargohold.snapshotters._common import DirSnapshotter, diff_usage
 from cargohold.snapshotters.api import Kind, Usage
+from cargohold.snapshotters.dirtree import DirSnapshotter, diff_usage
 from cargohold.snapshotters.storage import Snapshot
 from cargohold.types import Mount
 

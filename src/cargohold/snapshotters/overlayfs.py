@@ -1,6 +1,6 @@
 """The overlayfs snapshotter (the default): one upper directory per snapshot, parents as lowers.
 
-Layout (see ``_common.py`` for the temp and removal names)::
+Layout (see ``dirtree.py`` for the temp and removal names)::
 
     <root>/snapshots/<id>/fs     the snapshot's own layer: the upperdir while active (0755)
     <root>/snapshots/<id>/work   overlay's workdir, active snapshots only (0711)
@@ -17,7 +17,7 @@ view of several         ``overlay`` with ``lowerdir`` only: read-only by constru
 
 Every path is absolute, so each mount pastes into a shell as ``mount -t overlay overlay -o …``
 (:meth:`cargohold.types.Mount.command`). Chains whose options exceed one page still mount
-through :mod:`cargohold.overlaymount`.
+through :mod:`cargohold.mount.overlay`.
 
 The layer format is overlay's own: a deleted file is a 0/0 character device and an opaque
 directory carries ``trusted.overlay.opaque=y``. A differ applies a layer straight into
@@ -37,8 +37,8 @@ from cargohold._fsutil import dir_size
 from cargohold._oserror import read_only_root
 from cargohold.errors import CargoholdError, FailedPrecondition, Unsupported
 from cargohold.mount import libc, mount, unmount
-from cargohold.snapshotters._common import DirSnapshotter
 from cargohold.snapshotters.api import Kind, Usage
+from cargohold.snapshotters.dirtree import DirSnapshotter
 from cargohold.snapshotters.storage import Snapshot
 from cargohold.types import Mount
 

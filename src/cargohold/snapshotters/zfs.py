@@ -51,10 +51,10 @@ from typing import Any
 from cargohold._lmdb import Tx
 from cargohold.errors import CargoholdError, FailedPrecondition, Unsupported
 from cargohold.mount import MountUsers
-from cargohold.snapshotters._tool import ToolSnapshotter
 from cargohold.snapshotters.api import Kind, Usage
 from cargohold.snapshotters.runner import CommandFailed, Result, Runner
 from cargohold.snapshotters.storage import Snapshot
+from cargohold.snapshotters.tooldriven import ToolSnapshotter
 from cargohold.types import Mount
 
 SYS_MODULE = "/sys/module/zfs"

@@ -1,4 +1,4 @@
-"""Mounting and unmounting :class:`~cargohold.types.Mount` lists on Linux.
+"""Mounting and unmounting :class:`~cargohold.types.Mount` lists on Linux: the system calls.
 
 ``mount_all(mounts, target)`` mounts in order; ``unmount(target)`` retries on EBUSY and treats
 "not mounted" as done; ``temp_mount(mounts)`` mounts into a fresh directory for the length of a
@@ -12,13 +12,12 @@ import contextlib
 import ctypes
 import errno
 import os
-import re
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from cargohold.errors import CargoholdError, FailedPrecondition, Unsupported
+from cargohold.mount.info import is_mountpoint
 from cargohold.types import Mount
 
 MS_RDONLY = 0x1
@@ -101,9 +100,9 @@ def mount(m: Mount, target: str) -> None:
                        | (flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC)), "")
         return
     if m.type == "overlay":
-        from cargohold import overlaymount
+        from cargohold.mount import overlay
 
-        overlaymount.mount_overlay(m, target, flags, data)
+        overlay.mount_overlay(m, target, flags, data)
         return
     _sys_mount(m.source, target, m.type, flags, data)
 
@@ -120,126 +119,6 @@ def mount_all(mounts: Sequence[Mount], target: str) -> None:
             with contextlib.suppress(CargoholdError):
                 unmount(target)
         raise
-
-
-@dataclass(frozen=True)
-class MountEntry:
-    """One line of ``/proc/self/mountinfo``.
-
-    ``root`` is the path inside the mounted filesystem that appears at ``target`` (``/`` for a
-    whole filesystem, a subdirectory for a bind mount); ``dev`` is its ``major:minor``.
-    """
-
-    target: str
-    root: str
-    dev: str
-    fstype: str
-    source: str
-    options: tuple[str, ...]
-
-    def overlay_dirs(self) -> list[str]:
-        """The lower, upper and work directories of an overlay mount, as the kernel shows
-        them (relative when they were given relative).
-        """
-        if self.fstype != "overlay":
-            return []
-        out: list[str] = []
-        for o in self.options:
-            k, _, v = o.partition("=")
-            if k == "lowerdir":
-                out += [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", v) if p]
-            elif k in ("lowerdir+", "datadir+", "upperdir", "workdir") and v:
-                out.append(v)
-        return out
-
-
-def mountinfo() -> list[MountEntry]:
-    """Every mount this process sees, in mount order."""
-    out = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            try:
-                sep = fields.index("-", 6)
-            except ValueError:
-                continue
-            if len(fields) < sep + 4:
-                continue
-            out.append(MountEntry(
-                target=_unescape(fields[4]), root=_unescape(fields[3]), dev=fields[2],
-                fstype=fields[sep + 1], source=_unescape(fields[sep + 2]),
-                options=tuple(_unescape(o) for o in _split_options(fields[sep + 3]))))
-    return out
-
-
-def _split_options(text: str) -> list[str]:
-    # Commas inside option values are escaped by the kernel only for some filesystems;
-    # overlay paths with commas are rare enough that a plain split is what mount(8) does too.
-    return text.split(",")
-
-
-def is_mountpoint(path: str) -> bool:
-    """Whether ``path`` is listed as a mount point in /proc/self/mountinfo."""
-    real = os.path.realpath(path)
-    return any(e.target == real for e in mountinfo())
-
-
-def _unescape(s: str) -> str:
-    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace(
-        "\\134", "\\")
-
-
-class MountUsers:
-    """Which mounts use a directory: as the source of a bind mount, or as an overlay layer.
-
-    Built once from :func:`mountinfo` (pass ``entries`` to reuse a reading). A directory is
-    used when a bind mount shows it (or something inside it) as its root, or when an overlay
-    names it (or something inside it) as a lower, upper or work directory. Overlay paths the
-    kernel shows relative (a mount made after ``cd``) are resolved against ``bases``; a
-    relative path cannot be pinned down exactly, so it counts for every base it fits: when in
-    doubt, a directory counts as used.
-    """
-
-    def __init__(self, entries: list[MountEntry] | None = None) -> None:
-        self.entries = mountinfo() if entries is None else entries
-        self._overlay: list[tuple[str, str]] = []  # (directory as shown, target)
-        for e in self.entries:
-            self._overlay += [(d, e.target) for d in e.overlay_dirs()]
-
-    def _fs_path(self, path: str) -> tuple[str, str] | None:
-        """(dev, path inside its filesystem) of an absolute path, from the mount holding it."""
-        best: MountEntry | None = None
-        for e in self.entries:
-            t = e.target.rstrip("/") or "/"
-            if (path == t or path.startswith(t.rstrip("/") + "/")) and (
-                    best is None or len(t) >= len(best.target)):
-                best = e
-        if best is None:
-            return None
-        rel = os.path.relpath(path, best.target)
-        inner = best.root if rel == "." else os.path.join(best.root, rel)
-        return best.dev, os.path.normpath(inner)
-
-    def targets(self, directory: str, bases: tuple[str, ...] = ()) -> list[str]:
-        """Mount points that use ``directory`` (an absolute path) or anything inside it."""
-        directory = os.path.normpath(directory)
-        out: list[str] = []
-        where = self._fs_path(directory)
-        if where is not None:
-            dev, inner = where
-            for e in self.entries:
-                if e.dev == dev and e.fstype != "overlay" and _within(e.root, inner) \
-                        and e.target != directory:
-                    out.append(e.target)
-        for shown, target in self._overlay:
-            paths = [shown] if shown.startswith("/") else [os.path.join(b, shown) for b in bases]
-            if any(_within(os.path.normpath(p), directory) for p in paths):
-                out.append(target)
-        return sorted(set(out))
-
-
-def _within(path: str, directory: str) -> bool:
-    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 def unmount(target: str, *, retries: int = 50, delay: float = 0.05, detach: bool = False) -> None:

@@ -40,8 +40,8 @@ from cargohold.errors import (
     Unavailable,
 )
 from cargohold.mount import MountUsers
-from cargohold.snapshotters._base import Bookkept
 from cargohold.snapshotters.api import Kind, Usage
+from cargohold.snapshotters.bookkeeping import Bookkept
 from cargohold.snapshotters.storage import Snapshot
 from cargohold.types import Mount
 

@@ -2,9 +2,9 @@
 
 Their snapshots are datasets or thin devices reached through a command-line tool (behind
 :class:`~cargohold.snapshotters.runner.Runner`), not directories under the root, so they do not
-fit :class:`~cargohold.snapshotters._common.DirSnapshotter`. Beyond what every backend shares
-(:class:`~cargohold.snapshotters._base.Bookkept`), they share the runner and a few keys of their
-own that live in the same LMDB environment under a prefix per backend, outside ``v1/``::
+fit :class:`~cargohold.snapshotters.dirtree.DirSnapshotter`. Beyond what every backend shares
+(:class:`~cargohold.snapshotters.bookkeeping.Bookkept`), they share the runner and a few keys
+of their own that live in the same LMDB environment under a prefix per backend, outside ``v1/``::
 
     <backend>/v1/...    backend-specific records (see each backend's module docstring)
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from cargohold._lmdb import SEP, Tx
 from cargohold.errors import FailedPrecondition
-from cargohold.snapshotters._base import Bookkept
+from cargohold.snapshotters.bookkeeping import Bookkept
 from cargohold.snapshotters.runner import Runner
 
 

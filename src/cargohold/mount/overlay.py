@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from cargohold.mount import MountError, _sys_mount, libc
+from cargohold.mount.kernel import MountError, _sys_mount, libc
 from cargohold.types import Mount
 
 SYS_FSOPEN = 430

@@ -4,8 +4,8 @@ Each backend keeps its records in a :class:`~cargohold.snapshotters.storage.Meta
 ``<root>/metadata/``. Stat, update and walk only read or change those records; usage and mounts
 need one hook each (``_active_usage``, ``_mounts``); prepare and view differ only in the kind
 they ask for. So they live here once, and the backends
-(:class:`~cargohold.snapshotters._common.DirSnapshotter` for directory trees,
-:class:`~cargohold.snapshotters._tool.ToolSnapshotter` for zfs and devmapper) supply ``_new``,
+(:class:`~cargohold.snapshotters.dirtree.DirSnapshotter` for directory trees,
+:class:`~cargohold.snapshotters.tooldriven.ToolSnapshotter` for zfs and devmapper) supply ``_new``,
 the hooks and the rest of the contract.
 """
 
