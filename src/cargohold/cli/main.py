@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "namespaces": ("cargohold.cli.namespaces", "namespaces", ("ns", "namespace")),
     "containers": ("cargohold.cli.containers", "containers", ("c", "container")),
     "tasks": ("cargohold.cli.tasks", "tasks", ("t", "task")),
+    "run": ("cargohold.cli.run", "run", ()),
     "gc": ("cargohold.cli.gc", "gc", ()),
     "fsck": ("cargohold.cli.fsck", "fsck", ()),
     "df": ("cargohold.cli.df", "df", ()),

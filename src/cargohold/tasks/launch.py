@@ -1,0 +1,199 @@
+"""Creating a task: the bundle under the state directory, the rootfs mounted, the shim started.
+
+:func:`launch` (``hold tasks start``, ``hold run``):
+
+1. reads the container record (NotFound with a hint) and checks that runc is installed;
+2. claims ``<state>/tasks/<ns>/<id>`` with an exclusive ``mkdir`` (AlreadyExists, naming the
+   task's state, when the task exists: one task per container, as in containerd);
+3. writes ``bundle/config.json`` (the record's spec) and mounts the container's snapshot on
+   ``bundle/rootfs``;
+4. writes ``shim.json`` and starts the shim (:mod:`.shim`) in a new session; the shim forks
+   away from this process, runs ``runc create`` (and ``runc start`` with ``start=True``) and
+   reports on a pipe; this call returns what it reported.
+
+Any failure undoes all of it (the runc container, the mount, the directory) and raises: a runc
+failure as :class:`~cargohold.tasks.runc.RuncError` with runc's message and the command.
+*Crash window*: a crash between the ``mkdir`` and the shim's report leaves a task directory
+that ``hold tasks ls`` shows as UNKNOWN (or CREATED, shim gone) and ``hold tasks rm`` removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from cargohold import mount as kmount
+from cargohold._fsutil import makedirs
+from cargohold.errors import AlreadyExists, CargoholdError, FailedPrecondition, NotFound
+from cargohold.tasks import runc as runc_mod
+from cargohold.tasks.api import DEFAULT_LOG_SIZE_MAX, TaskPaths
+from cargohold.tasks.runc import Runc
+
+if TYPE_CHECKING:
+    from cargohold.client import Client
+
+READY_TIMEOUT = 120.0
+
+
+class ShimFailed(FailedPrecondition):
+    """The shim died before it said whether the task was created."""
+
+
+def shim_argv(taskdir: str, ready_fd: int) -> list[str]:
+    """The command that starts a shim: this interpreter, isolated and without ``site`` (it
+    needs only the standard library and this package), so it starts in a few milliseconds.
+    """
+    import cargohold
+
+    src = os.path.dirname(os.path.dirname(os.path.abspath(cargohold.__file__)))
+    code = (f"import sys; sys.path.insert(0, {src!r}); "
+            "from cargohold.tasks.shim import main; sys.exit(main(sys.argv[1:]))")
+    return [sys.executable, "-I", "-S", "-c", code, taskdir, str(ready_fd)]
+
+
+def settings(client: Client) -> tuple[str, int]:
+    """(runc binary, log size cap) from the ``[tasks]`` config section."""
+    sec = client.config.section("tasks")
+    binary = str(sec.get("runtime_binary") or "runc")
+    return binary, int(sec.get("log_size_max", DEFAULT_LOG_SIZE_MAX))
+
+
+def _error_from(doc: dict[str, Any]) -> CargoholdError:
+    kind = doc.get("kind") or ""
+    msg = str(doc.get("error") or "the shim failed")
+    hint = doc.get("hint") or None
+    cmd = doc.get("command")
+    if kind == "RuncMissing":
+        return runc_mod.RuncMissing(msg, hint=hint)
+    if cmd:
+        cls = runc_mod.RuncNotFound if kind == "RuncNotFound" else runc_mod.RuncFailed
+        return cls(msg, cmd, hint=hint)
+    return ShimFailed(msg, hint=hint)
+
+
+def _wait_ready(r: int, proc: subprocess.Popen[bytes], paths: TaskPaths) -> dict[str, Any]:
+    buf = b""
+    deadline = time.monotonic() + READY_TIMEOUT
+    proc.wait()  # the shim's first process exits at once; the shim proper writes to ``r``
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ShimFailed(f"task {paths.id}: the shim did not report within "
+                             f"{READY_TIMEOUT:g}s", hint=f"see {paths.file('shim.log')}")
+        ready, _, _ = select.select([r], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        buf += chunk
+    if not buf.strip():
+        tail = _tail(paths.file("shim.log"))
+        raise ShimFailed(f"task {paths.id}: the shim exited without a report"
+                         + (f": {tail}" if tail else ""),
+                         hint=f"see {paths.file('shim.log')}")
+    doc = json.loads(buf.splitlines()[0])
+    if not doc.get("ok"):
+        raise _error_from(doc)
+    return doc
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def launch(client: Client, cid: str, *, start: bool) -> dict[str, Any]:
+    """Create (and with ``start`` start) the task of container ``cid``; see the module.
+
+    Returns the shim's report: ``{"ok": True, "pid": init pid, "started": bool}`` and
+    whether the task has a terminal (``tty``).
+    """
+    from cargohold.metadata import containers as records
+
+    ns = client.namespace
+    with client.db.view() as tx:
+        c = records.get(tx, ns, cid)
+    paths = TaskPaths(client.config.state, ns, cid)
+    binary, cap = settings(client)
+    rc = Runc(paths.runc_root, binary=binary)
+    rc.available()
+    spec = json.loads(c.spec or "{}")
+    if not spec.get("process"):
+        raise FailedPrecondition(f"container {cid}: has no runtime spec",
+                                 hint=f"create it again with 'hold containers create' "
+                                      f"(after 'hold containers rm {cid}')")
+    makedirs(os.path.dirname(paths.dir), 0o711)
+    makedirs(paths.runc_root, 0o700)
+    try:
+        os.mkdir(paths.dir, 0o711)
+    except FileExistsError:
+        from cargohold.tasks.control import Tasks
+
+        info = Tasks(client.config.state, ns, runc_binary=binary).get(cid)
+        raise AlreadyExists(f"task {cid}: already exists ({info.describe()})",
+                            hint=f"remove it first with 'hold tasks rm {cid}'") from None
+    mounted = created = False
+    try:
+        os.makedirs(paths.rootfs)
+        with open(os.path.join(paths.bundle, "config.json"), "w") as f:
+            json.dump(spec, f)
+        mounts = client.snapshotter(c.snapshotter).mounts(c.snapshotkey)
+        kmount.mount_all(mounts, paths.rootfs)
+        mounted = True
+        user = spec["process"].get("user") or {}
+        cfg = {"id": cid, "namespace": ns, "runc_root": paths.runc_root, "runc_binary": binary,
+               "bundle": paths.bundle, "tty": bool(spec["process"].get("terminal")),
+               "start": start, "log_size_max": cap, "uid": int(user.get("uid", 0)),
+               "gid": int(user.get("gid", 0))}
+        with open(paths.file("shim.json"), "w") as f:
+            json.dump(cfg, f)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            with open(paths.file("shim.log"), "ab") as log:
+                os.set_inheritable(w, True)
+                proc = subprocess.Popen(shim_argv(paths.dir, w), stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=log, cwd=paths.dir,
+                                        start_new_session=True, pass_fds=(w,))
+            os.close(w)
+            w = -1
+            created = True
+            return {**_wait_ready(r, proc, paths), "tty": cfg["tty"]}
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+    except BaseException:
+        if created:
+            with contextlib.suppress(CargoholdError):
+                rc.delete(cid, force=True)
+        if mounted:
+            with contextlib.suppress(CargoholdError):
+                kmount.unmount_all(paths.rootfs)
+        if not kmount.is_mountpoint(paths.rootfs):
+            import shutil
+
+            shutil.rmtree(paths.dir, ignore_errors=True)
+        raise
+
+
+def require_container(client: Client, cid: str) -> None:
+    """NotFound (with what to do) unless container ``cid`` exists."""
+    from cargohold.metadata import containers as records
+
+    with client.db.view() as tx:
+        try:
+            records.get(tx, client.namespace, cid)
+        except NotFound as exc:
+            raise NotFound(exc.message, hint="create it with 'hold containers create', or "
+                                             "list them with 'hold containers ls'") from None
