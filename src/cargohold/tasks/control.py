@@ -21,7 +21,7 @@ import os
 import shutil
 import signal as signals
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cargohold.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -205,21 +205,26 @@ class Tasks:
         res = StopResult(tid)
         if info.status == Status.PAUSED:
             # A frozen process cannot act on a signal (not even die): thaw it first.
+            t = time.time_ns()
             self.runc.resume(tid)
-            res.events.append((time.time_ns(), "resumed"))
+            res.events.append((t, "resumed"))
         if timeout > 0:
+            # Each event is stamped before the call that makes it: a signal is delivered
+            # during ``runc kill``, so the task may well exit before that call returns.
+            t = time.time_ns()
             self.runc.kill(tid, signals.SIGTERM)
-            res.events.append((time.time_ns(), "sent SIGTERM"))
+            res.events.append((t, "sent SIGTERM"))
             done, ex = self.wait(tid, timeout)
             if done:
                 res.exit = ex
                 res.events.append((ex.exited_at if ex else time.time_ns(), "exited"))
                 return res
             res.events.append((time.time_ns(), f"still running after {timeout:g}s"))
+        t = time.time_ns()
         with contextlib.suppress(FailedPrecondition):  # it may exit just now: fine
             self.runc.kill(tid, signals.SIGKILL, all=True)
         res.killed = True
-        res.events.append((time.time_ns(), "sent SIGKILL"))
+        res.events.append((t, "sent SIGKILL"))
         done, ex = self.wait(tid, KILL_WAIT)
         if not done:
             raise FailedPrecondition(f"task {tid}: still running {KILL_WAIT:g}s after SIGKILL",
@@ -273,7 +278,9 @@ class Tasks:
 
     # --- removal -------------------------------------------------------------------------------
     def rm(self, tid: str, *, force: bool = False) -> TaskInfo:
-        """Remove the task (see the module docstring); returns what it was."""
+        """Remove the task (see the module docstring); returns what it was, with the exit
+        status its shim recorded (also for a task killed by ``force``).
+        """
         from cargohold import mount as kmount
 
         info = self.get(tid)
@@ -285,6 +292,9 @@ class Tasks:
                      f"with 'hold tasks rm --force {tid}'")
         self.runc.delete(tid, force=info.status != Status.STOPPED or force)
         self._end_shim(p)
+        ex = read_exit(p)
+        if ex is not None:
+            info = replace(info, status=Status.STOPPED, exit=ex)
         kmount.unmount_all(p.rootfs)
         spec = read_json_file(os.path.join(p.bundle, "config.json")) or {}
         cg = (spec.get("linux") or {}).get("cgroupsPath")
