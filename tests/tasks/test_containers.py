@@ -173,3 +173,23 @@ def test_an_image_not_unpacked_yet_is_unpacked_on_create(hold, client, busybox_r
     pack(client, busybox_rootfs, "test/later:1", PackOptions(unpack=False))
     assert snapshot_keys(hold) == []
     assert hold("run", "--rm", "test/later:1", "t1", "echo", "ok").stdout == b"ok\n"
+
+
+def test_plugins_ls_probes_runc_for_real(hold, image, root):
+    import shutil as sh
+
+    row = {(r["type"], r["id"]): r for r in json.loads(
+        hold("plugins", "ls", "--format", "json").stdout)}[("runtime", "runc")]
+    assert row["status"] == "ok" and row["reason"].startswith("runc version ")
+    hold("run", "-d", IMAGE, "t1", "sleep", "100")
+    row = {(r["type"], r["id"]): r for r in json.loads(
+        hold("plugins", "ls", "--format", "json").stdout)}[("runtime", "runc")]
+    assert "1 task(s), 1 runc container(s)" in row["reason"]
+    hold("tasks", "rm", "--force", "t1")
+    cfg = os.path.join(root, "_no_config.toml")
+    with open(cfg, "w") as f:
+        f.write('[tasks]\nruntime_binary = "no-such-runc"\n')
+    row = {(r["type"], r["id"]): r for r in json.loads(
+        hold("plugins", "ls", "--format", "json").stdout)}[("runtime", "runc")]
+    assert row["status"] == "skip" and "no-such-runc not found" in row["reason"]
+    assert sh.which("runc")

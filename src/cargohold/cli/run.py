@@ -31,7 +31,7 @@ def run(app: App, rm: bool, detach: bool, plain_http: bool, hosts_dir: str | Non
     """Run CMD (the image's entrypoint and cmd when none is given) in a new container ID.
 
     IMAGE is pulled first when the store lacks it. Everything after ID is the argv, dashes
-    included: 'hold run --rm IMG t1 sh -c "exit 7"' exits 7. Attached, output, stdin and
+    included (so hold run --rm IMG t1 sh -c "exit 7" exits 7). Attached, output, stdin and
     signals are the task's, and its exit status is hold's; hold dying never stops the task.
     """
     from cargohold.tasks import run as runner

@@ -204,3 +204,32 @@ def _log_or(log: str | None, stderr: str) -> str:
         except OSError:
             pass
     return stderr
+
+
+def probe(state: str, ns: str, binary: str = "runc") -> tuple[str, str]:
+    """``(status, reason)`` for ``hold plugins ls``: runc answers ``--version`` and lists
+    namespace ``ns``'s containers under ``state``, and the state directory is writable.
+    """
+    import os
+
+    from cargohold.tasks.api import runc_root, task_ids
+
+    if shutil.which(binary) is None:
+        return "skip", f"{binary} not found on PATH: install runc (tools/setup installs it)"
+    if os.geteuid() != 0:
+        return "skip", "needs root: rootless containers are not supported"
+    r = Runc(runc_root(state, ns), binary=binary)
+    first = r.version().splitlines()
+    version = first[0].strip() if first else "runc (no version printed)"
+    spec_line = next((ln.split(":", 1)[1].strip() for ln in first if ln.startswith("spec:")),
+                     "")
+    running = r.list()
+    where = state
+    while not os.path.isdir(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    if not os.access(where, os.W_OK | os.X_OK):
+        return "error", f"{version}, but the state directory {where} is not writable"
+    spec_text = f" (spec {spec_line})" if spec_line else ""
+    return "ok", (f"{version}{spec_text}; state {state} writable; "
+                  f"{len(task_ids(state, ns))} task(s), {len(running)} runc container(s) "
+                  f"in namespace {ns}")

@@ -3,7 +3,7 @@
 ``hold`` starts it (:mod:`.launch`) as ``python -I -S -c <bootstrap> TASKDIR READY_FD`` in a
 new session. It forks at once and the first process exits, so the shim proper is re-parented
 away from ``hold`` (to init, or the nearest subreaper): ``hold`` exiting, crashing or being
-killed never touches it, and ``hold serve`` restarting neither. The shim then:
+killed never touches it, and neither does a restart of the service. The shim then:
 
 1. marks itself a child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``), so the container's
    init becomes its child once ``runc create`` exits, and writes ``shim.pid``;
