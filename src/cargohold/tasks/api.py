@@ -14,7 +14,8 @@ id is the container id). Everything about it lives in one directory, ``<state>/t
       init.pid               the container's init, as runc writes it (--pid-file)
       runc.log               runc's log for create and start (JSON lines)
       attach.sock            the shim's socket: start, stdin, resize, signals, output
-      exit.json              {"status": N, "exited_at": ns, "pid": P}, written once at exit
+      exit.json              {"status": N, "exited_at": ns, "pid": P, "runc_deleted": B},
+                             written by the shim at the exit (B once runc's state is gone)
       log, log.1             the task's output in the CRI log format, size-capped (see logs)
       execs/<exec-id>.pid    processes started with 'hold tasks exec', while they run
 
@@ -166,6 +167,7 @@ class Exit:
     status: int
     exited_at: int  # ns since the epoch
     pid: int = 0
+    runc_deleted: bool = False  # the shim deleted runc's container after the exit
 
 
 def read_exit(paths: TaskPaths) -> Exit | None:
@@ -173,7 +175,7 @@ def read_exit(paths: TaskPaths) -> Exit | None:
     if doc is None:
         return None
     return Exit(int(doc.get("status", -1)), int(doc.get("exited_at", 0)),
-                int(doc.get("pid", 0)))
+                int(doc.get("pid", 0)), bool(doc.get("runc_deleted")))
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,17 @@ task whose shim died is unknown.
 Signals go through ``runc kill`` (``--all``: every process of the container). ``stop`` sends
 SIGTERM, waits ``timeout`` seconds for the exit, then SIGKILL to every process and waits
 again (timeout 0: SIGKILL at once, as CRI's StopContainer), and returns the events in order.
-``rm`` refuses a running task unless ``force`` (then runc kills it), deletes runc's container
-(and so its cgroup), unmounts the rootfs and removes the directory; a repeat raises NotFound.
+``rm`` refuses a running task unless ``force`` (then runc kills it), unmounts the rootfs,
+waits for the shim (which deletes runc's container, and so its cgroup, once the exit is
+recorded; ``rm`` deletes it when the shim could not) and removes the directory; a repeat
+raises NotFound.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal as signals
 import time
@@ -140,18 +143,21 @@ class Tasks:
 
     def get(self, tid: str) -> TaskInfo:
         """The task ``tid``; NotFound (with a hint) when it has no task directory."""
-        if not os.path.isdir(self.paths(tid).dir):
+        p = self.paths(tid)
+        if not os.path.isdir(p.dir):
             raise NotFound(f"task {tid}: not found in namespace {self.ns}",
                            hint=f"start it with 'hold tasks start {tid}', or list tasks with "
                                 "'hold tasks ls'")
-        states = self._runc_states()
+        # A recorded exit says all there is: no need to ask runc.
+        states = {} if os.path.exists(p.file("exit.json")) else self._runc_states()
         return self._info(tid, states)
 
     def list(self) -> list[TaskInfo]:
         ids = task_ids(self.state, self.ns)
         if not ids:
             return []
-        states = self._runc_states()
+        live = [t for t in ids if not os.path.exists(self.paths(t).file("exit.json"))]
+        states = self._runc_states() if live else {}
         return [self._info(t, states) for t in ids]
 
     def _require_live(self, tid: str, what: str) -> TaskInfo:
@@ -290,12 +296,15 @@ class Tasks:
                 f"task {tid}: is {info.status.value}",
                 hint=f"stop it first with 'hold tasks stop {tid}', or kill and remove it "
                      f"with 'hold tasks rm --force {tid}'")
-        self.runc.delete(tid, force=info.status != Status.STOPPED or force)
+        if info.status != Status.STOPPED:
+            self.runc.delete(tid, force=True)  # kills it; a live shim then records the exit
+        kmount.unmount_all(p.rootfs)
         self._end_shim(p)
         ex = read_exit(p)
+        if ex is None or not ex.runc_deleted:
+            self.runc.delete(tid, force=True)  # the shim could not (it died): do it here
         if ex is not None:
             info = replace(info, status=Status.STOPPED, exit=ex)
-        kmount.unmount_all(p.rootfs)
         spec = read_json_file(os.path.join(p.bundle, "config.json")) or {}
         cg = (spec.get("linux") or {}).get("cgroupsPath")
         if cg:
@@ -309,15 +318,29 @@ class Tasks:
         shutil.rmtree(p.dir)
         return info
 
-    def _end_shim(self, p: TaskPaths) -> None:
-        """Wait briefly for the shim to finish on its own (it does once init is reaped),
-        then make sure it is gone: nothing may write into a removed directory.
+    def _end_shim(self, p: TaskPaths, timeout: float = 5.0) -> None:
+        """Wait for the shim to finish on its own (it does once init is reaped and runc's
+        container deleted), then make sure it is gone: nothing may write into a removed
+        directory.
         """
-        deadline = time.monotonic() + 5.0
-        while True:
-            pid, alive = shim_alive(p)
-            if not alive:
-                return
+        pid, alive = shim_alive(p)
+        if not alive:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                if shim_alive(p)[1]:  # the pid is still the shim's (not reused meanwhile)
+                    select.select([fd], [], [], timeout)
+                    if shim_alive(p)[1]:
+                        signals.pidfd_send_signal(fd, signals.SIGKILL)
+            finally:
+                os.close(fd)
+            return
+        deadline = time.monotonic() + timeout
+        while shim_alive(p)[1]:
             if time.monotonic() >= deadline:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signals.SIGKILL)

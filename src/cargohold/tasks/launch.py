@@ -2,14 +2,16 @@
 
 :func:`launch` (``hold tasks start``, ``hold run``):
 
+0. starts the shim (:class:`ShimStarter`, unless the caller started one earlier), which
+   waits for the bundle while this process prepares it;
 1. reads the container record (NotFound with a hint) and checks that runc is installed;
 2. claims ``<state>/tasks/<ns>/<id>`` with an exclusive ``mkdir`` (AlreadyExists, naming the
    task's state, when the task exists: one task per container, as in containerd);
 3. writes ``bundle/config.json`` (the record's spec) and mounts the container's snapshot on
    ``bundle/rootfs``;
-4. writes ``shim.json`` and starts the shim (:mod:`.shim`) in a new session; the shim forks
-   away from this process, runs ``runc create`` (and ``runc start`` with ``start=True``) and
-   reports on a pipe; this call returns what it reported.
+4. writes ``shim.json`` and tells the shim (:mod:`.shim`, in its own session and already
+   forked away from this process) the task directory; it runs ``runc create`` (and ``runc
+   start`` with ``start=True``) and reports on a pipe; this call returns what it reported.
 
 Any failure undoes all of it (the runc container, the mount, the directory) and raises: a runc
 failure as :class:`~cargohold.tasks.runc.RuncError` with runc's message and the command.
@@ -45,7 +47,7 @@ class ShimFailed(FailedPrecondition):
     """The shim died before it said whether the task was created."""
 
 
-def shim_argv(taskdir: str, ready_fd: int) -> list[str]:
+def shim_argv(go_fd: int, ready_fd: int) -> list[str]:
     """The command that starts a shim: this interpreter, isolated and without ``site`` (it
     needs only the standard library and this package), so it starts in a few milliseconds.
     """
@@ -54,7 +56,60 @@ def shim_argv(taskdir: str, ready_fd: int) -> list[str]:
     src = os.path.dirname(os.path.dirname(os.path.abspath(cargohold.__file__)))
     code = (f"import sys; sys.path.insert(0, {src!r}); "
             "from cargohold.tasks.shim import main; sys.exit(main(sys.argv[1:]))")
-    return [sys.executable, "-I", "-S", "-c", code, taskdir, str(ready_fd)]
+    return [sys.executable, "-I", "-S", "-c", code, str(go_fd), str(ready_fd)]
+
+
+class ShimStarter:
+    """A shim started ahead of its task: its interpreter starts while the caller prepares the
+    bundle; :meth:`go` hands it the task directory and waits for its report; :meth:`cancel`
+    (or leaving the ``with`` block without ``go``) makes it exit without doing anything.
+    """
+
+    def __init__(self) -> None:
+        go_r, self._go = os.pipe2(os.O_CLOEXEC)
+        self._ready, ready_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.proc = subprocess.Popen(
+                shim_argv(go_r, ready_w), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+                start_new_session=True, pass_fds=(go_r, ready_w))
+        except BaseException:
+            for fd in (self._go, self._ready):
+                os.close(fd)
+            raise
+        finally:
+            os.close(go_r)
+            os.close(ready_w)
+        self.sent = False
+
+    def go(self, paths: TaskPaths) -> dict[str, Any]:
+        """Send the task directory (``shim.json`` and the bundle are in place) and return
+        the shim's report; raise what it reported.
+        """
+        os.write(self._go, paths.dir.encode() + b"\n")
+        self.sent = True
+        self.cancel()
+        try:
+            return _wait_ready(self._ready, paths)
+        finally:
+            os.close(self._ready)
+            self._ready = -1
+
+    def cancel(self) -> None:
+        """Close the go pipe (a shim that got nothing exits) and reap the first process."""
+        if self._go >= 0:
+            os.close(self._go)
+            self._go = -1
+        self.proc.wait()  # the first process exits at once; the shim proper is not a child
+
+    def __enter__(self) -> ShimStarter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+        if self._ready >= 0:
+            os.close(self._ready)
+            self._ready = -1
 
 
 def settings(client: Client) -> tuple[str, int]:
@@ -77,10 +132,9 @@ def _error_from(doc: dict[str, Any]) -> CargoholdError:
     return ShimFailed(msg, hint=hint)
 
 
-def _wait_ready(r: int, proc: subprocess.Popen[bytes], paths: TaskPaths) -> dict[str, Any]:
+def _wait_ready(r: int, paths: TaskPaths) -> dict[str, Any]:
     buf = b""
     deadline = time.monotonic() + READY_TIMEOUT
-    proc.wait()  # the shim's first process exits at once; the shim proper writes to ``r``
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -113,14 +167,20 @@ def _tail(path: str) -> str:
     return lines[-1] if lines else ""
 
 
-def launch(client: Client, cid: str, *, start: bool) -> dict[str, Any]:
+def launch(client: Client, cid: str, *, start: bool,
+           shim: ShimStarter | None = None) -> dict[str, Any]:
     """Create (and with ``start`` start) the task of container ``cid``; see the module.
 
-    Returns the shim's report: ``{"ok": True, "pid": init pid, "started": bool}`` and
-    whether the task has a terminal (``tty``).
+    ``shim``: one started ahead by the caller (``hold run`` starts it before it creates the
+    container); otherwise one is started here, first. Returns the shim's report:
+    ``{"ok": True, "pid": init pid, "started": bool}`` and whether the task has a terminal
+    (``tty``).
     """
     from cargohold.metadata import containers as records
 
+    if shim is None:
+        with ShimStarter() as own:
+            return launch(client, cid, start=start, shim=own)
     ns = client.namespace
     with client.db.view() as tx:
         c = records.get(tx, ns, cid)
@@ -143,7 +203,7 @@ def launch(client: Client, cid: str, *, start: bool) -> dict[str, Any]:
         info = Tasks(client.config.state, ns, runc_binary=binary).get(cid)
         raise AlreadyExists(f"task {cid}: already exists ({info.describe()})",
                             hint=f"remove it first with 'hold tasks rm {cid}'") from None
-    mounted = created = False
+    mounted = False
     try:
         os.makedirs(paths.rootfs)
         with open(os.path.join(paths.bundle, "config.json"), "w") as f:
@@ -158,23 +218,9 @@ def launch(client: Client, cid: str, *, start: bool) -> dict[str, Any]:
                "gid": int(user.get("gid", 0))}
         with open(paths.file("shim.json"), "w") as f:
             json.dump(cfg, f)
-        r, w = os.pipe2(os.O_CLOEXEC)
-        try:
-            with open(paths.file("shim.log"), "ab") as log:
-                os.set_inheritable(w, True)
-                proc = subprocess.Popen(shim_argv(paths.dir, w), stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=log, cwd=paths.dir,
-                                        start_new_session=True, pass_fds=(w,))
-            os.close(w)
-            w = -1
-            created = True
-            return {**_wait_ready(r, proc, paths), "tty": cfg["tty"]}
-        finally:
-            os.close(r)
-            if w >= 0:
-                os.close(w)
+        return {**shim.go(paths), "tty": cfg["tty"]}
     except BaseException:
-        if created:
+        if shim.sent:
             with contextlib.suppress(CargoholdError):
                 rc.delete(cid, force=True)
         if mounted:

@@ -70,19 +70,21 @@ def run(client: Client, image: str, cid: str, opts: containers.CreateOptions, *,
     """Create and start container ``cid`` of ``image`` (see the module docstring)."""
     from cargohold.tasks.attach import attach
     from cargohold.tasks.control import Tasks
-    from cargohold.tasks.launch import launch, settings
+    from cargohold.tasks.launch import ShimStarter, launch, settings
 
     if detach and rm:
         raise InvalidArgument("--rm and --detach: cannot be used together",
                               hint="remove a detached task with 'hold tasks rm' when it is done")
-    containers.create(client, image, cid, opts)
-    try:
-        ready = launch(client, cid, start=detach)
-    except BaseException:
-        if rm:
-            with contextlib.suppress(CargoholdError):
-                containers.remove(client, cid)
-        raise
+    # The shim's interpreter starts while the container is created (it waits for the bundle).
+    with ShimStarter() as shim:
+        containers.create(client, image, cid, opts)
+        try:
+            ready = launch(client, cid, start=detach, shim=shim)
+        except BaseException:
+            if rm:
+                with contextlib.suppress(CargoholdError):
+                    containers.remove(client, cid)
+            raise
     if detach:
         return RunResult(None, int(ready.get("pid") or 0))
     paths = TaskPaths(client.config.state, client.namespace, cid)

@@ -1,15 +1,19 @@
 """The per-task shim: a small process that owns one task from ``runc create`` to its exit.
 
-``hold`` starts it (:mod:`.launch`) as ``python -I -S -c <bootstrap> TASKDIR READY_FD`` in a
-new session. It forks at once and the first process exits, so the shim proper is re-parented
-away from ``hold`` (to init, or the nearest subreaper): ``hold`` exiting, crashing or being
-killed never touches it, and neither does a restart of the service. The shim then:
+``hold`` starts it (:class:`cargohold.tasks.launch.ShimStarter`) as ``python -I -S -c
+<bootstrap> GO_FD READY_FD`` in a new session, *before* the bundle exists, so that the
+interpreter starts while ``hold`` prepares the container. It forks at once and the first
+process exits, so the shim proper is re-parented away from ``hold`` (to init, or the nearest
+subreaper): ``hold`` exiting, crashing or being killed never touches it, and neither does a
+restart of the service. The shim then:
 
 1. marks itself a child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``), so the container's
-   init becomes its child once ``runc create`` exits, and writes ``shim.pid``;
-2. runs ``runc create`` on ``TASKDIR/bundle`` with its own pipes as the container's stdio
-   (owned by the process user, as containerd's are), or with a console socket for a terminal,
-   from which it receives the pty master; then listens on ``attach.sock``;
+   init becomes its child once ``runc create`` exits, and waits for GO_FD to name the task
+   directory (a pipe closed without it means hold gave up: the shim just exits);
+2. moves into the task directory, sends its output to ``shim.log``, writes ``shim.pid`` and
+   runs ``runc create`` on ``bundle`` with its own pipes as the container's stdio (owned by
+   the process user, as containerd's are), or with a console socket for a terminal, from
+   which it receives the pty master; then listens on ``attach.sock``;
 3. with ``start`` in ``shim.json`` (``-d``) runs ``runc start`` now; otherwise the first
    client's ``S`` frame does (so an attached client is connected before any output exists);
 4. reports ``{"ok": true, "pid": N}`` or ``{"error": ...}`` on READY_FD and closes it;
@@ -17,7 +21,8 @@ killed never touches it, and neither does a restart of the service. The shim the
    attached client; stdin, window sizes and signals come from clients (:mod:`.proto`);
 6. reaps: when init exits, the exit status (the code, or 128 + the signal) and the time go
    to ``exit.json``; output is drained (at most :data:`DRAIN` seconds), every client gets
-   ``X``, and the shim exits. ``runc delete`` is left to ``hold tasks rm``.
+   ``X``; then ``runc delete`` releases runc's state and the cgroup (``exit.json`` then says
+   ``runc_deleted``), and the shim exits. The rootfs and the files stay for ``hold tasks rm``.
 
 A shim killed meanwhile leaves its task running: the task is still found by runc and can be
 killed; its exit status is then unknown (there is no ``exit.json``), and output written after
@@ -36,11 +41,11 @@ import signal
 import socket
 import sys
 import time
-import traceback
 from typing import Any
 
 from cargohold.tasks import proto
 from cargohold.tasks.logs import LogWriter
+from cargohold.tasks.runc import Runc
 
 PR_SET_CHILD_SUBREAPER = 36
 DRAIN = 2.0  # seconds to read what is left in the pipes after init has exited
@@ -94,8 +99,6 @@ class Shim:
     """One task, from create to exit (see the module docstring)."""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
-        from cargohold.tasks.runc import Runc
-
         self.cfg = cfg
         self.id = cfg["id"]
         self.runc = Runc(cfg["runc_root"], binary=cfg.get("runc_binary") or "runc")
@@ -451,6 +454,15 @@ class Shim:
                     self._read_client(key.data)
         for c in list(self.clients.values()):
             self._drop(c)
+        # runc's container (its state and cgroup) is not needed once the exit is recorded;
+        # exit.json says whether this worked, so 'hold tasks rm' knows what is left to do.
+        try:
+            self.runc.delete(self.id)
+        except Exception as exc:  # noqa: BLE001 - rm deletes it then
+            _log(f"runc delete after the exit failed: {exc}")
+            return
+        _write_json("exit.json", {"status": status, "exited_at": self.exited_at,
+                                  "pid": self.init_pid, "runc_deleted": True})
 
 
 def subprocess_devnull() -> int:
@@ -476,14 +488,47 @@ def _report(fd: int, doc: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def _await_go(fd: int) -> str | None:
+    """The task directory hold sends once the bundle is ready; None when hold gave up (the
+    pipe closed without one).
+    """
+    buf = b""
+    while not buf.endswith(b"\n"):
+        try:
+            chunk = os.read(fd, 4096)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        buf += chunk
+    os.close(fd)
+    if not buf.endswith(b"\n"):
+        return None
+    return buf[:-1].decode() or None
+
+
+def _redirect_output(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def main(argv: list[str]) -> int:
-    """``TASKDIR READY_FD``: see the module docstring."""
-    taskdir, ready = argv[0], int(argv[1])
+    """``GO_FD READY_FD``: see the module docstring."""
+    go, ready = int(argv[0]), int(argv[1])
+    os.set_inheritable(go, False)
+    os.set_inheritable(ready, False)
     if os.fork():
         os._exit(0)  # the first process: hold reaps it; the shim is re-parented away
     try:
-        os.chdir(taskdir)
         _set_subreaper()
+        taskdir = _await_go(go)
+        if taskdir is None:
+            os.close(ready)
+            return 0  # hold gave up before the bundle was ready: nothing to do
+        os.chdir(taskdir)
+        _redirect_output("shim.log")
         with open(".shim.pid.tmp", "w") as f:
             f.write(f"{os.getpid()} {_ticks()}\n")
         os.replace(".shim.pid.tmp", "shim.pid")
@@ -492,7 +537,7 @@ def main(argv: list[str]) -> int:
         shim = Shim(cfg)
         shim.create()
     except Exception as exc:  # noqa: BLE001 - reported to hold, which shows it
-        _log(traceback.format_exc())
+        _log_exception()
         _report(ready, json.loads(_error_text(exc)))
         return 1
     try:
@@ -501,18 +546,22 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001
         _log(f"start failed: {exc}")
         with contextlib.suppress(Exception):
-            shim.runc.delete(shim.id, force=True)
+            shim.runc.delete(shim.id, force=True)  # kills the waiting init
         _report(ready, json.loads(_error_text(exc)))
-        # init was killed by the delete: record how it ended, like any exit
-        shim.serve()
         return 1
     _report(ready, {"ok": True, "pid": shim.init_pid, "started": shim.started})
     try:
         shim.serve()
     except Exception:  # noqa: BLE001 - the task keeps running; say why the shim stopped
-        _log(traceback.format_exc())
+        _log_exception()
         return 1
     return 0
+
+
+def _log_exception() -> None:
+    import traceback
+
+    _log(traceback.format_exc())
 
 
 def _ticks() -> int:
