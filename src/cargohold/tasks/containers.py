@@ -10,10 +10,10 @@
 3. inside a lease owned by this process, prepares the ACTIVE snapshot ``<id>`` on the top
    chain ID (the key is the container id, as containerd's), resolves the process user in the
    image's ``/etc/passwd`` and ``/etc/group`` (a read-only mount of the snapshot, only when a
-   name must be looked up), builds the spec (:mod:`.spec`) and writes the container record,
-   which from then on holds the snapshot for GC (containers are GC roots and reference
-   their snapshot);
-4. the lease ends; a failure removes the snapshot. *Crash window*: a crash before the record
+   name must be looked up), builds the spec (:mod:`.spec`) and, in one transaction, writes
+   the container record, which from then on holds the snapshot for GC (containers are GC
+   roots and reference their snapshot), and deletes the lease;
+4. a failure removes the snapshot and the lease. *Crash window*: a crash before the record
    leaves the snapshot in the dead process's lease, which GC collects.
 
 :func:`remove` refuses a container that has a task, deletes the record and then the snapshot;
@@ -130,11 +130,17 @@ def create(client: Client, ref: str, cid: str, opts: CreateOptions | None = None
     sn_name = opts.snapshotter or client.config.snapshotter
     _ensure_unpacked(client, ref, sn_name, chain, opts.platform)
     who = specs.user_text(cfg, opts.spec)
-    with client.leases.lease(purpose=f"create container {cid}") as lease:
-        from cargohold.metadata.snapshotter import NamespacedSnapshotter
+    from cargohold.leases.manager import DEFAULT_EXPIRY
+    from cargohold.leases.owner import owner_labels
+    from cargohold.metadata import leases as lease_records
+    from cargohold.metadata.snapshotter import NamespacedSnapshotter
 
-        sn = NamespacedSnapshotter(client.db, client.backend_snapshotter(sn_name), ns,
-                                   sn_name, lease=lease, pins=client.mount_pins)
+    lease = client.leases.create(expire=DEFAULT_EXPIRY,
+                                 labels=owner_labels(f"create container {cid}")).id
+    sn = NamespacedSnapshotter(client.db, client.backend_snapshotter(sn_name), ns, sn_name,
+                               lease=lease, pins=client.mount_pins)
+    prepared = False
+    try:
         try:
             mounts = sn.prepare(cid, chain[-1])
         except AlreadyExists:
@@ -142,37 +148,46 @@ def create(client: Client, ref: str, cid: str, opts: CreateOptions | None = None
                                 f"container {cid} would use)",
                                 hint=f"remove it with 'hold snapshots rm {cid}', or choose "
                                      "another container id") from None
-        try:
-            if users.needs_lookup(who):
-                from cargohold.mount import temp_mount
+        prepared = True
+        if users.needs_lookup(who):
+            from cargohold.mount import temp_mount
 
-                with temp_mount(mounts, readonly=True) as rootfs:
-                    user = users.resolve(who, rootfs)
-            else:
-                user = users.resolve(who, None)
-            doc = specs.build(cfg, cid, ns=ns, state=client.config.state, opts=opts.spec,
-                              user=user)
-            c = Container(cid, image=ref, runtime=RUNTIME, spec=json.dumps(doc),
-                          snapshotter=sn_name, snapshotkey=cid, labels=dict(opts.labels))
-            with client.db.update() as tx:
-                return records.create(tx, ns, c)
-        except BaseException:
+            with temp_mount(mounts, readonly=True) as rootfs:
+                user = users.resolve(who, rootfs)
+        else:
+            user = users.resolve(who, None)
+        doc = specs.build(cfg, cid, ns=ns, state=client.config.state, opts=opts.spec,
+                          user=user)
+        c = Container(cid, image=ref, runtime=RUNTIME, spec=json.dumps(doc),
+                      snapshotter=sn_name, snapshotkey=cid, labels=dict(opts.labels))
+        with client.db.update() as tx:
+            # One commit: from it on the record holds the snapshot, and the lease is gone.
+            c = records.create(tx, ns, c)
+            lease_records.delete(tx, ns, lease)
+        return c
+    except BaseException:
+        if prepared:
             with contextlib.suppress(CargoholdError):
                 sn.remove(cid)
-            raise
+        with contextlib.suppress(CargoholdError):
+            client.leases.delete(lease)
+        raise
 
 
 def has_task(client: Client, cid: str) -> bool:
     return os.path.isdir(TaskPaths(client.config.state, client.namespace, cid).dir)
 
 
-def remove(client: Client, cid: str, *, keep_snapshot: bool = False) -> Container:
+def remove(client: Client, cid: str, *, keep_snapshot: bool = False,
+           task_going: bool = False) -> Container:
     """Remove container ``cid`` (and its snapshot unless ``keep_snapshot``); see the module.
 
-    Raises NotFound (a repeat too) and FailedPrecondition while it has a task.
+    Raises NotFound (a repeat too) and FailedPrecondition while it has a task, unless
+    ``task_going``: the caller is removing the task and has unmounted its rootfs already
+    (``hold run --rm``, while the shim finishes).
     """
     c = get(client, cid)
-    if has_task(client, cid):
+    if not task_going and has_task(client, cid):
         raise FailedPrecondition(f"container {cid}: has a task",
                                  hint=f"remove the task first with 'hold tasks rm {cid}' "
                                       "(--force kills it)")

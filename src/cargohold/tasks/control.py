@@ -24,6 +24,7 @@ import select
 import shutil
 import signal as signals
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -283,9 +284,13 @@ class Tasks:
         return cgroups.read(info.pid)
 
     # --- removal -------------------------------------------------------------------------------
-    def rm(self, tid: str, *, force: bool = False) -> TaskInfo:
+    def rm(self, tid: str, *, force: bool = False,
+           meanwhile: Callable[[], object] | None = None) -> TaskInfo:
         """Remove the task (see the module docstring); returns what it was, with the exit
         status its shim recorded (also for a task killed by ``force``).
+
+        ``meanwhile`` runs once the rootfs is unmounted, while the shim finishes (``hold run
+        --rm`` removes the container and its snapshot then).
         """
         from cargohold import mount as kmount
 
@@ -299,6 +304,8 @@ class Tasks:
         if info.status != Status.STOPPED:
             self.runc.delete(tid, force=True)  # kills it; a live shim then records the exit
         kmount.unmount_all(p.rootfs)
+        if meanwhile is not None:
+            meanwhile()
         self._end_shim(p)
         ex = read_exit(p)
         if ex is None or not ex.runc_deleted:

@@ -92,6 +92,8 @@ def run(client: Client, image: str, cid: str, opts: containers.CreateOptions, *,
     status = attach(paths, start=True, stdin=stdin, stdout=stdout, stderr=stderr,
                     close_stdin=True, tty=opts.spec.tty)
     if rm:
-        Tasks(client.config.state, client.namespace, runc_binary=settings(client)[0]).rm(cid)
-        containers.remove(client, cid)
+        tasks = Tasks(client.config.state, client.namespace, runc_binary=settings(client)[0])
+        # The container goes while the shim deletes runc's container (both are needed gone
+        # before the task's directory).
+        tasks.rm(cid, meanwhile=lambda: containers.remove(client, cid, task_going=True))
     return RunResult(status, pid)
