@@ -154,6 +154,14 @@ def test_errors_a_user_understands(hold, image, root):
     # image missing, and not a pullable reference
     p = hold("run", "--rm", "Not A Ref", "t3", "true", check=False)
     assert p.returncode == 1 and b"image Not A Ref: not in the store" in p.stderr
+    # image missing, and its registry does not answer: the pull's error, and why it ran
+    from tests.fetch.registry import free_port
+
+    ref = f"127.0.0.1:{free_port()}/x/y:1"
+    p = hold("run", "--rm", ref, "t3", "true", check=False)
+    assert p.returncode == 1
+    assert f"image {ref}: not in namespace default, and pulling {ref} failed".encode() \
+        in p.stderr and b"connection refused" in p.stderr
 
 
 def test_image_not_unpacked_and_layers_missing(hold, client, busybox_rootfs):

@@ -256,3 +256,63 @@ def test_tty_task_gets_a_terminal_with_the_window_size(hold, hold_bg, image):
     assert lines[0].startswith(b"/dev/pts/")
     assert lines[1] == b"33 101"
     assert lines[2] == b"xterm"
+
+
+def test_a_created_task_starts_later_and_is_removable(hold, client, image):
+    from cargohold.tasks import containers
+    from cargohold.tasks.launch import launch
+
+    from cargohold.tasks.spec import SpecOptions
+
+    containers.create(client, IMAGE, "c1", containers.CreateOptions(
+        spec=SpecOptions(args=["sh", "-c", "echo late"])))
+    ready = launch(client, "c1", start=False)  # as a start that hold died in the middle of
+    assert ready["ok"] and ready["started"] is False
+    assert tasks_json(hold)["c1"]["status"] == "CREATED"
+    assert b"CREATED" in hold("tasks", "ls").stdout
+    hold("tasks", "start", "-d", "c1")  # the waiting shim starts it
+    wait_for(lambda: tasks_json(hold)["c1"]["status"] == "STOPPED", what="exit")
+    assert logs(hold, "c1") == b"late\n"
+    hold("tasks", "rm", "c1")
+    launch(client, "c1", start=False)
+    assert hold("tasks", "rm", "c1").stdout == b"c1\t137\n"  # a created task goes at once
+
+
+def test_exec_with_a_terminal(hold, hold_bg, image):
+    import pty
+
+    hold("run", "-d", IMAGE, "t1", "sh", "-c", f"echo ready; {LOOP}")
+    started(hold, "t1")
+    master, slave = pty.openpty()
+    try:
+        p = hold_bg("tasks", "exec", "-t", "t1", "sh", "-c", "tty; echo $TERM; exit 6",
+                    stdin=slave, stdout=slave, stderr=slave)
+        os.close(slave)
+        slave = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert p.wait(60) == 6
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    lines = out.replace(b"\r", b"").split(b"\n")
+    assert lines[0].startswith(b"/dev/pts/") and lines[1] == b"xterm"
+
+
+def test_namespaces_keep_tasks_apart(hold, image):
+    hold("run", "-d", IMAGE, "t1", "sh", "-c", f"echo ready; {LOOP}")
+    started(hold, "t1")
+    assert hold("-n", "other", "tasks", "ls", "-q").stdout == b""
+    p = hold("-n", "other", "tasks", "kill", "t1", check=False)
+    assert p.returncode == 1 and b"not found in namespace other" in p.stderr
+    table = hold("tasks", "ls").stdout.decode().splitlines()
+    assert table[0].split() == ["TASK", "PID", "STATUS", "EXIT"]
+    assert table[1].split()[0] == "t1" and table[1].split()[2:] == ["RUNNING", "-"]

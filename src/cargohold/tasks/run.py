@@ -49,11 +49,18 @@ def find_image(client: Client, ref: str, pull: Callable[[str], str] | None) -> s
                        hint="pull it with 'hold images pull', or list images with "
                             "'hold images ls'")
     try:
-        normalize(ref)
+        full = normalize(ref)
     except InvalidArgument:
         raise NotFound(f"image {ref}: not in the store, and not a reference that could be "
                        "pulled", hint="list images with 'hold images ls'") from None
-    return pull(ref)
+    try:
+        return pull(ref)
+    except CargoholdError as exc:
+        # Say why a pull was tried at all: the user may have meant an image of the store.
+        exc.message = (f"image {ref}: not in namespace {client.namespace}, and pulling "
+                       f"{full} failed: {exc.message}")
+        exc.args = (exc.message,)
+        raise
 
 
 @dataclass
