@@ -261,7 +261,6 @@ def test_tty_task_gets_a_terminal_with_the_window_size(hold, hold_bg, image):
 def test_a_created_task_starts_later_and_is_removable(hold, client, image):
     from cargohold.tasks import containers
     from cargohold.tasks.launch import launch
-
     from cargohold.tasks.spec import SpecOptions
 
     containers.create(client, IMAGE, "c1", containers.CreateOptions(
