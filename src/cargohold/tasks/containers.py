@@ -52,16 +52,10 @@ class CreateOptions:
     platform: Platform | None = None
 
 
-def _not_found(exc: NotFound) -> NotFound:
-    return NotFound(exc.message, hint="list containers with 'hold containers ls'")
-
-
 def get(client: Client, cid: str) -> Container:
+    """Container ``cid``; NotFound (saying how to list them) when it does not exist."""
     with client.db.view() as tx:
-        try:
-            return records.get(tx, client.namespace, cid)
-        except NotFound as exc:
-            raise _not_found(exc) from None
+        return records.get(tx, client.namespace, cid)
 
 
 def list_containers(client: Client, filters: Sequence[str] = ()) -> list[Container]:
@@ -210,11 +204,8 @@ def remove(client: Client, cid: str, *, keep_snapshot: bool = False,
 def label(client: Client, cid: str, labels: dict[str, str]) -> Container:
     """Set (``k=v``) or remove (``k=``) labels of container ``cid``."""
     with client.db.update() as tx:
-        try:
-            return records.update(tx, client.namespace, Container(cid, labels=labels),
-                                  [f"labels.{k}" for k in labels])
-        except NotFound as exc:
-            raise _not_found(exc) from None
+        return records.update(tx, client.namespace, Container(cid, labels=labels),
+                              [f"labels.{k}" for k in labels])
 
 
 def info_json(c: Container) -> dict[str, Any]:

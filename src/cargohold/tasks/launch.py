@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from cargohold import mount as kmount
 from cargohold._fsutil import makedirs
-from cargohold.errors import AlreadyExists, CargoholdError, FailedPrecondition, NotFound
+from cargohold.errors import AlreadyExists, CargoholdError, FailedPrecondition
 from cargohold.tasks import runc as runc_mod
 from cargohold.tasks.api import DEFAULT_LOG_SIZE_MAX, TaskPaths
 from cargohold.tasks.runc import Runc
@@ -234,12 +234,8 @@ def launch(client: Client, cid: str, *, start: bool,
 
 
 def require_container(client: Client, cid: str) -> None:
-    """NotFound (with what to do) unless container ``cid`` exists."""
+    """NotFound (saying how to list them) unless container ``cid`` exists."""
     from cargohold.metadata import containers as records
 
     with client.db.view() as tx:
-        try:
-            records.get(tx, client.namespace, cid)
-        except NotFound as exc:
-            raise NotFound(exc.message, hint="create it with 'hold containers create', or "
-                                             "list them with 'hold containers ls'") from None
+        records.get(tx, client.namespace, cid)

@@ -39,6 +39,7 @@ import os
 import selectors
 import signal
 import socket
+import subprocess
 import sys
 import time
 from typing import Any
@@ -143,7 +144,8 @@ class Shim:
         return self.runc.create_argv(self.id, self.cfg["bundle"], pid_file="init.pid",
                                      log="runc.log", console_socket=console)
 
-    def _failed(self, argv: list[str], rc: int) -> Exception:
+    def _create_failed(self, argv: list[str], rc: int) -> None:
+        """Raise runc's own error (from its JSON log: its stderr is the task's)."""
         from cargohold.snapshotters.runner import Result
         from cargohold.tasks.runc import raise_for
 
@@ -152,11 +154,7 @@ class Shim:
                 text = f.read()
         except OSError:
             text = ""
-        try:
-            raise_for(Result(tuple(argv), rc, "", text), f"task {self.id}: runc create failed")
-        except Exception as exc:  # noqa: BLE001 - returned to be raised by the caller
-            return exc
-        return RuntimeError("unreachable")
+        raise_for(Result(tuple(argv), rc, "", text), f"task {self.id}: runc create failed")
 
     def _create_pipes(self) -> None:
         uid, gid = int(self.cfg.get("uid", 0)), int(self.cfg.get("gid", 0))
@@ -178,7 +176,7 @@ class Shim:
         if rc != 0:
             for fd in (in_w, out_r, err_r):
                 os.close(fd)
-            raise self._failed(argv, rc)
+            self._create_failed(argv, rc)
         self.stdin_fd = in_w
         _nonblock(in_w)
         for fd, name in ((out_r, "stdout"), (err_r, "stderr")):
@@ -194,8 +192,8 @@ class Shim:
         lst.settimeout(0.05)
         argv = self._create_argv(_short("console.sock", self.dirfd))
         try:
-            p = self.runc.runner.spawn(argv, stdin=subprocess_devnull(),
-                                       stdout=subprocess_devnull(), stderr=subprocess_devnull())
+            p = self.runc.runner.spawn(argv, stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             master = -1
             deadline = time.monotonic() + CONSOLE_TIMEOUT
             while master < 0 and p.poll() is None and time.monotonic() < deadline:
@@ -216,7 +214,7 @@ class Shim:
         if rc != 0:
             if master >= 0:
                 os.close(master)
-            raise self._failed(argv, rc)
+            self._create_failed(argv, rc)
         if master < 0:
             raise RuntimeError("runc create sent no console")
         os.set_inheritable(master, False)
@@ -463,12 +461,6 @@ class Shim:
             return
         _write_json("exit.json", {"status": status, "exited_at": self.exited_at,
                                   "pid": self.init_pid, "runc_deleted": True})
-
-
-def subprocess_devnull() -> int:
-    import subprocess
-
-    return subprocess.DEVNULL
 
 
 def _error_text(exc: BaseException) -> str:
