@@ -8,6 +8,12 @@ import sys
 
 import pytest
 
+# Every child Python a test starts (hold itself, helper scripts) runs this checkout's code,
+# whatever copy of cargohold is installed on the machine.
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+if SRC not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = SRC + os.pathsep + os.environ.get("PYTHONPATH", "")
+
 
 @pytest.fixture
 def root(tmp_path):

@@ -7,7 +7,9 @@
      ├── AlreadyExists             the named thing exists already
      ├── FailedPrecondition        the state does not allow this now (e.g. parent has children)
      │    └── IntegrityError       stored data does not match its digest or size
-     ├── InvalidArgument           the input is malformed (exit 2)
+     ├── InvalidArgument           the command line or a call's arguments are malformed (exit 2)
+     ├── MalformedData             data read (an archive, a layer, a stored document) is
+     │                             malformed, damaged or hostile
      ├── Unavailable               locked or busy: the only retryable error
      └── Unsupported               this host, backend or format cannot do it
 
@@ -50,9 +52,16 @@ class IntegrityError(FailedPrecondition):
 
 
 class InvalidArgument(CargoholdError):
-    """The caller passed something malformed."""
+    """The caller passed something malformed: a usage error, exit 2."""
 
     exit_code = 2
+
+
+class MalformedData(CargoholdError):
+    """Data being read is malformed, damaged or hostile: an archive, a layer, a JSON document.
+
+    Not a usage error (exit 1, not 2): the command was right, the bytes it was given are not.
+    """
 
 
 class Unavailable(CargoholdError):

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cargohold.errors import InvalidArgument
+from cargohold.errors import InvalidArgument, MalformedData
 
 # --- labels (containerd's names, so labels survive a round trip through either tool) ----------
 LABEL_GC_ROOT = "containerd.io/gc.root"
@@ -22,8 +22,9 @@ LABEL_SNAPSHOT_REF = "containerd.io/snapshot.ref"
 
 MAX_LABEL_BYTES = 4096
 
-_DIGEST_RE = re.compile(r"^(sha256):([a-f0-9]{64})$|^(sha512):([a-f0-9]{128})$")
-_IDENT_RE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")
+# Always used with fullmatch: ``$`` would also match before a trailing newline.
+_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
+_IDENT_RE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
 
 
 class Digest(str):
@@ -35,7 +36,7 @@ class Digest(str):
         """Validate ``value``; raise InvalidArgument naming it when it is not a digest."""
         if isinstance(value, Digest):
             return value
-        if not isinstance(value, str) or not _DIGEST_RE.match(value):
+        if not isinstance(value, str) or not _DIGEST_RE.fullmatch(value):
             raise InvalidArgument(
                 f"digest {value!r}: not a valid digest",
                 hint="expected sha256:<64 lowercase hex characters>",
@@ -59,12 +60,12 @@ class Digest(str):
 
 def is_digest(value: str) -> bool:
     """Whether ``value`` is a well-formed digest string."""
-    return bool(_DIGEST_RE.match(value))
+    return isinstance(value, str) and _DIGEST_RE.fullmatch(value) is not None
 
 
 def validate_identifier(kind: str, value: str) -> str:
     """Check a namespace/lease/container id against containerd's grammar (76 chars max)."""
-    if not value or len(value) > 76 or not _IDENT_RE.match(value):
+    if not value or len(value) > 76 or not _IDENT_RE.fullmatch(value):
         raise InvalidArgument(
             f"{kind} {value!r}: invalid identifier",
             hint="use letters and digits separated by single '.', '_' or '-', at most 76 chars",
@@ -137,16 +138,24 @@ class Descriptor:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Descriptor:
+        """A descriptor from a JSON document; raise MalformedData (exit 1) when it is not one:
+        descriptors come from manifests, indexes and archives, never from the command line.
+        """
         try:
             p = d.get("platform")
             plat = None
             if p:
                 plat = Platform(p.get("os", ""), p.get("architecture", ""),
                                 p.get("variant", ""), p.get("os.version", ""))
-            return cls(str(d.get("mediaType", "")), str(Digest(d["digest"])), int(d["size"]),
+            size = d["size"]
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ValueError(f"size {size!r} is not a byte count")
+            return cls(str(d.get("mediaType", "")), str(Digest(d["digest"])), size,
                        dict(d.get("annotations") or {}), tuple(d.get("urls") or ()), plat)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidArgument(f"descriptor {d!r}: malformed ({exc})") from exc
+        except (KeyError, TypeError, ValueError, AttributeError, InvalidArgument) as exc:
+            shown = repr(d)
+            shown = shown if len(shown) <= 200 else shown[:200] + "…"
+            raise MalformedData(f"descriptor {shown}: malformed ({exc})") from exc
 
 
 @dataclass(frozen=True)

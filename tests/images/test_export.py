@@ -233,3 +233,39 @@ def test_cli_progress_json_reports_each_blob(hold, tmp_path):
     done = [e for e in events if e["event"] == "done"]
     assert len(done) == 3 and all(e["status"] == "done" for e in done)
     assert {e["label"].split()[0] for e in done} == {"manifest", "config", "layer"}
+
+
+def test_export_xz_writes_xz_that_imports_back(hold, tmp_path):
+    import lzma
+    import shutil
+    import subprocess
+
+    src = make_tree(str(tmp_path / "src"))
+    hold("images", "pack", "--no-unpack", src, "example.com/xz:1")
+    plain, xz, again = tmp_path / "x.tar", tmp_path / "x.tar.xz", tmp_path / "y.txz"
+    for p in (plain, xz, again):
+        hold("images", "export", str(p), "example.com/xz:1")
+    data = xz.read_bytes()
+    assert data.startswith(b"\xfd7zXZ\x00") and data == again.read_bytes()  # deterministic
+    assert lzma.decompress(data) == plain.read_bytes()
+    if shutil.which("xz"):
+        assert subprocess.run(["xz", "--test", str(xz)]).returncode == 0
+    fresh = str(tmp_path / "fresh")
+    os.makedirs(fresh)
+    out = json.loads(run_hold(fresh, "images", "import", "--no-unpack", "--format", "json",
+                              str(xz)).stdout)
+    assert out["compression"] == "xz"
+    assert run_hold(fresh, "images", "ls", "-q").stdout.decode().split() == [
+        "example.com/xz:1"]
+
+
+@pytest.mark.parametrize("name", ["x.tar.bz2", "x.tbz2", "x.tar.lz4", "x.tar.Z"])
+def test_export_refuses_a_compression_it_does_not_write(hold, tmp_path, name):
+    src = make_tree(str(tmp_path / "src"))
+    hold("images", "pack", "--no-unpack", src, "example.com/z:1")
+    p = hold("images", "export", str(tmp_path / name), "example.com/z:1", check=False)
+    err = p.stderr.decode()
+    assert p.returncode == 2, err
+    assert f"export {tmp_path / name}: " in err and "compression is not supported" in err
+    assert "hint: name the file .tar, .tar.gz, .tar.zst or .tar.xz" in err
+    assert not (tmp_path / name).exists()

@@ -26,9 +26,11 @@ def export_cmd(app: App, platform_: tuple[str, ...], all_platforms: bool,
                refs: tuple[str, ...]) -> None:
     """Write the images REFS to OUT ('-' for standard output).
 
-    OUT ending in .gz or .zst is compressed. By default only this host's platform is
-    exported, and platforms that are not in the store are skipped; a missing blob of a
-    platform asked for with --platform or --all-platforms is an error.
+    OUT ending in .gz, .zst or .xz is compressed ('hold images import' reads each; 'ctr
+    images import' 1.6 reads only an uncompressed tar); other compression suffixes (.bz2,
+    ...) are refused. By default only this host's platform is exported, and platforms that
+    are not in the store are skipped; a missing blob of a platform asked for with --platform
+    or --all-platforms is an error.
     """
     from cargohold.images import exporter, platforms
     from cargohold.images.progress import Progress

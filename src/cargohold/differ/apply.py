@@ -84,7 +84,7 @@ def apply(desc: Descriptor, mounts: Sequence[Mount], *, reader: BinaryIO | None 
       when not root, forbidden or unsupported xattrs); they are also logged.
     - ``devices``: create device nodes (default: when running as root).
 
-    Raises :class:`~cargohold.differ.api.LayerError` (an ``InvalidArgument``) for malformed or
+    Raises :class:`~cargohold.differ.api.LayerError` (a ``MalformedData``) for malformed or
     hostile layers, naming the layer and the entry; :class:`ApplyError` when the target
     filesystem refuses writes; ``Unsupported`` for a media type that is not a layer;
     ``InvalidArgument`` when both or neither of ``reader`` and ``stream`` are given, or the
@@ -123,7 +123,7 @@ def _apply(desc: Descriptor, mounts: Sequence[Mount], *, reader: BinaryIO | None
                       **how)
         with _Durable(root, layer, WRITEBACK_INTERVAL if sync else None) as durable:
             with stream:  # starts it unless the caller did; stops and joins its worker
-                x.run(TarReader(stream, layer))
+                x.run(TarReader(stream))
                 stream.drain()
             digest, size = stream.digest, stream.size
             if expected_diff_id and expected_diff_id != digest:

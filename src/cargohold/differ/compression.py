@@ -1,4 +1,9 @@
-"""Decompression on a worker thread: compressed reader → sha256-hashed plain chunks.
+"""Compression: the one magic-byte sniffer, the one decompressor opener, and PlainStream.
+
+:func:`sniff` names the compression a stream's first bytes show and :func:`open_plain` opens
+the matching decompressor; layer apply and image archive import both use them (layers trust
+the media type and check the magic against it; archives are sniffed, never guessed from a file
+name).
 
 :class:`PlainStream` runs read → decompress → hash on one thread (ISA-L, zstd and hashlib all
 release the GIL on large buffers) and hands chunks of up to 1 MiB to the consumer through a
@@ -13,10 +18,12 @@ is still being applied, and hands the running stream to ``apply(stream=...)`` wh
 turn comes. Errors found by the worker (corrupt data, truncation, a read error) wait in the
 buffer behind the chunks before them, and re-raise in the consumer only when it reaches them.
 
-The compression comes from the media type; the first bytes must agree (a gzip layer must start
-``1f 8b``, a zstd layer ``28 b5 2f fd``, and an uncompressed layer must not start with either).
-A mismatch is a :class:`~cargohold.differ.api.LayerError`: we never guess, because a mislabelled
-blob is either a packaging bug worth surfacing or an attempt to smuggle content past a check.
+For a layer the compression comes from the media type; the first bytes must agree (a gzip
+layer must start ``1f 8b``, a zstd layer ``28 b5 2f fd``, and an uncompressed layer must not
+look compressed). A mismatch is a :class:`~cargohold.differ.api.LayerError`: we never guess,
+because a mislabelled blob is either a packaging bug worth surfacing or an attempt to smuggle
+content past a check. Errors name the stream's :class:`~cargohold.differ.api.Source` (a
+layer by default, or an image archive).
 
 gzip streams may hold several members (``pigz``, concatenated layers); trailing zero padding
 after the last member is ignored, other trailing bytes are an error. zstd may hold several
@@ -34,7 +41,9 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
-from cargohold.differ.api import Compression, LayerError, sniff
+from cargohold.differ.api import Compression, Source, layer_source
+from cargohold.differ.tarheader import checksum_ok
+from cargohold.errors import CargoholdError, Unsupported
 
 CHUNK = 1 << 20
 #: plain bytes a stream buffers by default: enough to ride over a slow fsync, little memory
@@ -79,8 +88,42 @@ class _Counting:
         return True
 
 
+#: magic bytes → compression (bzip2's "BZh" is followed by the block size digit)
+MAGIC = ((b"\x1f\x8b", Compression.GZIP), (b"\x28\xb5\x2f\xfd", Compression.ZSTD),
+         (b"\xfd7zXZ\x00", Compression.XZ), (b"BZh", Compression.BZIP2))
+#: bytes :func:`sniff` wants to see (a whole tar header block)
+SNIFF_BYTES = 512
+
+
+def sniff(head: bytes) -> Compression | None:
+    """The compression the first bytes of a stream show, or None for none known.
+
+    A first block that is a valid tar header is a plain tar whatever its first bytes look
+    like (a member may be named ``BZh9…``), so give at least :data:`SNIFF_BYTES` when you can.
+    """
+    if checksum_ok(head[:SNIFF_BYTES]):
+        return None
+    for magic, kind in MAGIC:
+        if head.startswith(magic):
+            if kind is Compression.BZIP2 and not head[3:4].isdigit():
+                continue
+            return kind
+    return None
+
+
 def open_plain(raw: BinaryIO, compression: Compression, *, use_isal: bool = True) -> BinaryIO:
-    """A file object reading the plain bytes of ``raw`` (no magic check; see PlainStream)."""
+    """A file object reading the plain bytes of ``raw`` (no magic check; see PlainStream).
+
+    Raises Unsupported for bzip2 (nothing in the image world writes it).
+    """
+    if compression is Compression.BZIP2:
+        raise Unsupported("bzip2 compression is not supported",
+                          hint="decompress it first (bunzip2), or recompress with gzip, zstd "
+                               "or xz")
+    if compression is Compression.XZ:
+        import lzma
+
+        return lzma.LZMAFile(raw)  # type: ignore[return-value]
     if compression is Compression.GZIP:
         if use_isal and _igzip is not None:
             return _igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
@@ -106,14 +149,21 @@ class PlainStream:
 
     ``buffer`` caps the plain bytes waiting for the consumer (:attr:`buffered`, with its peak
     in :attr:`high_water`); a chunk larger than the cap still passes when the buffer is empty.
+    ``source`` names the stream in errors (default: the layer ``layer``); ``head`` holds bytes
+    already read from ``reader`` (a sniffed prefix), read again first; ``hash=False`` skips
+    the sha256 (then :attr:`digest` is meaningless).
     """
 
     def __init__(self, reader: BinaryIO, compression: Compression, layer: str, *,
                  progress: Callable[[int], None] | None = None, chunk: int = CHUNK,
-                 buffer: int = BUFFER, use_isal: bool = True) -> None:
+                 buffer: int = BUFFER, use_isal: bool = True, source: Source | None = None,
+                 head: bytes = b"", hash: bool = True) -> None:  # noqa: A002 - the obvious name
         self.reader = reader
         self.compression = compression
         self.layer = layer
+        self.source = source or layer_source(layer)
+        self.head = head
+        self.hashing = hash
         self.progress = progress
         self.chunk = chunk
         self.buffer = buffer
@@ -138,8 +188,8 @@ class PlainStream:
         if seen is self.compression or (seen is None and self.compression is Compression.NONE):
             return
         got = seen.value if seen else ("empty" if not head else "uncompressed")
-        raise LayerError(
-            self.layer, f"media type says {self.compression.value} but the data is {got} "
+        raise self.source.error(
+            f"media type says {self.compression.value} but the data is {got} "
             f"(first bytes {head[:4].hex() or 'none'})",
             hint="the manifest's media type and the blob disagree: fix the image")
 
@@ -166,35 +216,38 @@ class PlainStream:
                 self._cond.notify_all()
 
     def _produce(self) -> None:
+        src_ = self.source
         try:
             src = _Counting(self.reader, self.progress)
+            src.pushback = self.head
             head = src.read(self.chunk)
             if head or self.compression is not Compression.NONE:
                 self._check_magic(head)
             src.pushback = head
             plain = open_plain(src, self.compression, use_isal=self.use_isal)  # type: ignore
             read = plain.read
-            update = self._hash.update
+            update = self._hash.update if self.hashing else None
             while not self._stop:
                 data = read(self.chunk)
                 if not data:
                     break
-                update(data)
+                if update is not None:
+                    update(data)
                 self.size += len(data)
                 if not self._put(data, len(data)):
                     return
             self.compressed_size = src.count
             self._put(_END)
-        except LayerError as exc:
+        except CargoholdError as exc:  # a mislabelled stream, bzip2, or the reader's own
             self._put(exc)
         except EOFError as exc:
-            self._put(LayerError(self.layer, f"truncated {self.compression.value} stream "
-                                 f"({exc})", hint="the blob is incomplete: fetch it again"))
-        except Exception as exc:  # corrupt data (zlib/isal/zstd errors) or reader I/O errors
+            self._put(src_.error(f"truncated {self.compression.value} stream ({exc})",
+                                 hint=src_.incomplete))
+        except Exception as exc:  # corrupt data (zlib/isal/zstd/lzma errors) or reader I/O
             text = str(exc)
             text = text if len(text) < 160 else text[:160] + "…"
-            self._put(LayerError(self.layer, f"reading the {self.compression.value} stream "
-                                 f"failed: {text}"))
+            self._put(src_.error(f"reading the {self.compression.value} stream failed: {text}",
+                                 hint=src_.incomplete))
 
     # -- consumer ----------------------------------------------------------------------------
     def start(self) -> PlainStream:
@@ -218,14 +271,18 @@ class PlainStream:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Stop the worker (if running), wait for it and drop the buffered chunks."""
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the worker (if running), wait for it and drop the buffered chunks.
+
+        ``wait=False`` does not wait: for a reader that may block forever (a pipe whose writer
+        stalls), the daemon worker then ends on its next read.
+        """
         with self._cond:
             self._stop = True
             self._items.clear()
             self.buffered = 0
             self._cond.notify_all()
-        if self._started:
+        if self._started and wait:
             self._thread.join()
 
     def resize(self, buffer: int) -> None:
@@ -252,7 +309,7 @@ class PlainStream:
             while not self._items:
                 if self._ended:  # the worker died without an end marker (a bug, not data)
                     self._finished = True
-                    raise LayerError(self.layer, "decompression stopped unexpectedly")
+                    raise self.source.error("decompression stopped unexpectedly")
                 self._cond.wait()
             item = self._items.popleft()
             if item is not _END and not isinstance(item, BaseException):

@@ -42,7 +42,8 @@ from cargohold.differ.api import (
     LayerError,
 )
 from cargohold.differ.resolve import Resolver, clean
-from cargohold.differ.tarread import BLK, CHR, DIR, FIFO, LNK, REG, SYM, Entry, TarReader
+from cargohold.differ.tarheader import BLK, CHR, DIR, FIFO, LNK, REG, SYM, Entry
+from cargohold.differ.tarread import TarReader
 
 log = logging.getLogger("cargohold.differ")
 
@@ -72,7 +73,8 @@ class Extractor:
         self.xattr_ns = "user" if userxattr else "trusted"
         self.same_owner = is_root if same_owner is None else same_owner
         self.devices = is_root if devices is None else devices
-        self.res = Resolver(root, layer, lowerdirs if overlay else None, self.same_owner)
+        self.res = Resolver(root, layer, lowerdirs if overlay else None, self.same_owner,
+                            overlay=overlay, xattr_ns=self.xattr_ns)
         self.warnings = warnings if warnings is not None else []
         self.dir_times: list[tuple[str, int, int]] = []
         self.unpacked: set[str] = set()  # real paths made by this layer (real-mode opaque)
@@ -80,12 +82,10 @@ class Extractor:
     # -- driver ------------------------------------------------------------------------------
     def run(self, tar: TarReader) -> None:
         """Apply every entry of ``tar``; then set directory times."""
-        name = ""
         while True:
-            e = tar.next(name)
+            e = tar.next()
             if e is None:
                 break
-            name = e.name
             try:
                 self.entry(e, tar)
             except OSError as exc:
@@ -141,9 +141,7 @@ class Extractor:
                 self.warn(e.name, "device node skipped (creating devices needs root)")
                 return
             kind = stat.S_IFCHR if t == CHR else stat.S_IFBLK
-            if not (0 <= e.devmajor < 1 << 32 and 0 <= e.devminor < 1 << 32):
-                raise LayerError(self.layer, "device numbers out of range", entry=e.name)
-            dev = os.makedev(e.devmajor, e.devminor)
+            dev = os.makedev(e.devmajor, e.devminor)  # the reader bounds both to 32 bits
             self._make(path, lambda: os.mknod(path, kind | 0o600, dev))
             self._meta(e, path)
         elif t == FIFO:
@@ -151,7 +149,9 @@ class Extractor:
             self._meta(e, path)
         else:
             raise LayerError(self.layer, f"unsupported tar entry type {t!r}", entry=e.name)
-        if not self.overlay:
+        if self.overlay:
+            self.res.created(path)  # it may shadow a lower dir or symlink names went through
+        else:
             self.unpacked.add(path)
 
     def remove(self, path: str) -> bool:
@@ -183,7 +183,7 @@ class Extractor:
             self.remove(path)
             fd = os.open(path, _CREATE, 0o600)
         try:
-            tar.copy_data(fd, e.name)
+            tar.copy_data(fd)
             if self.same_owner:
                 os.fchown(fd, e.uid, e.gid)
             os.fchmod(fd, e.mode & 0o7777)
@@ -200,6 +200,9 @@ class Extractor:
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 self.remove(path)
                 os.mkdir(path, 0o700)
+                if self.overlay:  # it replaces a whiteout or a file: lower dirs stay hidden
+                    os.setxattr(path, f"{self.xattr_ns}.overlay.opaque", b"y")
+                    self.res.invalidate()
         if self.same_owner:
             os.lchown(path, e.uid, e.gid)
         os.chmod(path, e.mode & 0o7777)
@@ -218,20 +221,19 @@ class Extractor:
 
     def _hardlink(self, e: Entry, path: str) -> None:
         target = clean(e.linkname, self.layer)
-        tparent, _, tbase = target.rpartition("/")
-        tdir = self.res.dir(tparent, create=False, entry=e.name) if tbase else None
-        tpath = f"{tdir}/{tbase}" if tdir is not None else None
-        try:
-            st = os.lstat(tpath) if tpath else None
-        except FileNotFoundError:
-            st = None
-        if st is None:
+        found = self.res.find(target, e.name)
+        if found is None:
             raise LayerError(self.layer, f"hardlink target {e.linkname!r} is not in the root",
-                             entry=e.name, hint="a hardlink may only point at an earlier "
-                             "entry of the same layer")
+                             entry=e.name, hint="a hardlink may only point at a file of this "
+                             "layer or of the layers below it")
+        tpath, st, in_upper = found
         if stat.S_ISDIR(st.st_mode):
             raise LayerError(self.layer, f"hardlink target {e.linkname!r} is a directory",
                              entry=e.name)
+        if not in_upper:
+            # Only a lower has it (OCI image-spec #1204): copy it up and link to the copy,
+            # as overlayfs itself would on a link(2) through the merged view.
+            tpath = self.res.copy_up(target, tpath, st, e.name, devices=self.devices)
         if tpath == path:
             return
         self._make(path, lambda: os.link(tpath, path, follow_symlinks=False))

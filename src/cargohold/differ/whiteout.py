@@ -25,7 +25,7 @@ from cargohold.differ.api import WHITEOUT_META_PREFIX, WHITEOUT_OPAQUE, LayerErr
 
 if TYPE_CHECKING:
     from cargohold.differ.extract import Extractor
-    from cargohold.differ.tarread import Entry
+    from cargohold.differ.tarheader import Entry
 
 
 def handle(x: Extractor, e: Entry, parent: str, base: str) -> None:
@@ -44,6 +44,7 @@ def handle(x: Extractor, e: Entry, parent: str, base: str) -> None:
         path = f"{pdir}/{name}"
         x.remove(path)
         os.mknod(path, stat.S_IFCHR, 0)
+        x.res.invalidate()  # the name is gone from the merged view
         if x.same_owner:
             os.lchown(path, e.uid, e.gid)
         return
@@ -59,6 +60,7 @@ def _opaque(x: Extractor, e: Entry, parent: str) -> None:
     if x.overlay:
         pdir = x.res.dir(parent, create=True, entry=e.name)
         os.setxattr(pdir, f"{x.xattr_ns}.overlay.opaque", b"y")  # type: ignore[arg-type]
+        x.res.invalidate()  # the lowers below it are hidden now
         return
     pdir = x.res.dir(parent, create=False, entry=e.name)
     if pdir is None:

@@ -5,43 +5,55 @@ directory) or ``-`` (standard input) and returns an :class:`Archive` whose :meth
 yields each entry once, in archive order, with a reader for regular files. Nothing is buffered
 beyond the current member: a 10 GB archive needs a few MiB of memory.
 
-Compression is sniffed from the first bytes, never from the file name: gzip (``1f 8b``, read with
-ISA-L when available), zstd (``28 b5 2f fd``), xz (``fd 37 7a 58 5a 00``); anything else must be
-a tar stream. Reading and decompressing run on a helper thread that stays a few MiB ahead, so
-decompression overlaps with the hashing and writing the importer does with each member.
+Compression is sniffed from the first bytes, never from the file name
+(:func:`cargohold.differ.compression.sniff`): gzip (read with ISA-L when available), zstd, xz;
+bzip2 is refused by name; anything else must be a tar stream. Reading and decompressing run on
+the differ's :class:`~cargohold.differ.compression.PlainStream` worker thread, which stays a
+few MiB ahead, so decompression overlaps with the hashing and writing the importer does with
+each member.
 
-The tar reader understands what image archives contain: ustar and GNU headers, PAX ``path``,
-``linkpath`` and ``size`` records, GNU long names, regular files, directories, symlinks and
-hardlinks. A stream that ends inside a header or a member raises :class:`ArchiveError`
-("truncated"); a first block that is not a tar header raises it too ("not an image archive").
+The tar is read by the differ's reader (:class:`cargohold.differ.tarread.TarReader`, the one
+tar reader of cargohold, strict about every header). Every problem raises
+:class:`ArchiveError` naming the archive and, when known, the entry: a stream that ends inside
+a header or a member ("truncated"), a malformed header, or a first block that is not a tar
+header ("not an image archive").
 """
 
 from __future__ import annotations
 
-import io
 import os
-import queue
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from cargohold.errors import InvalidArgument, Unsupported
+from cargohold.errors import InvalidArgument, MalformedData, Unsupported
+
+if TYPE_CHECKING:
+    from cargohold.differ.api import Source
+    from cargohold.differ.compression import PlainStream
+    from cargohold.differ.tarread import TarReader
 
 CHUNK = 1 << 20
-_DEPTH = 8
-BLOCK = 512
-MAX_META = 1 << 20
-
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-XZ_MAGIC = b"\xfd7zXZ\x00"
-BZIP2_MAGIC = b"BZh"
+#: plain bytes decompressed ahead of the importer
+BUFFER = 8 << 20
+DAMAGED = "the archive is incomplete or damaged; copy or export it again"
 
 
-class ArchiveError(InvalidArgument):
-    """The archive is malformed: truncated, not a tar, or not an image archive."""
+class ArchiveError(MalformedData):
+    """The archive is malformed: truncated, not a tar, or not an image archive (exit 1)."""
+
+
+def archive_source(label: str) -> Source:
+    """The differ :class:`~cargohold.differ.api.Source` naming archive ``label`` in errors."""
+    from cargohold.differ.api import Source
+
+    def error(problem: str, *, entry: str | None = None,
+              hint: str | None = None) -> ArchiveError:
+        where = f"archive {label}: " + (f"entry {entry!r}: " if entry is not None else "")
+        return ArchiveError(where + problem, hint=hint or DAMAGED)
+
+    return Source(label, error, DAMAGED)
 
 
 @dataclass
@@ -59,143 +71,10 @@ class Member:
     reader: BinaryIO | None = None
 
 
-def sniff(head: bytes) -> str:
-    """``gzip``, ``zstd``, ``xz``, ``bzip2`` or ``none`` from the first bytes of a stream."""
-    if head.startswith(GZIP_MAGIC):
-        return "gzip"
-    if head.startswith(ZSTD_MAGIC):
-        return "zstd"
-    if head.startswith(XZ_MAGIC):
-        return "xz"
-    if head.startswith(BZIP2_MAGIC) and len(head) > 3 and head[3:4].isdigit():
-        return "bzip2"
-    return "none"
-
-
 def normalize_name(name: str) -> str:
     """An archive path without ``./``, leading or trailing slashes."""
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
     return "/".join(parts)
-
-
-# --- the byte source ------------------------------------------------------------------------
-class _Prefetch(io.RawIOBase):
-    """Reads ``src`` on a helper thread, a few chunks ahead of the consumer."""
-
-    def __init__(self, src: BinaryIO, what: str) -> None:
-        self.src = src
-        self.what = what
-        self.count = 0  # bytes handed out
-        self._q: queue.Queue[object] = queue.Queue(_DEPTH)
-        self._buf = memoryview(b"")
-        self._eof = False
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, name="archive read", daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                data = self.src.read(CHUNK)
-                if not data:
-                    break
-                self._put(data)
-            self._put(b"")
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the consumer's thread
-            self._put(exc)
-
-    def _put(self, item: object) -> None:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def _next(self) -> bool:
-        if self._eof:
-            return False
-        item = self._q.get()
-        if isinstance(item, BaseException):
-            self._eof = True
-            if isinstance(item, (EOFError, OSError, ValueError)) and not isinstance(
-                    item, (FileNotFoundError, PermissionError)):
-                at = f" after {self.count} bytes" if self.count else ""
-                raise ArchiveError(f"archive {self.what}: truncated or corrupt compressed "
-                                   f"stream{at} ({item})",
-                                   hint="the file is incomplete or damaged; copy or export "
-                                        "it again") from item
-            raise item
-        if not item:
-            self._eof = True
-            return False
-        self._buf = memoryview(item)  # type: ignore[arg-type]
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        if not self._buf and not self._next():
-            return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        self.count += n
-        return n
-
-    def read_exact_or_less(self, n: int) -> bytes:
-        out = bytearray()
-        while len(out) < n:
-            if not self._buf and not self._next():
-                break
-            take = min(n - len(out), len(self._buf))
-            out += self._buf[:take]
-            self._buf = self._buf[take:]
-        self.count += len(out)
-        return bytes(out)
-
-    def skip(self, n: int) -> int:
-        left = n
-        while left:
-            if not self._buf and not self._next():
-                break
-            take = min(left, len(self._buf))
-            self._buf = self._buf[take:]
-            left -= take
-        self.count += n - left
-        return n - left
-
-    def close(self) -> None:
-        self._stop.set()
-        super().close()
-
-
-class _MemberReader(io.RawIOBase):
-    """Exactly ``size`` bytes of the current tar member; short data is 'truncated'."""
-
-    def __init__(self, src: _Prefetch, size: int, name: str, what: str) -> None:
-        self.src = src
-        self.left = size
-        self.size = size
-        self.name = name
-        self.what = what
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self.left <= 0:
-            return 0
-        view = memoryview(b)[:min(len(b), self.left)]
-        n = self.src.readinto(view)
-        if n == 0:
-            raise ArchiveError(
-                f"archive {self.what}: truncated inside {self.name} "
-                f"({self.size - self.left} of {self.size} bytes)",
-                hint="the archive is incomplete; copy or export it again")
-        self.left -= n
-        return n
 
 
 # --- archives ---------------------------------------------------------------------------------
@@ -253,119 +132,53 @@ class _TarArchive(Archive):
         super().__init__(label)
         self._raw = raw
         self._owned = owned
-        self._src: _Prefetch | None = None
+        self._stream: PlainStream | None = None  # once members() runs
 
-    def _open(self) -> _Prefetch:
-        head = _read_head(self._raw, 6)
-        kind = sniff(head)
-        self.compression = kind
-        # The magic bytes were consumed (a pipe cannot be peeked reliably): put them back.
-        self._raw = _Prefixed(head, self._raw)  # type: ignore[assignment]
-        stream: BinaryIO = self._raw
-        if kind == "gzip":
-            try:
-                from isal import igzip
+    def _reader(self) -> TarReader:
+        from cargohold.differ.api import Compression
+        from cargohold.differ.compression import SNIFF_BYTES, PlainStream, sniff
+        from cargohold.differ.tarread import TarReader
 
-                stream = igzip.IGzipFile(fileobj=self._raw, mode="rb")  # type: ignore[assignment]
-            except ImportError:  # pragma: no cover - isal is a dependency
-                import gzip
-
-                stream = gzip.GzipFile(fileobj=self._raw, mode="rb")  # type: ignore[assignment]
-        elif kind == "zstd":
-            import zstandard
-
-            stream = zstandard.ZstdDecompressor().stream_reader(  # type: ignore[assignment]
-                self._raw, read_size=CHUNK, read_across_frames=True)
-        elif kind == "xz":
-            import lzma
-
-            stream = lzma.LZMAFile(self._raw)  # type: ignore[assignment]
-        elif kind == "bzip2":
+        head = _read_head(self._raw, SNIFF_BYTES)
+        if not head:
+            raise ArchiveError(f"archive {self.label}: empty input",
+                               hint="give an image archive (docker save, skopeo oci-archive, "
+                                    "ctr images export) or a layout directory")
+        kind = sniff(head) or Compression.NONE
+        self.compression = kind.value
+        if kind is Compression.BZIP2:
             raise Unsupported(f"archive {self.label}: bzip2 compression is not supported",
                               hint="decompress it first (bunzip2), or recompress with gzip, "
                                    "zstd or xz")
-        return _Prefetch(stream, self.label)
+        source = archive_source(self.label)
+        self._stream = PlainStream(self._raw, kind, self.label, source=source, head=head,
+                                   hash=False, buffer=BUFFER, chunk=CHUNK).start()
+        return TarReader(self._stream)
 
     def members(self) -> Iterator[Member]:
-        src = self._src = self._open()
-        first = True
-        pending: dict[str, str] = {}
-        while True:
-            hdr = src.read_exact_or_less(BLOCK)
-            if not hdr:
-                if first:
-                    raise ArchiveError(f"archive {self.label}: empty input",
-                                       hint="give an image archive (docker save, skopeo "
-                                            "oci-archive, ctr images export) or a layout "
-                                            "directory")
-                return  # a clean end at a header boundary, as Go's archive/tar accepts
-            if len(hdr) < BLOCK and not first:
-                raise self._truncated("in a tar header")
-            if hdr == bytes(BLOCK):
-                return
-            if len(hdr) < BLOCK or not _checksum_ok(hdr):
-                if first:
-                    raise ArchiveError(
-                        f"archive {self.label}: not an image archive (not a tar stream, "
-                        f"and not gzip, zstd or xz)",
-                        hint="give a docker save or OCI image-layout tar (optionally "
-                             "compressed), or a layout directory")
-                raise ArchiveError(f"archive {self.label}: corrupt tar header at byte "
-                                   f"{src.count - BLOCK}",
-                                   hint="the archive is damaged; copy or export it again")
-            first = False
-            name = _str(hdr[0:100])
-            prefix = _str(hdr[345:500]) if hdr[257:262] == b"ustar" else ""
-            if prefix and hdr[257:263] == b"ustar\x00":
-                name = prefix + "/" + name
-            size = _num(hdr[124:136])
-            typ = chr(hdr[156]) if hdr[156] else "0"
-            linkname = _str(hdr[157:257])
-            padded = (size + BLOCK - 1) // BLOCK * BLOCK
-            if typ in ("x", "L", "K", "g"):
-                if size > MAX_META:
-                    raise ArchiveError(f"archive {self.label}: extended header of {size} "
-                                       "bytes is too large")
-                data = src.read_exact_or_less(padded)
-                if len(data) < padded:
-                    raise self._truncated("in an extended header")
-                data = data[:size]
-                if typ == "x":
-                    pending.update(_pax(data))
-                elif typ == "L":
-                    pending["path"] = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-                elif typ == "K":
-                    pending["linkpath"] = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-                continue
-            if "path" in pending:
-                name = pending["path"]
-            if "linkpath" in pending:
-                linkname = pending["linkpath"]
-            if "size" in pending:
-                size = int(pending["size"])
-                padded = (size + BLOCK - 1) // BLOCK * BLOCK
-            pending = {}
-            rel = normalize_name(name)
-            if typ in ("0", "7"):
-                reader = _MemberReader(src, size, rel, self.label)
-                yield Member(rel, "file", size, reader=reader)  # type: ignore[arg-type]
-                rest = reader.left + (padded - size)
-            else:
-                kind = {"5": "dir", "2": "symlink", "1": "hardlink"}.get(typ, "other")
-                yield Member(rel, kind, 0, linkname if kind == "symlink"
-                             else normalize_name(linkname))
-                rest = padded if typ not in ("1", "2", "5") else 0
-            if rest and src.skip(rest) < rest:
-                raise self._truncated(f"inside {rel}")
+        from cargohold.differ.tarheader import DIR, LNK, REG, SYM, checksum_ok
 
-    def _truncated(self, where: str) -> ArchiveError:
-        n = self._src.count if self._src else 0
-        return ArchiveError(f"archive {self.label}: truncated {where} (after {n} bytes)",
-                            hint="the archive is incomplete; copy or export it again")
+        tar = self._reader()
+        if not checksum_ok(tar.peek_block()):
+            raise ArchiveError(f"archive {self.label}: not an image archive (not a tar stream, "
+                               "and not gzip, zstd or xz)",
+                               hint="give a docker save or OCI image-layout tar (optionally "
+                                    "compressed), or a layout directory")
+        while (e := tar.next()) is not None:
+            rel = normalize_name(e.name)
+            if e.type == REG:
+                yield Member(rel, "file", e.size, reader=tar.data_reader())  # type: ignore
+            elif e.type == SYM:
+                yield Member(rel, "symlink", linkname=e.linkname)
+            elif e.type == LNK:
+                yield Member(rel, "hardlink", linkname=normalize_name(e.linkname))
+            else:
+                yield Member(rel, "dir" if e.type == DIR else "other")
 
     def close(self) -> None:
-        if self._src is not None:
-            self._src.close()
+        if self._stream is not None:
+            # A pipe's writer may stall forever: do not wait for the worker to notice.
+            self._stream.close(wait=self._owned is not None)
         if self._owned is not None:
             self._owned.close()
 
@@ -381,82 +194,10 @@ def _read_head(raw: BinaryIO, n: int) -> bytes:
     return out
 
 
-class _Prefixed(io.RawIOBase):
-    """``head`` followed by the rest of ``raw``."""
-
-    def __init__(self, head: bytes, raw: BinaryIO) -> None:
-        self.head = head
-        self.raw = raw
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self.head:
-            n = min(len(b), len(self.head))
-            b[:n] = self.head[:n]
-            self.head = self.head[n:]
-            return n
-        data = self.raw.read(len(b))
-        n = len(data)
-        b[:n] = data
-        return n
-
-    def read(self, n: int = -1) -> bytes:
-        if self.head:
-            if n < 0:
-                data, self.head = self.head + self.raw.read(), b""
-                return data
-            data, self.head = self.head[:n], self.head[n:]
-            return data
-        return self.raw.read(n)
-
-
-def _checksum_ok(hdr: bytes) -> bool:
-    try:
-        want = int(hdr[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
-    except ValueError:
-        return False
-    got = sum(hdr[:148]) + 8 * 32 + sum(hdr[156:])
-    return want == got
-
-
-def _str(field: bytes) -> str:
-    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-
-
-def _num(field: bytes) -> int:
-    if field[0] & 0x80:  # base-256 (GNU) for sizes of 8 GiB and more
-        v = int.from_bytes(field[1:], "big")
-        return v
-    text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
-
-
-def _pax(data: bytes) -> dict[str, str]:
-    out: dict[str, str] = {}
-    i = 0
-    while i < len(data):
-        sp = data.find(b" ", i)
-        if sp < 0:
-            break
-        try:
-            length = int(data[i:sp])
-        except ValueError:
-            break
-        rec = data[sp + 1:i + length - 1]
-        k, _, v = rec.partition(b"=")
-        key = k.decode("utf-8", "replace")
-        if key in ("path", "linkpath", "size"):
-            out[key] = v.decode("utf-8", "surrogateescape")
-        i += length
-    return out
-
-
 def open_archive(path: str) -> Archive:
     """Open ``path`` (file, directory or ``-`` for stdin) for one pass over its members.
 
-    Raises NotFound-like :class:`InvalidArgument` for paths that do not exist.
+    Raises NotFound for a path that does not exist; reading raises :class:`ArchiveError`.
     """
     if path == "-":
         return _TarArchive("(stdin)", sys.stdin.buffer, None)  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
@@ -406,12 +407,25 @@ def resolve(client: Client, refs: Sequence[str]) -> list[Image]:
         return [records.get(tx, client.namespace, r) for r in refs]
 
 
+#: file name suffix → the compression written under it; every suffix here is really written
+SUFFIXES = {".gz": "gzip", ".tgz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".tzst": "zstd",
+            ".xz": "xz", ".txz": "xz"}
+#: compression suffixes we do not write: refused rather than a plain tar under that name
+_REFUSED = {".bz2": "bzip2", ".tbz": "bzip2", ".tbz2": "bzip2", ".lz4": "lz4",
+            ".lz": "lzip", ".lzma": "lzma", ".lzo": "lzop", ".z": "compress", ".br": "brotli",
+            ".sz": "snappy"}
+
+
 def compression_of(path: str) -> str:
-    """``gzip`` for ``*.gz``/``*.tgz``, ``zstd`` for ``*.zst``/``*.zstd``, else ``none``."""
-    if path.endswith((".gz", ".tgz")):
-        return "gzip"
-    if path.endswith((".zst", ".zstd")):
-        return "zstd"
+    """``gzip``, ``zstd`` or ``xz`` by the suffix of ``path`` (see :data:`SUFFIXES`), else
+    ``none``. InvalidArgument for a compression suffix that is not written (``.bz2``, …).
+    """
+    ext = os.path.splitext(path)[1].lower()
+    if ext in SUFFIXES:
+        return SUFFIXES[ext]
+    if ext in _REFUSED:
+        raise InvalidArgument(f"export {path}: {_REFUSED[ext]} compression is not supported",
+                              hint="name the file .tar, .tar.gz, .tar.zst or .tar.xz")
     return "none"
 
 
@@ -429,6 +443,14 @@ def _compressed(raw: BinaryIO, compression: str) -> Iterator[BinaryIO]:
         with zstandard.ZstdCompressor(level=3, threads=2).stream_writer(
                 raw, closefd=False) as z:
             yield z  # type: ignore[misc]
+    elif compression == "xz":
+        import lzma
+
+        # Preset 1: layers are mostly compressed already, and xz's default (6) is ~10x slower
+        # for a few percent; one thread, so the same images always give the same bytes.
+        with lzma.LZMAFile(raw, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64,
+                           preset=1) as z:
+            yield z  # type: ignore[misc]
     else:
         yield raw
 
@@ -440,14 +462,15 @@ def export(client: Client, dest: str, refs: Sequence[str], opts: ExportOptions |
 
     A file is written under a temporary name beside ``dest`` and renamed into place when
     complete, so ``dest`` never holds half an archive; on any error the temporary file is
-    removed. ``*.gz`` and ``*.zst`` names are compressed (ISA-L gzip, zstd); a stream is not.
+    removed. ``*.gz``, ``*.zst`` and ``*.xz`` names are compressed (ISA-L gzip, zstd, xz; see
+    :func:`compression_of`, which refuses ``*.bz2`` and other suffixes it cannot write); a
+    stream is not.
     Raises what :func:`plan_export` raises (before anything is written), IntegrityError when
     a blob does not hash to its digest, and FailedPrecondition for an unwritable ``dest``.
     """
-    import os
-
     from cargohold.errors import FailedPrecondition
 
+    compression = "none" if dest == "-" else compression_of(dest)
     plan = plan_export(client.content, resolve(client, refs), opts)
     if dest == "-":
         if stream is None:
@@ -459,7 +482,7 @@ def export(client: Client, dest: str, refs: Sequence[str], opts: ExportOptions |
     tmp = os.path.join(os.path.dirname(full), f".{os.path.basename(full)}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb", buffering=0) as raw:
-            with _compressed(raw, compression_of(full)) as out:  # type: ignore[arg-type]
+            with _compressed(raw, compression) as out:  # type: ignore[arg-type]
                 n = write_archive(client.content, plan, out, progress=progress)
         os.replace(tmp, full)
     except OSError as exc:

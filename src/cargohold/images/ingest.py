@@ -47,6 +47,7 @@ from cargohold.errors import (
     IntegrityError,
     NotFound,
     Unavailable,
+    Unsupported,
 )
 from cargohold.images import mediatypes as mt
 from cargohold.images import refs
@@ -62,9 +63,8 @@ if TYPE_CHECKING:
 NAME_ANNOTATION = "io.containerd.image.name"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 META_FILES = ("oci-layout", "index.json", "manifest.json", "repositories")
-_BLOB = re.compile(r"^blobs/(sha256|sha512)/([0-9a-f]+)$")
-_LEGACY = re.compile(r"^[0-9a-f]{64}/(json|VERSION)$")
-DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"
+_BLOB = re.compile(r"blobs/(sha256|sha512)/([0-9a-f]+)")  # fullmatch, never "$"
+_LEGACY = re.compile(r"[0-9a-f]{64}/(json|VERSION)")
 
 
 @dataclass
@@ -127,9 +127,9 @@ class ArchiveIngest:
                                    "large for image metadata")
             self.meta[m.name] = m.reader.read()
             return
-        if _LEGACY.match(m.name):
+        if _LEGACY.fullmatch(m.name):
             return  # docker's v1 layer metadata: no manifest refers to it
-        match = _BLOB.match(m.name)
+        match = _BLOB.fullmatch(m.name)
         expected = f"{match.group(1)}:{match.group(2)}" if match else ""
         self._ingest(m, expected)
 
@@ -142,8 +142,8 @@ class ArchiveIngest:
             identity = _file_identity(os.path.join(self.source, m.name))
         if identity:
             key = f"{identity}\0{m.name}\0{m.size}"
-            return f"import-{hashlib.sha256(key.encode()).hexdigest()[:40]}", True
-        return f"import-{self.lease}-{hashlib.sha256(m.name.encode()).hexdigest()[:20]}", False
+            return f"import-{_sha(key)[:40]}", True
+        return f"import-{self.lease}-{_sha(m.name)[:20]}", False
 
     def _ingest(self, m: Member, expected: str) -> None:
         ref, resumable = self.ref_for(m, expected)
@@ -279,6 +279,11 @@ def open_writer(store: NamespacedStore, ref: str, total: int, expected: str,
             store.abort(ref)
 
 
+def _sha(text: str) -> str:
+    # tar member names need not be UTF-8: the reader keeps their bytes as surrogates
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def _file_identity(path: str) -> str:
     """``dev:ino:size:mtime`` of a regular file (stdin for ``-``); '' for anything else."""
     try:
@@ -329,7 +334,7 @@ def docker_entries(store: NamespacedStore, r: ArchiveIngest, lease: str, label: 
         layers = []
         for n, lname in enumerate(names_in):
             b = _docker_blob(r, lname, what, f"layer {n + 1}", label)
-            kind = _layer_type(store, b.digest)
+            kind = _layer_type(store, b.digest, f"{what}: layer {n + 1} {lname}")
             # A plain tar's digest is its diffID: check it now, so that even --no-unpack
             # imports of docker archives are verified end to end.
             if kind == mt.DOCKER_LAYER and b.digest != ids[n]:
@@ -371,14 +376,21 @@ def _docker_blob(r: ArchiveIngest, member: str, what: str, kind: str, label: str
     return b
 
 
-def _layer_type(store: NamespacedStore, digest: str) -> str:
+def _layer_type(store: NamespacedStore, digest: str, what: str) -> str:
+    """The docker media type of a layer blob, from its magic bytes (docker archives say
+    nothing else about a layer's compression).
+    """
+    from cargohold.differ.api import Compression, media_type_for
+    from cargohold.differ.compression import SNIFF_BYTES, sniff
+
     with store.reader(digest) as r:
-        head = r.read_at(6, 0)
-    if head.startswith(b"\x1f\x8b"):
-        return mt.DOCKER_LAYER_GZIP
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return DOCKER_LAYER_ZSTD
-    return mt.DOCKER_LAYER
+        head = r.read_at(SNIFF_BYTES, 0)
+    kind = sniff(head) or Compression.NONE
+    if kind not in (Compression.NONE, Compression.GZIP, Compression.ZSTD):
+        raise Unsupported(f"{what}: blob {digest} is {kind.value}-compressed",
+                          hint="layers are tar, tar+gzip or tar+zstd: recompress the layer, "
+                               "or save the image again")
+    return media_type_for(kind, docker=True)
 
 
 def _config(store: NamespacedStore, digest: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cargohold.errors import CargoholdError, InvalidArgument, NotFound
+from cargohold.errors import CargoholdError, MalformedData, NotFound
 from cargohold.images import mediatypes as mt
 from cargohold.images.platforms import Matcher
 from cargohold.store.api import Store
@@ -25,7 +25,7 @@ def read_json(store: Store, desc: Descriptor, what: str = "") -> dict[str, Any]:
     """The parsed JSON of a blob; errors name ``what`` (e.g. the image) and the digest."""
     label = f"{what} " if what else ""
     if desc.size > MAX_JSON:
-        raise InvalidArgument(f"{label}blob {desc.digest}: {desc.size} bytes is too big for "
+        raise MalformedData(f"{label}blob {desc.digest}: {desc.size} bytes is too big for "
                               f"a {desc.media_type or 'JSON'} document")
     try:
         with store.reader(desc.digest) as r:
@@ -36,9 +36,9 @@ def read_json(store: Store, desc: Descriptor, what: str = "") -> dict[str, Any]:
     try:
         doc = json.loads(data)
     except ValueError as exc:
-        raise InvalidArgument(f"{label}blob {desc.digest}: not valid JSON ({exc})") from exc
+        raise MalformedData(f"{label}blob {desc.digest}: not valid JSON ({exc})") from exc
     if not isinstance(doc, dict):
-        raise InvalidArgument(f"{label}blob {desc.digest}: JSON is not an object")
+        raise MalformedData(f"{label}blob {desc.digest}: JSON is not an object")
     mt.refuse_schema1(str(doc.get("mediaType", "")), f"{label}manifest {desc.digest}")
     if doc.get("schemaVersion") == 1:
         mt.refuse_schema1(mt.DOCKER_SCHEMA1, f"{label}manifest {desc.digest}")
@@ -48,7 +48,7 @@ def read_json(store: Store, desc: Descriptor, what: str = "") -> dict[str, Any]:
 def descriptors(doc: dict[str, Any], key: str, where: str) -> list[Descriptor]:
     items = doc.get(key) or []
     if not isinstance(items, list):
-        raise InvalidArgument(f"{where}: '{key}' is not a list")
+        raise MalformedData(f"{where}: '{key}' is not a list")
     return [Descriptor.from_json(d) for d in items]
 
 
@@ -67,7 +67,7 @@ def parse_manifest(store: Store, desc: Descriptor, what: str = "") -> Manifest:
     doc = read_json(store, desc, what)
     where = f"{what + ' ' if what else ''}manifest {desc.digest}"
     if "config" not in doc:
-        raise InvalidArgument(f"{where}: has no config")
+        raise MalformedData(f"{where}: has no config")
     return Manifest(desc, Descriptor.from_json(doc["config"]),
                     descriptors(doc, "layers", where), desc.platform,
                     dict(doc.get("annotations") or {}))
@@ -92,7 +92,7 @@ def manifests(store: Store, target: Descriptor, matcher: Matcher, what: str = ""
         return [target]
     if not mt.is_index(target.media_type):
         mt.refuse_schema1(target.media_type, what or target.digest)
-        raise InvalidArgument(f"{what or 'target'} {target.digest}: media type "
+        raise MalformedData(f"{what or 'target'} {target.digest}: media type "
                               f"{target.media_type!r} is not an image manifest or index")
     out: list[Descriptor] = []
     for d in children(store, target, what):
@@ -121,7 +121,7 @@ def diff_ids(store: Store, config: Descriptor, what: str = "") -> list[str]:
     rootfs = cfg.get("rootfs") or {}
     ids = rootfs.get("diff_ids")
     if not isinstance(ids, list):
-        raise InvalidArgument(f"{what} config {config.digest}: no rootfs.diff_ids")
+        raise MalformedData(f"{what} config {config.digest}: no rootfs.diff_ids")
     return [str(i) for i in ids]
 
 

@@ -1,4 +1,8 @@
-"""Media types of OCI and Docker v2 schema 2 images, and what each one is."""
+"""Media types of OCI and Docker v2 schema 2 images, and what each one is.
+
+What a layer media type says about compression is the differ's to know:
+:func:`cargohold.differ.api.compression_for` (the one table).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"  # containerd's
 DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
@@ -29,7 +34,7 @@ MANIFESTS = {OCI_MANIFEST, DOCKER_MANIFEST}
 CONFIGS = {OCI_CONFIG, DOCKER_CONFIG}
 LAYERS = {OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_LAYER_ND, OCI_LAYER_ND_GZIP,
           OCI_LAYER_ND_ZSTD, DOCKER_LAYER, DOCKER_LAYER_GZIP, DOCKER_LAYER_FOREIGN,
-          "application/vnd.docker.image.rootfs.diff.tar.zstd"}
+          DOCKER_LAYER_ZSTD}
 NONDISTRIBUTABLE = {OCI_LAYER_ND, OCI_LAYER_ND_GZIP, OCI_LAYER_ND_ZSTD, DOCKER_LAYER_FOREIGN}
 SCHEMA1 = {DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED}
 
@@ -56,12 +61,3 @@ def refuse_schema1(mt: str, what: str) -> None:
         raise Unsupported(
             f"{what}: Docker schema 1 manifests are not supported (deprecated since 2017)",
             hint="convert it with 'skopeo copy --format v2s2' or rebuild and push it again")
-
-
-def layer_kind(mt: str) -> str:
-    """'gzip', 'zstd' or 'none' for a layer media type."""
-    if mt.endswith(("+gzip", ".gzip")):
-        return "gzip"
-    if mt.endswith(("+zstd", ".zstd")):
-        return "zstd"
-    return "none"

@@ -46,7 +46,6 @@ from cargohold.types import LABEL_UNCOMPRESSED, Descriptor, Mount, Platform, for
 if TYPE_CHECKING:
     from cargohold.client import Client
 
-COMPRESSIONS = {"gzip": mt.OCI_LAYER_GZIP, "zstd": mt.OCI_LAYER_ZSTD, "none": mt.OCI_LAYER}
 
 
 @dataclass
@@ -186,16 +185,14 @@ def pack(client: Client, directory: str, ref: str, opts: PackOptions | None = No
     if not ref:
         raise InvalidArgument("image name '': empty", hint="give the image a name, e.g. "
                               "example.com/tools:1")
-    if opts.compression not in COMPRESSIONS:
-        raise InvalidArgument(f"compression {opts.compression!r}: not supported",
-                              hint="use gzip, zstd or none")
+    media_type = _layer_media_type(opts.compression)
     src = _check_dir(directory)
     platform = platforms.normalize(opts.platform or platforms.default())
     with client.leases.lease() as lid:
         store = NamespacedStore(client.db, client.store, client.namespace, lease=lid)
         try:
             layer = compare([], [Mount("bind", src, ("rbind", "ro"))], store=store,
-                            media_type=COMPRESSIONS[opts.compression])
+                            media_type=media_type)
         except OSError as exc:
             raise CargoholdError(f"directory {directory}: {exc.strerror or exc}") from exc
         diff_id = store.info(layer.digest).labels.get(LABEL_UNCOMPRESSED, "")
@@ -237,3 +234,14 @@ def parse_env(pairs: Sequence[str]) -> list[str]:
             raise InvalidArgument(f"env {p!r}: not KEY=VALUE")
         out.append(p)
     return out
+
+
+def _layer_media_type(compression: str) -> str:
+    """The OCI layer media type for ``gzip``, ``zstd`` or ``none`` (the differ's table)."""
+    from cargohold.differ.api import Compression, media_type_for
+
+    try:
+        return media_type_for(Compression(compression))
+    except (ValueError, InvalidArgument):
+        raise InvalidArgument(f"compression {compression!r}: not supported",
+                              hint="use gzip, zstd or none") from None

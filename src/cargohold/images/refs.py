@@ -14,13 +14,13 @@ from cargohold.errors import InvalidArgument
 from cargohold.types import is_digest
 
 DEFAULT_DOMAIN = "docker.io"
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)  # fullmatch: "$" matches before a "\n"
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
 
 
 def is_tag(text: str) -> bool:
     """Whether ``text`` is a bare tag (``latest``, ``1.0``), not a reference."""
-    return bool(_TAG.match(text)) and "/" not in text
+    return bool(_TAG.fullmatch(text)) and "/" not in text
 
 
 def split(ref: str) -> tuple[str, str, str]:
@@ -45,7 +45,7 @@ def normalize(ref: str) -> str:
     name, tag, digest = split(text)
     if digest and not is_digest(digest):
         raise bad
-    if tag and not _TAG.match(tag):
+    if tag and not _TAG.fullmatch(tag):
         raise bad
     parts = name.split("/")
     if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"
@@ -57,7 +57,7 @@ def normalize(ref: str) -> str:
         domain = DEFAULT_DOMAIN
     if domain == DEFAULT_DOMAIN and len(path) == 1:
         path = ["library", *path]
-    if not path or not all(_COMPONENT.match(p) for p in path):
+    if not path or not all(_COMPONENT.fullmatch(p) for p in path):
         raise bad
     out = f"{domain}/{'/'.join(path)}"
     if tag:

@@ -50,7 +50,13 @@ from typing import TYPE_CHECKING, Any
 from cargohold import _fsutil
 from cargohold.differ.api import compression_for
 from cargohold.differ.compression import BUFFER, PlainStream
-from cargohold.errors import AlreadyExists, CargoholdError, InvalidArgument, NotFound
+from cargohold.errors import (
+    AlreadyExists,
+    CargoholdError,
+    InvalidArgument,
+    MalformedData,
+    NotFound,
+)
 from cargohold.images import mediatypes as mt
 from cargohold.images.manifest import chain_ids, diff_ids, parse_manifest, snapshot_gc_label
 from cargohold.images.progress import Progress
@@ -133,9 +139,9 @@ class Unpacker:
         ids = diff_ids(self.store, m.config, what)
         layers = list(m.layers)
         if len(ids) != len(layers):
-            raise InvalidArgument(f"{what}: config {m.config.digest} lists {len(ids)} diff IDs "
-                                  f"for {len(layers)} layers",
-                                  hint="the image is malformed; rebuild or export it again")
+            raise MalformedData(f"{what}: config {m.config.digest} lists {len(ids)} diff IDs "
+                                f"for {len(layers)} layers",
+                                hint="the image is malformed; rebuild or export it again")
         for i, layer in enumerate(layers):
             if not mt.is_layer(layer.media_type):
                 raise InvalidArgument(f"{what}: layer {i + 1} {layer.digest}: unknown media "

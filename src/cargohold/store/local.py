@@ -54,7 +54,7 @@ from cargohold.store.ingest import (
 from cargohold.types import Digest, now_ns, validate_labels
 
 ALGORITHMS = {"sha256": 64, "sha512": 128}
-_HEX = re.compile(r"^[a-f0-9]+$")
+_HEX = re.compile(r"[a-f0-9]+")  # fullmatch: "$" would accept a trailing "\n"
 
 
 class BlobReader(io.FileIO):
@@ -207,7 +207,7 @@ class LocalStore:
             except OSError as exc:
                 raise translate(exc, d, f"blob directory {d}") from exc
             for name in entries:
-                if len(name) != hexlen or not _HEX.match(name):
+                if len(name) != hexlen or not _HEX.fullmatch(name):
                     continue
                 try:
                     yield self.info(f"{alg}:{name}")
