@@ -40,10 +40,8 @@ def need_runc() -> None:
 
 
 def hold_env(root: str, extra: dict | None = None) -> dict:
+    """The environment of ``run_hold`` (tests/conftest.py put this checkout on PYTHONPATH)."""
     e = dict(os.environ)
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), "src")
-    e["PYTHONPATH"] = src + os.pathsep + e.get("PYTHONPATH", "")
     e.update({"HOLD_ROOT": root, "HOLD_STATE": os.path.join(root, "_state"),
               "HOLD_CONFIG": os.path.join(root, "_no_config.toml")})
     e.update(extra or {})
