@@ -34,6 +34,15 @@ def run(app: App, rm: bool, detach: bool, plain_http: bool, hosts_dir: str | Non
     included (so hold run --rm IMG t1 sh -c "exit 7" exits 7). Attached, output, stdin and
     signals are the task's, and its exit status is hold's; hold dying never stops the task.
     """
+    from cargohold.tasks.launch import ShimStarter
+
+    # First of all: the shim's interpreter starts while hold imports and works.
+    with ShimStarter() as shim:
+        _run(app, rm, detach, plain_http, hosts_dir, image, cid, args, kw, shim)
+
+
+def _run(app: App, rm: bool, detach: bool, plain_http: bool, hosts_dir: str | None,
+         image: str, cid: str, args: tuple[str, ...], kw: dict[str, Any], shim: Any) -> None:
     from cargohold.tasks import run as runner
 
     opts = create_options(kw, args)
@@ -55,6 +64,6 @@ def run(app: App, rm: bool, detach: bool, plain_http: bool, hosts_dir: str | Non
         stdin: int | None = sys.stdin.fileno()
     except (AttributeError, ValueError, OSError):
         stdin = None
-    res = runner.run(client, name, cid, opts, detach=detach, rm=rm, stdin=stdin)
+    res = runner.run(client, name, cid, opts, detach=detach, rm=rm, stdin=stdin, shim=shim)
     if res.status:
         raise SystemExit(res.status)

@@ -25,7 +25,6 @@ Nothing here imports more than the standard library: the shim imports this modul
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -88,6 +87,8 @@ def cgroup_parent(state: str) -> str:
     """``/cargohold`` for the default state directory; another state directory (a test, a
     second root) gets ``/cargohold-<hash>`` so that two of them never share a cgroup.
     """
+    import hashlib
+
     from cargohold.config import default_state
 
     real = os.path.realpath(state)

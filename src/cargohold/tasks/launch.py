@@ -30,12 +30,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from cargohold import mount as kmount
-from cargohold._fsutil import makedirs
 from cargohold.errors import AlreadyExists, CargoholdError, FailedPrecondition
-from cargohold.tasks import runc as runc_mod
 from cargohold.tasks.api import DEFAULT_LOG_SIZE_MAX, TaskPaths
-from cargohold.tasks.runc import Runc
 
 if TYPE_CHECKING:
     from cargohold.client import Client
@@ -88,12 +84,14 @@ class ShimStarter:
         """
         os.write(self._go, paths.dir.encode() + b"\n")
         self.sent = True
-        self.cancel()
+        os.close(self._go)
+        self._go = -1
         try:
             return _wait_ready(self._ready, paths)
         finally:
             os.close(self._ready)
             self._ready = -1
+            self.proc.wait()  # exited long ago: it only forks the shim proper
 
     def cancel(self) -> None:
         """Close the go pipe (a shim that got nothing exits) and reap the first process."""
@@ -120,6 +118,8 @@ def settings(client: Client) -> tuple[str, int]:
 
 
 def _error_from(doc: dict[str, Any]) -> CargoholdError:
+    from cargohold.tasks import runc as runc_mod
+
     kind = doc.get("kind") or ""
     msg = str(doc.get("error") or "the shim failed")
     hint = doc.get("hint") or None
@@ -176,7 +176,12 @@ def launch(client: Client, cid: str, *, start: bool,
     ``{"ok": True, "pid": init pid, "started": bool}`` and whether the task has a terminal
     (``tty``).
     """
+    # Imported here, not at the top: ``hold run`` imports this module first of all, to start
+    # the shim's interpreter as early as it can.
+    from cargohold import mount as kmount
+    from cargohold._fsutil import makedirs
     from cargohold.metadata import containers as records
+    from cargohold.tasks.runc import Runc
 
     if shim is None:
         with ShimStarter() as own:

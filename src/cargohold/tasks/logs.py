@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
-from typing import BinaryIO, NamedTuple
+from collections import namedtuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself is not imported: the shim starts faster without it
+    from collections.abc import Callable, Iterator
+    from typing import BinaryIO
 
 STREAMS = (b"stdout", b"stderr")
 
 
-class Record(NamedTuple):
-    """One log line: ``time`` as written, ``stream`` stdout/stderr, and the bytes (those
-    of a full line end with a newline).
-    """
-
-    time: str
-    stream: str
-    data: bytes
+Record = namedtuple("Record", "time stream data")
+Record.__doc__ = """One log line: ``time`` as written (str), ``stream`` ("stdout" / "stderr")
+and ``data``, the bytes (those of a full line end with a newline)."""
 
 
 def _now_text() -> bytes:

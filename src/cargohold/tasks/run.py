@@ -27,6 +27,7 @@ from cargohold.tasks.api import TaskPaths
 
 if TYPE_CHECKING:
     from cargohold.client import Client
+    from cargohold.tasks.launch import ShimStarter
 
 
 def find_image(client: Client, ref: str, pull: Callable[[str], str] | None) -> str:
@@ -73,8 +74,12 @@ class RunResult:
 
 def run(client: Client, image: str, cid: str, opts: containers.CreateOptions, *,
         detach: bool = False, rm: bool = False, stdin: int | None = 0, stdout: int = 1,
-        stderr: int = 2) -> RunResult:
-    """Create and start container ``cid`` of ``image`` (see the module docstring)."""
+        stderr: int = 2, shim: ShimStarter | None = None) -> RunResult:
+    """Create and start container ``cid`` of ``image`` (see the module docstring).
+
+    ``shim``: one the caller started as early as it could (``hold run`` does, before it
+    imports the rest); otherwise one is started here, before the container is created.
+    """
     from cargohold.tasks.attach import attach
     from cargohold.tasks.control import Tasks
     from cargohold.tasks.launch import ShimStarter, launch, settings
@@ -82,16 +87,20 @@ def run(client: Client, image: str, cid: str, opts: containers.CreateOptions, *,
     if detach and rm:
         raise InvalidArgument("--rm and --detach: cannot be used together",
                               hint="remove a detached task with 'hold tasks rm' when it is done")
-    # The shim's interpreter starts while the container is created (it waits for the bundle).
-    with ShimStarter() as shim:
-        containers.create(client, image, cid, opts)
-        try:
-            ready = launch(client, cid, start=detach, shim=shim)
-        except BaseException:
-            if rm:
-                with contextlib.suppress(CargoholdError):
-                    containers.remove(client, cid)
-            raise
+    if shim is None:
+        # The shim's interpreter starts while the container is created (it waits for the
+        # bundle).
+        with ShimStarter() as own:
+            return run(client, image, cid, opts, detach=detach, rm=rm, stdin=stdin,
+                       stdout=stdout, stderr=stderr, shim=own)
+    containers.create(client, image, cid, opts)
+    try:
+        ready = launch(client, cid, start=detach, shim=shim)
+    except BaseException:
+        if rm:
+            with contextlib.suppress(CargoholdError):
+                containers.remove(client, cid)
+        raise
     if detach:
         return RunResult(None, int(ready.get("pid") or 0))
     paths = TaskPaths(client.config.state, client.namespace, cid)

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
-from collections.abc import Sequence
-from typing import Any
 
 from cargohold.errors import CargoholdError, FailedPrecondition, NotFound, Unsupported
 from cargohold.snapshotters.runner import Result, Runner, quote
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself is not imported: the shim starts faster without it
+    from collections.abc import Sequence
+    from typing import Any
 
 _MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
 RUNC_TIMEOUT = 60.0
@@ -126,6 +128,8 @@ class Runc:
 
     def available(self) -> str:
         """The full path of the binary; RuncMissing when it is not installed."""
+        import shutil
+
         path = shutil.which(self.binary)
         if path is None:
             raise RuncMissing(f"runtime {self.binary}: not found on PATH",
@@ -211,6 +215,7 @@ def probe(state: str, ns: str, binary: str = "runc") -> tuple[str, str]:
     namespace ``ns``'s containers under ``state``, and the state directory is writable.
     """
     import os
+    import shutil
 
     from cargohold.tasks.api import runc_root, task_ids
 
