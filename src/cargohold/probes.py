@@ -98,10 +98,10 @@ def _leases(client: Client) -> tuple[str, str]:
 
 
 def _runtime(client: Client) -> tuple[str, str]:
+    from cargohold.tasks.api import settings
     from cargohold.tasks.runc import probe
 
-    binary = str(client.config.section("tasks").get("runtime_binary") or "runc")
-    return probe(client.config.state, client.namespace, binary)
+    return probe(client.config.state, client.namespace, settings(client.config)[0])
 
 
 def _gzip() -> tuple[str, str]:

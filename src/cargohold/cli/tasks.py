@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,14 +18,7 @@ if TYPE_CHECKING:
 def _tasks(app: App) -> Tasks:
     from cargohold.tasks.control import Tasks
 
-    binary = str(app.config.section("tasks").get("runtime_binary") or "runc")
-    return Tasks(app.config.state, app.namespace, runc_binary=binary)
-
-
-def _paths(app: App, tid: str) -> Any:
-    from cargohold.tasks.api import TaskPaths
-
-    return TaskPaths(app.config.state, app.namespace, tid)
+    return Tasks.of(app.config, app.namespace)
 
 
 def _stdin() -> int | None:
@@ -56,25 +49,11 @@ def start(app: App, detach: bool, tid: str) -> None:
     Attached (the default), its output and exit status become hold's, stdin and signals are
     passed to it; hold may exit or be killed without touching the task.
     """
-    import os
+    from cargohold.tasks.run import start as start_task
 
-    from cargohold.tasks import attach as att
-    from cargohold.tasks.api import Status
-    from cargohold.tasks.launch import launch, require_container
-
-    paths = _paths(app, tid)
-    existing = _tasks(app).get(tid) if os.path.isdir(paths.dir) else None
-    if existing is None or existing.status != Status.CREATED or not existing.shim_alive:
-        require_container(app.client, tid)
-        tty = bool(launch(app.client, tid, start=detach).get("tty"))
-        if detach:
-            return
-    else:
-        tty = existing.tty
-        if detach:
-            att.start_detached(paths)
-            return
-    _exit(att.attach(paths, start=True, stdin=_stdin(), close_stdin=True, tty=tty))
+    status = start_task(app.client, tid, detach=detach, stdin=_stdin())
+    if status is not None:
+        _exit(status)
 
 
 @tasks.command("ls")
@@ -102,15 +81,7 @@ def attach_cmd(app: App, tid: str) -> None:
     """Attach to the running task ID: its output from now on, stdin and signals to it; exit
     with its status when it exits. Earlier output is in 'hold tasks logs'.
     """
-    from cargohold.tasks import attach as att
-
-    info = _tasks(app).get(tid)
-    if info.exit is not None:
-        from cargohold.errors import FailedPrecondition
-
-        raise FailedPrecondition(f"task {tid}: exited with status {info.exit.status}",
-                                 hint=f"see its output with 'hold tasks logs {tid}'")
-    _exit(att.attach(_paths(app, tid), stdin=_stdin(), close_stdin=False, tty=info.tty))
+    _exit(_tasks(app).attach(tid, stdin=_stdin()))
 
 
 @tasks.command("logs")
@@ -122,18 +93,7 @@ def logs(app: App, follow: bool, timestamps: bool, tid: str) -> None:
     """Print the output of task ID (kept by its shim, also after a detach): stdout to
     stdout, stderr to stderr.
     """
-    from cargohold.tasks import logs as logmod
-    from cargohold.tasks.api import read_exit, shim_alive
-
-    t = _tasks(app)
-    t.get(tid)
-    paths = _paths(app, tid)
-
-    def done() -> bool:
-        return read_exit(paths) is not None or not shim_alive(paths)[1]
-
-    records = logmod.follow(paths.file("log"), done) if follow else \
-        logmod.read(paths.file("log"))
+    records = _tasks(app).logs(tid, follow=follow)
     out, err = sys.stdout.buffer, sys.stderr.buffer
     at_start = {"stdout": True, "stderr": True}
     for rec in records:

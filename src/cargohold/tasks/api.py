@@ -36,6 +36,15 @@ RUNTIME = "runc"
 DEFAULT_LOG_SIZE_MAX = 8 << 20
 
 
+def settings(config: Any) -> tuple[str, int]:
+    """(runc binary, log size cap) from the ``[tasks]`` section of a
+    :class:`cargohold.config.Config`.
+    """
+    sec = config.section("tasks")
+    return (str(sec.get("runtime_binary") or "runc"),
+            int(sec.get("log_size_max", DEFAULT_LOG_SIZE_MAX)))
+
+
 class Status(enum.Enum):
     """A task's state, as ``hold tasks ls`` prints it (containerd's names)."""
 

@@ -120,13 +120,13 @@ def connect(paths: TaskPaths) -> socket.socket:
 
 def shim_error(payload: bytes) -> Exception:
     """The error an ``R`` frame carries, as the class the shim raised."""
-    from cargohold.tasks.launch import _error_from
+    from cargohold.tasks.launch import error_from_report
 
     try:
         doc = json.loads(payload)
     except ValueError:
         doc = {"error": payload.decode(errors="replace")}
-    return _error_from(doc)
+    return error_from_report(doc)
 
 
 def start_detached(paths: TaskPaths) -> int:

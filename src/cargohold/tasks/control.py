@@ -24,9 +24,9 @@ import select
 import shutil
 import signal as signals
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cargohold.errors import FailedPrecondition, InvalidArgument, NotFound
 from cargohold.tasks.api import (
@@ -37,11 +37,15 @@ from cargohold.tasks.api import (
     read_exit,
     read_json_file,
     read_pid,
+    settings,
     shim_alive,
     start_ticks,
     task_ids,
 )
 from cargohold.tasks.runc import Runc, RuncRunner
+
+if TYPE_CHECKING:
+    from cargohold.tasks.logs import Record
 
 _RUNC_STATUS = {"created": Status.CREATED, "running": Status.RUNNING,
                 "paused": Status.PAUSED, "pausing": Status.PAUSED, "stopped": Status.STOPPED}
@@ -57,9 +61,7 @@ def parse_signal(text: str | int) -> int:
             return n
     else:
         name = str(text).upper()
-        name = name if name.startswith("SIG") else "SIG" + name
-        sig = getattr(signals.Signals, name, None) if name in signals.Signals.__members__ \
-            else None
+        sig = signals.Signals.__members__.get(name if name.startswith("SIG") else "SIG" + name)
         if sig is not None:
             return int(sig)
     raise InvalidArgument(f"signal {text!r}: unknown", hint="give a name (TERM, KILL, HUP) or "
@@ -110,6 +112,11 @@ class Tasks:
         self.ns = ns
         self.runc = Runc(TaskPaths(state, ns, "-").runc_root, binary=runc_binary,
                          runner=runner)
+
+    @classmethod
+    def of(cls, config: Any, namespace: str) -> Tasks:
+        """The tasks of ``namespace`` with the state directory and runtime of ``config``."""
+        return cls(config.state, namespace, runc_binary=settings(config)[0])
 
     def paths(self, tid: str) -> TaskPaths:
         return TaskPaths(self.state, self.ns, tid)
@@ -276,6 +283,36 @@ class Tasks:
                     if pid and start_ticks(pid) >= 0:
                         out[pid] = n[:-4]
         return out
+
+    def logs(self, tid: str, *, follow: bool = False) -> Iterator[Record]:
+        """The task's output records (:mod:`.logs`); ``follow`` keeps yielding new ones
+        until the task has exited (or its shim is gone, so nothing more can come).
+        """
+        from cargohold.tasks import logs as logmod
+
+        self.get(tid)
+        p = self.paths(tid)
+        if not follow:
+            return logmod.read(p.file("log"))
+
+        def done() -> bool:
+            return read_exit(p) is not None or not shim_alive(p)[1]
+
+        return logmod.follow(p.file("log"), done)
+
+    def attach(self, tid: str, *, stdin: int | None = 0, stdout: int = 1,
+               stderr: int = 2) -> int:
+        """Attach to the running task (:func:`cargohold.tasks.attach.attach`; the end of
+        ``stdin`` does not close the task's) and return its exit status.
+        """
+        from cargohold.tasks.attach import attach
+
+        info = self.get(tid)
+        if info.exit is not None:
+            raise FailedPrecondition(f"task {tid}: exited with status {info.exit.status}",
+                                     hint=f"see its output with 'hold tasks logs {tid}'")
+        return attach(self.paths(tid), stdin=stdin, stdout=stdout, stderr=stderr,
+                      close_stdin=False, tty=info.tty)
 
     def metrics(self, tid: str) -> Any:
         from cargohold.tasks import cgroups

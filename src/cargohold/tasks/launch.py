@@ -31,7 +31,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cargohold.errors import AlreadyExists, CargoholdError, FailedPrecondition
-from cargohold.tasks.api import DEFAULT_LOG_SIZE_MAX, TaskPaths
+from cargohold.tasks.api import TaskPaths, settings
 
 if TYPE_CHECKING:
     from cargohold.client import Client
@@ -110,14 +110,8 @@ class ShimStarter:
             self._ready = -1
 
 
-def settings(client: Client) -> tuple[str, int]:
-    """(runc binary, log size cap) from the ``[tasks]`` config section."""
-    sec = client.config.section("tasks")
-    binary = str(sec.get("runtime_binary") or "runc")
-    return binary, int(sec.get("log_size_max", DEFAULT_LOG_SIZE_MAX))
-
-
-def _error_from(doc: dict[str, Any]) -> CargoholdError:
+def error_from_report(doc: dict[str, Any]) -> CargoholdError:
+    """The error a shim reported (on its ready pipe, or in an ``R`` frame), as its class."""
     from cargohold.tasks import runc as runc_mod
 
     kind = doc.get("kind") or ""
@@ -154,7 +148,7 @@ def _wait_ready(r: int, paths: TaskPaths) -> dict[str, Any]:
                          hint=f"see {paths.file('shim.log')}")
     doc = json.loads(buf.splitlines()[0])
     if not doc.get("ok"):
-        raise _error_from(doc)
+        raise error_from_report(doc)
     return doc
 
 
@@ -190,7 +184,7 @@ def launch(client: Client, cid: str, *, start: bool,
     with client.db.view() as tx:
         c = records.get(tx, ns, cid)
     paths = TaskPaths(client.config.state, ns, cid)
-    binary, cap = settings(client)
+    binary, cap = settings(client.config)
     rc = Runc(paths.runc_root, binary=binary)
     rc.available()
     spec = json.loads(c.spec or "{}")

@@ -1,4 +1,4 @@
-"""``hold run``: pull if needed, create the container, start its task, wait, clean up.
+"""``hold run`` and ``hold tasks start``: pull if needed, create, start, wait, clean up.
 
 :func:`find_image` takes the image from the store (its name as given, or the name normalised
 as a registry reference: ``busybox`` → ``docker.io/library/busybox:latest``), and otherwise
@@ -82,7 +82,7 @@ def run(client: Client, image: str, cid: str, opts: containers.CreateOptions, *,
     """
     from cargohold.tasks.attach import attach
     from cargohold.tasks.control import Tasks
-    from cargohold.tasks.launch import ShimStarter, launch, settings
+    from cargohold.tasks.launch import ShimStarter, launch
 
     if detach and rm:
         raise InvalidArgument("--rm and --detach: cannot be used together",
@@ -108,8 +108,42 @@ def run(client: Client, image: str, cid: str, opts: containers.CreateOptions, *,
     status = attach(paths, start=True, stdin=stdin, stdout=stdout, stderr=stderr,
                     close_stdin=True, tty=opts.spec.tty)
     if rm:
-        tasks = Tasks(client.config.state, client.namespace, runc_binary=settings(client)[0])
+        tasks = Tasks.of(client.config, client.namespace)
         # The container goes while the shim deletes runc's container (both are needed gone
         # before the task's directory).
         tasks.rm(cid, meanwhile=lambda: containers.remove(client, cid, task_going=True))
     return RunResult(status, pid)
+
+
+def start(client: Client, cid: str, *, detach: bool = False, stdin: int | None = 0,
+          stdout: int = 1, stderr: int = 2) -> int | None:
+    """``hold tasks start``: start the task of container ``cid`` and, unless ``detach``,
+    attach to it and return its exit status.
+
+    A task left CREATED by a start that did not finish (its shim waiting) is started by its
+    shim; otherwise the task is created first (:func:`cargohold.tasks.launch.launch`, which
+    refuses a task that exists in any other state).
+    """
+    import os
+
+    from cargohold.tasks import attach as att
+    from cargohold.tasks.api import Status
+    from cargohold.tasks.control import Tasks
+    from cargohold.tasks.launch import launch, require_container
+
+    paths = TaskPaths(client.config.state, client.namespace, cid)
+    existing = None
+    if os.path.isdir(paths.dir):
+        existing = Tasks.of(client.config, client.namespace).get(cid)
+    if existing is not None and existing.status == Status.CREATED and existing.shim_alive:
+        tty = existing.tty
+        if detach:
+            att.start_detached(paths)
+            return None
+    else:
+        require_container(client, cid)
+        tty = bool(launch(client, cid, start=detach).get("tty"))
+        if detach:
+            return None
+    return att.attach(paths, start=True, stdin=stdin, stdout=stdout, stderr=stderr,
+                      close_stdin=True, tty=tty)
