@@ -211,6 +211,9 @@ def test_runc_argv_and_errors():
     assert r.create_argv("t", "/b", pid_file="p", log="l", console_socket="/c") == [
         "runc", "--root", "/st/runc/default", "--log", "l", "--log-format", "json", "create",
         "--bundle", "/b", "--pid-file", "p", "--console-socket", "/c", "t"]
+    assert r.exec_argv("t", "p.json", tty=True, pid_file="e.pid", log="e.log") == [
+        "runc", "--root", "/st/runc/default", "--log", "e.log", "--log-format", "json", "exec",
+        "--process", "p.json", "--pid-file", "e.pid", "--tty", "t"]
     fake.answers["delete"] = (1, "", 'level=error msg="container does not exist"')
     r.delete("t")  # already gone: not an error
     fake.answers["pause"] = (1, "", 'level=error msg="container does not exist"')

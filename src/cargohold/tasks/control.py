@@ -68,13 +68,6 @@ def parse_signal(text: str | int) -> int:
                                                            "a number")
 
 
-def signal_name(n: int) -> str:
-    try:
-        return signals.Signals(n).name
-    except ValueError:
-        return str(n)
-
-
 @dataclass
 class StopResult:
     """What ``stop`` did: ``events`` are (time ns, what) in order; ``exit`` may be unknown

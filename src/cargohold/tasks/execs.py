@@ -59,8 +59,7 @@ def run_exec(tasks: Tasks, tid: str, args: list[str], *, exec_id: str = "", tty:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(proc, f)
-        argv = tasks.runc.argv("exec", "--process", proc_file, "--pid-file", pid_file,
-                               *(["--tty"] if tty else []), tid, log=log)
+        argv = tasks.runc.exec_argv(tid, proc_file, tty=tty, pid_file=pid_file, log=log)
         child = tasks.runc.runner.spawn(argv, stdin=stdin, stdout=stdout, stderr=stderr)
 
         def send(signum: int) -> None:

@@ -193,9 +193,10 @@ class Runc:
         except RuncNotFound:
             pass
 
-    def exec_argv(self, cid: str, process_file: str, *, tty: bool, pid_file: str) -> list[str]:
+    def exec_argv(self, cid: str, process_file: str, *, tty: bool, pid_file: str,
+                  log: str) -> list[str]:
         return self.argv("exec", "--process", process_file, "--pid-file", pid_file,
-                         *(["--tty"] if tty else []), cid)
+                         *(["--tty"] if tty else []), cid, log=log)
 
 
 def _log_or(log: str | None, stderr: str) -> str:
