@@ -389,41 +389,71 @@ class FileLock:
         self.release()
 
 
-class KeyedLocks:
-    """Cross-process exclusive locks keyed by string, as byte ranges of one lock file.
+class RangeLocks:
+    """Cross-process locks as byte ranges of one lock file: one file, any number of keys.
 
-    A key maps to one byte (a hash into a 2**31 range), so unrelated keys almost never contend
-    and no per-key files accumulate. Used to keep a blob commit and a blob deletion of the same
-    digest from interleaving across processes.
+    Byte 0 stands for the whole: held shared (beside keys: "I work on some keys") or exclusive
+    (alone: "no one works on any key now"). Every key is one byte at ``1 + crc32(key) mod
+    2**31``, held exclusive, so unrelated keys almost never contend (two that hash alike merely
+    wait for each other) and no per-key files accumulate. Keys are locked in byte order, so two
+    holders of several keys each cannot deadlock. Each hold opens its own description: OFD
+    locks then exclude threads of one process as well as processes, and die with the holder.
+    A wait longer than a second says who holds the lock (:func:`lock_range`); an exclusive
+    holder of the whole records itself beside the file (:func:`write_holder`) for that message.
+
+    Used for blob digests (a commit and a deletion of one digest never interleave), unpack
+    chain IDs, and each snapshotter (writers shared, GC and fsck exclusive).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, what: str, mode: int = 0o644) -> None:
         self.path = path
-        self._fd: int | None = None
-        self._mu = threading.Lock()
-
-    def _file(self) -> int:
-        with self._mu:
-            if self._fd is None:
-                self._fd = open_lock(self.path)
-            return self._fd
+        self.what = what
+        self.mode = mode
 
     @contextlib.contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        # Each holder opens its own description: OFD locks then exclude threads too.
-        fd = open_lock(self.path)
-        start = zlib.crc32(key.encode()) & 0x7FFFFFFF
+    def hold(self, *keys: str, whole: str = "", label: str = "") -> Iterator[None]:
+        """Hold ``keys`` exclusive and, with ``whole`` (``"shared"`` or ``"exclusive"``),
+        byte 0 so; waits as long as it takes. ``label`` names what the keys stand for in a
+        wait notice (default: the first key).
+        """
+        fd = open_lock(self.path, self.mode)  # creates nothing under a read-only root
         try:
-            lock_range(fd, fcntl.F_WRLCK, start, 1, f"lock {key}")
-            yield
+            for off in sorted({1 + (zlib.crc32(k.encode()) & 0x7FFFFFFF) for k in keys}):
+                lock_range(fd, fcntl.F_WRLCK, off, 1, f"{self.what} {label or keys[0]}")
+            if whole:
+                lock_range(fd, fcntl.F_RDLCK if whole == "shared" else fcntl.F_WRLCK, 0, 1,
+                           self.what)
+            if whole == "exclusive":
+                write_holder(fd)
+            try:
+                yield
+            finally:
+                if whole == "exclusive":
+                    clear_holder(fd)
         finally:
-            os.close(fd)
+            os.close(fd)  # drops every lock taken through this description
 
-    def close(self) -> None:
-        with self._mu:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+
+def lock_holder(path: str) -> str:
+    """Who holds the OFD lock on ``path`` now ("" when nobody), without taking it.
+
+    ``F_OFD_GETLK`` asks the kernel whether a write lock could be placed; unlike a trial
+    acquire it can never make a concurrent writer fail with Unavailable.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return ""
+    try:
+        arg = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        kind = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_OFD_GETLK, arg))[0]
+        if kind == fcntl.F_UNLCK:
+            return ""
+        return os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)
+
+
 
 
 def dir_size(path: str) -> tuple[int, int]:

@@ -37,6 +37,18 @@ read_only = false
 sweep_batch = 500
 # Ingests opened without a lease expire after this long.
 ingest_expiry = "24h"
+# 'hold serve' collects on its own, as containerd's GC scheduler does:
+# the share of time GC may hold the metadata (0 to 0.5); it spaces the periodic runs
+# (interval = average pause / pause_threshold - average pause).
+pause_threshold = 0.02
+# Records removed (images, blobs, snapshots, leases) that start a collection at once;
+# 0: a removal makes the next periodic run happen instead of being skipped.
+deletion_threshold = 0
+# Metadata writes that start a collection (0: writes alone never do).
+mutation_threshold = 100
+# Delay from a trigger to the collection, and from start-up to the first one.
+schedule_delay = "0ms"
+startup_delay = "100ms"
 
 [registry]
 # Directory of per-host hosts.toml files, in containerd's layout (<host>/hosts.toml and
@@ -51,6 +63,24 @@ runtime_binary = "runc"
 # A task's output log is rotated when it passes this many bytes (one older file is kept,
 # so a task holds at most about twice this); 0 never rotates.
 log_size_max = 8388608
+
+[serve]
+# 'hold serve': the registry over the store (OCI distribution API). "" turns it off. Only a
+# loopback address unless you write another here.
+registry_address = "127.0.0.1:5000"
+# The namespace whose images the registry serves.
+registry_namespace = "default"
+# Accept pushes (hold airgap seed --push, skopeo copy) from users of the htpasswd file.
+registry_push = false
+# An htpasswd file of bcrypt hashes (htpasswd -B); required for registry_push.
+htpasswd = ""
+# Largest manifest accepted by a push, and largest blob upload.
+max_manifest_size = "4MiB"
+max_upload_size = "64GiB"
+# A client that sends or reads nothing for this long is disconnected.
+client_timeout = "60s"
+# How often mount records whose target is no longer mounted are cleaned up.
+mount_sweep_interval = "1m"
 
 [snapshotters.overlayfs]
 # Extra mount options for every overlay mount (e.g. ["volatile"]).
@@ -104,7 +134,13 @@ def default_text() -> str:
 # tests check that this equals what DEFAULT_TEXT parses to.
 DEFAULTS: dict[str, Any] = {
     "namespace": "default", "snapshotter": "overlayfs", "read_only": False,
-    "gc": {"sweep_batch": 500, "ingest_expiry": "24h"},
+    "gc": {"sweep_batch": 500, "ingest_expiry": "24h", "pause_threshold": 0.02,
+           "deletion_threshold": 0, "mutation_threshold": 100, "schedule_delay": "0ms",
+           "startup_delay": "100ms"},
+    "serve": {"registry_address": "127.0.0.1:5000", "registry_namespace": "default",
+              "registry_push": False, "htpasswd": "", "max_manifest_size": "4MiB",
+              "max_upload_size": "64GiB", "client_timeout": "60s",
+              "mount_sweep_interval": "1m"},
     "registry": {"config_path": "/etc/cargohold/certs.d"},
     "tasks": {"runtime_binary": "runc", "log_size_max": 8388608},
     "snapshotters": {"overlayfs": {"mount_options": []}, "btrfs": {"root_path": ""},

@@ -84,7 +84,7 @@ def _content(client: Client) -> tuple[str, str]:
 
 
 def _gc(client: Client) -> tuple[str, str]:
-    from cargohold.store.ingest import lock_holder
+    from cargohold._fsutil import lock_holder
 
     if client.read_only:
         return "skip", "the root is read-only: 'hold gc --dry-run' and '--why' still work"

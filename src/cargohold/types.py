@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,38 @@ def validate_labels(labels: dict[str, str]) -> dict[str, str]:
                 f"label {k!r}: key and value longer than {MAX_LABEL_BYTES} bytes"
             )
     return labels
+
+
+def apply_field_paths(current: dict[str, str], given: dict[str, str], fieldpaths: Sequence[str],
+                      *, subject: str, default: Sequence[str] = ("labels",),
+                      other: Sequence[str] = ()) -> tuple[dict[str, str], set[str]]:
+    """The labels after an update in containerd's field-path language, and the other fields
+    the paths name.
+
+    ``labels`` replaces every label by ``given``'s; ``labels.<k>`` sets ``k`` to ``given[k]``
+    or, when that is empty or absent, deletes it; no paths at all means ``default``. A path in
+    ``other`` (an image's ``target``, say) is returned for the caller to apply; any other path
+    raises InvalidArgument naming ``subject``. The result has no empty values and is validated.
+    """
+    labels = dict(current)
+    named: set[str] = set()
+    for fp in fieldpaths or default:
+        if fp == "labels":
+            labels = dict(given)
+        elif fp.startswith("labels.") and len(fp) > 7:
+            k = fp[7:]
+            if given.get(k):
+                labels[k] = given[k]
+            else:
+                labels.pop(k, None)
+        elif fp in other:
+            named.add(fp)
+        else:
+            can = ", ".join([*other, "labels", "labels.<key>"])
+            raise InvalidArgument(f"{subject}: cannot update field {fp!r}",
+                                  hint=f"only {can} can change")
+    labels = {k: v for k, v in labels.items() if v}
+    return validate_labels(labels), named
 
 
 def parse_labels(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -236,3 +269,21 @@ def parse_duration(text: str) -> int:
         raise InvalidArgument(f"duration {text!r}: not understood",
                               hint="write it like 30s, 10m, 1h30m or 2d")
     return int(sum(float(n) * units[u] for n, u in parts))
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6,
+               "mib": 1 << 20, "g": 10**9, "gb": 10**9, "gib": 1 << 30, "t": 10**12,
+               "tb": 10**12, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Parse ``32MiB``, ``16M``, ``4GB``, ``1048576``, ``0`` into bytes."""
+    t = text.strip().lower().replace(" ", "")
+    num = t.rstrip("kmgtib")
+    try:
+        n = float(num)
+        unit = _SIZE_UNITS[t[len(num):]]
+    except (ValueError, KeyError) as exc:
+        raise InvalidArgument(f"size {text!r}: not understood",
+                              hint="write it like 32MiB, 16MB or 0") from exc
+    return int(n * unit)

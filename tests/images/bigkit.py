@@ -1,9 +1,10 @@
-"""Archives with one big incompressible layer, for tests that interrupt an import mid-layer.
+"""Archives with one big layer, for tests that interrupt an import mid-layer or watch it.
 
 ``oci_archive(dir, big=...)`` writes an OCI image-layout tar of three layers: a small one, a
-big one (one file of random bytes, gzip-compressed, so the blob is as big as the file) and a
-small one; ``corrupt=True`` damages the middle of the big layer's deflate stream (the blob
-still matches its digest, so the import gets as far as unpacking it). ``docker_archive``
+big one (one file of random bytes, gzip-compressed, so the blob is as big as the file; with
+``zeros=True`` of zero bytes, so the blob is a thousandth of it) and a small one;
+``corrupt=True`` damages the middle of the big layer's deflate stream (the blob still matches
+its digest, so the import gets as far as unpacking it). ``docker_archive``
 writes the same image as a ``docker save`` tar with plain tar layers. Everything streams
 through files: nothing big is held in memory.
 """
@@ -31,12 +32,12 @@ def _sha(path: str) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _random_file(path: str, size: int) -> None:
+def _random_file(path: str, size: int, *, zeros: bool = False) -> None:
     with open(path, "wb") as f:
         left = size
         while left:
             n = min(left, CHUNK)
-            f.write(os.urandom(n))
+            f.write(bytes(n) if zeros else os.urandom(n))
             left -= n
 
 
@@ -64,10 +65,10 @@ def _gzip(src: str, out: str) -> str:
     return out
 
 
-def _layers(w: str, big: int) -> list[str]:
+def _layers(w: str, big: int, zeros: bool = False) -> list[str]:
     """Three plain layer tars under ``w``: small, big, small."""
     data = os.path.join(w, "random.bin")
-    _random_file(data, big)
+    _random_file(data, big, zeros=zeros)
     tars = [_layer_tar(os.path.join(w, "l1.tar"), {"etc/one": b"first layer\n"}),
             _layer_tar(os.path.join(w, "l2.tar"), {BIG_NAME: data, "etc/two": b"second\n"}),
             _layer_tar(os.path.join(w, "l3.tar"), {"etc/three": b"third layer\n"})]
@@ -85,13 +86,15 @@ def _config(diff_ids: list[str]) -> bytes:
 
 
 def oci_archive(w: str, *, big: int, name: str = "example.com/big:1",
-                corrupt: bool = False) -> str:
-    """The OCI layout tar described in the module docstring; returns its path."""
+                corrupt: bool = False, zeros: bool = False) -> str:
+    """The OCI layout tar described in the module docstring; returns its path. With
+    ``zeros`` the big file is all zero bytes, so its gzip layer is about 1/1000 of it.
+    """
     os.makedirs(w, exist_ok=True)
     lay = os.path.join(w, "layout")
     blobs = os.path.join(lay, "blobs", "sha256")
     os.makedirs(blobs)
-    tars = _layers(w, big)
+    tars = _layers(w, big, zeros)
     diff_ids = [_sha(t) for t in tars]
     layers = []
     for i, t in enumerate(tars):

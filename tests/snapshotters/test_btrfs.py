@@ -10,17 +10,8 @@ import pytest
 from cargohold.errors import Unsupported
 from cargohold.snapshotters import btrfs
 from cargohold.snapshotters.api import Usage
-from cargohold.snapshotters.btrfs import Btrfs, Runner
-
-
-class FakeRunner(Runner):
-    def __init__(self, out):
-        self.out, self.calls = out, []
-
-    def run(self, argv):
-        self.calls.append(list(argv))
-        return self.out
-
+from cargohold.snapshotters.btrfs import Btrfs
+from cargohold.snapshotters.runner import FakeRunner
 
 QGROUPS = """\
 Qgroupid    Referenced    Exclusive   Path
@@ -75,7 +66,7 @@ def test_nested_subvolumes_are_deleted_too(sn):
 def test_usage_from_qgroups_by_argv(sn):
     sn.prepare("a")
     sid = btrfs.subvol_id(sn.path("1"))
-    fake = FakeRunner(QGROUPS.format(id=sid))
+    fake = FakeRunner().on("btrfs", "qgroup", stdout=QGROUPS.format(id=sid))
     sn.runner = fake
     sn._quotas = None
     assert sn.usage("a") == Usage(1081344, -1)

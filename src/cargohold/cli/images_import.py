@@ -70,7 +70,9 @@ def import_cmd(app: App, base_name: str, index_name: str, name: str, digests: bo
 
     Platforms whose blobs the archive lacks are imported as far as they go and reported
     (complete, or how many blobs are missing); only a platform asked for with --platform can
-    make the import fail. Nothing is visible until the whole archive is in.
+    make the import fail. Nothing is visible until the whole archive is in. With several
+    archives, each one's summary is printed as it finishes (--format json: one document at
+    the end).
     """
     from cargohold.images import platforms
     from cargohold.images.importer import Importer, ImportOptions
@@ -86,9 +88,9 @@ def import_cmd(app: App, base_name: str, index_name: str, name: str, digests: bo
     with Progress.open(progress_mode) as progress:
         imp = Importer(app.client, progress=progress)
         for src in sources:
-            results.append(imp.import_archive(src, opts))
-    if fmt == "json":
+            res = imp.import_archive(src, opts)
+            if fmt != "json":
+                _print(res, fmt)  # as each finishes: a later archive's failure keeps it
+            results.append(res)
+    if fmt == "json":  # one document, whatever the number of archives
         emit_json([r.to_json() for r in results] if len(results) > 1 else results[0].to_json())
-        return
-    for r in results:
-        _print(r, fmt)

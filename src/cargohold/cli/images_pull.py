@@ -110,18 +110,9 @@ def pull_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def parse_size(text: str) -> int:
     """``32MiB``, ``16M``, ``1048576``, ``0`` → bytes."""
-    from cargohold.errors import InvalidArgument
+    from cargohold.types import parse_size as parse
 
-    t = text.strip().lower().replace(" ", "")
-    units = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6,
-             "mib": 1 << 20, "g": 10**9, "gb": 10**9, "gib": 1 << 30}
-    num = t.rstrip("kmgib")
-    unit = t[len(num):]
-    try:
-        return int(float(num) * units[unit])
-    except (ValueError, KeyError) as exc:
-        raise InvalidArgument(f"size {text!r}: not understood",
-                              hint="write it like 32MiB, 16MB or 0") from exc
+    return parse(text)
 
 
 def _pull(app: App, ref: str, *, unpack: bool, snapshotter: str, platform_: tuple[str, ...],

@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "config": ("cargohold.cli.config", "config", ()),
     "hosts": ("cargohold.cli.hosts", "hosts", ("host",)),
     "airgap": ("cargohold.cli.airgap", "airgap", ()),
+    "serve": ("cargohold.cli.serve", "serve", ()),
+    "status": ("cargohold.cli.status", "status", ()),
     "version": ("cargohold.cli.version", "version", ()),
 }
 ALIASES = {a: name for name, (_m, _a, al) in COMMANDS.items() for a in al}

@@ -34,17 +34,14 @@ from typing import Any
 
 from cargohold._fsutil import fsync_dir, makedirs
 from cargohold.errors import CargoholdError, NotFound, Unavailable
-from cargohold.metadata import images, namespaces
+from cargohold.metadata import content, images, namespaces
 from cargohold.metadata import snapshots as snaprec
 from cargohold.metadata.content import (
-    blob_path,
-    ingest_path,
     quarantine_records,
     read_info,
     recorded_anywhere,
 )
 from cargohold.metadata.db import DB
-from cargohold.metadata.schema import ns_bucket
 from cargohold.types import is_digest, now_ns
 
 CHUNK = 1 << 20
@@ -206,7 +203,7 @@ class Fsck:
     def _check_records(self, rep: Report, files: dict[str, int]) -> None:
         with self.db.view() as tx:
             recs = [(ns, d, read_info(tx, ns, d)) for ns in namespaces.list_all(tx)
-                    for d in tx.children(ns_bucket(ns, "content", "blob"))]
+                    for d in content.digests(tx, ns)]
         for ns, d, info in recs:
             rep.records_checked += 1
             if d in files and info is not None and info.size == files[d]:
@@ -226,7 +223,7 @@ class Fsck:
                             "set the record to the verified size")
                 if self.repair:
                     with self.db.update() as tx:
-                        tx.put(blob_path(ns, d, "size"), files[d])
+                        content.set_size(tx, ns, d, files[d])
                     p.repaired = True
             rep.problems.append(p)
 
@@ -234,7 +231,7 @@ class Fsck:
         with self.store.locks.hold(d):
             if not os.path.exists(self.store.blob_path(d)):
                 with self.db.update() as tx:
-                    tx.delete_tree(blob_path(ns, d))
+                    content.delete_record(tx, ns, d)
 
     # --- store -> records ----------------------------------------------------------------
     def _check_unreferenced(self, rep: Report, files: dict[str, int]) -> None:
@@ -262,9 +259,8 @@ class Fsck:
         with self.db.view() as tx:
             recs: dict[str, tuple[str, str, int]] = {}
             for ns in namespaces.list_all(tx):
-                for ref in tx.children(ns_bucket(ns, "content", "ingests")):
-                    bref = tx.get_str(ingest_path(ns, ref, "ref"))
-                    recs[bref] = (ns, ref, tx.get_int(ingest_path(ns, ref, "expireat")))
+                for r in content.ingest_records(tx, ns):
+                    recs[r.bref] = (ns, r.ref, r.expire_at)
         backend = set()
         for st in self.store.list_statuses():
             rep.ingests_checked += 1
@@ -292,7 +288,7 @@ class Fsck:
                             "expired; nothing protects it", "drop the record and its data")
                 if self.repair:
                     with self.db.update() as tx:
-                        tx.delete_tree(ingest_path(ns, ref))
+                        content.delete_ingest_record(tx, ns, ref)
                     p.repaired = bref not in backend or self._abort(bref, rep)
                 rep.problems.append(p)
 
@@ -310,12 +306,12 @@ class Fsck:
         with self.db.view() as tx:
             for ns in namespaces.list_all(tx):
                 for img in images.list_images(tx, ns):
-                    if not tx.exists(blob_path(ns, img.target.digest, "size")):
+                    if not content.has_record(tx, ns, img.target.digest):
                         rep.problems.append(Problem(
                             "image", f"namespace {ns} image {img.name}",
                             f"target {img.target.digest} is not in the store",
                             ""))
-                for sn in tx.children(ns_bucket(ns, "snapshots")):
+                for sn in snaprec.snapshotters(tx, ns):
                     for key in snaprec.keys(tx, ns, sn):
                         try:
                             rec = snaprec.get(tx, ns, sn, key)

@@ -30,10 +30,9 @@ from cargohold.leases import owner as owners
 from cargohold.metadata import leases as lease_records
 from cargohold.metadata import namespaces
 from cargohold.metadata import snapshots as snaprec
-from cargohold.metadata.content import ingest_path
+from cargohold.metadata.content import ingest_records
 from cargohold.metadata.db import DB
 from cargohold.metadata.leases import Lease, Resource
-from cargohold.metadata.schema import ns_bucket
 from cargohold.snapshotters.api import Kind
 from cargohold.types import LABEL_SNAPSHOT_REF, format_time, now_ns
 
@@ -185,9 +184,7 @@ def _partial_ingests(db: DB, store: Any, dead: dict[tuple[str, str], str]) -> li
     recs = []
     with db.view() as tx:
         for ns in namespaces.list_all(tx):
-            for ref in tx.children(ns_bucket(ns, "content", "ingests")):
-                recs.append((ns, ref, tx.get_str(ingest_path(ns, ref, "ref")),
-                             tx.get_int(ingest_path(ns, ref, "expireat"))))
+            recs += [(ns, r.ref, r.bref, r.expire_at) for r in ingest_records(tx, ns)]
     notes = []
     now = now_ns()
     for ns, ref, bref, exp in recs:

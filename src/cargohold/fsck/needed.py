@@ -18,13 +18,13 @@ from collections.abc import Iterable
 
 from cargohold.fsck.check import Problem
 from cargohold.metadata import images, namespaces
-from cargohold.metadata.content import blob_path, forget_quarantined, quarantined
+from cargohold.metadata.content import forget_quarantined, quarantined, record_labels
 from cargohold.metadata.db import DB, Tx
 from cargohold.types import LABEL_GC_REF_CONTENT
 
 
 def _children(tx: Tx, ns: str, digest: str) -> list[str]:
-    return [v for k, v in tx.read_labels(blob_path(ns, digest)).items()
+    return [v for k, v in record_labels(tx, ns, digest).items()
             if k == LABEL_GC_REF_CONTENT or k.startswith((LABEL_GC_REF_CONTENT + ".",
                                                           LABEL_GC_REF_CONTENT + "/"))]
 

@@ -30,9 +30,9 @@ from cargohold.fsck.check import Problem
 from cargohold.metadata import namespaces
 from cargohold.metadata import snapshots as snaprec
 from cargohold.metadata.db import DB
-from cargohold.metadata.schema import ns_bucket
 from cargohold.metadata.snapshots import SnapshotRecord
 from cargohold.metadata.snapshotter import backend_lock
+from cargohold.snapshotters.api import children_first
 
 Lookup = Callable[[str], Any]
 
@@ -42,20 +42,11 @@ def _records(db: DB) -> dict[str, list[tuple[str, SnapshotRecord]]]:
     out: dict[str, list[tuple[str, SnapshotRecord]]] = {}
     with db.view() as tx:
         for ns in namespaces.list_all(tx):
-            for sn in tx.children(ns_bucket(ns, "snapshots")):
+            for sn in snaprec.snapshotters(tx, ns):
                 recs = out.setdefault(sn, [])
                 for key in snaprec.keys(tx, ns, sn):
                     recs.append((ns, snaprec.get(tx, ns, sn, key)))
     return out
-
-
-def _depth(parent: dict[str, str], name: str) -> int:
-    d, seen = 0, set()
-    while parent.get(name) and name not in seen:
-        seen.add(name)
-        name = parent[name]
-        d += 1
-    return d
 
 
 def check_snapshots(db: DB, lookup: Lookup, *, repair: bool = False,
@@ -110,18 +101,10 @@ def _reconcile(db: DB, sn: str, backend: Any, repair: bool) -> tuple[int, list[P
     problems: list[Problem] = []
 
     # Records -> backend, children first so a wholly missing chain is dropped in one run.
-    rparent = {(ns, r.key): r.parent for ns, r in recs}
-
-    def rdepth(item: tuple[str, SnapshotRecord]) -> int:
-        ns, r = item
-        d, key = 0, r.key
-        while rparent.get((ns, key)):
-            key = rparent[(ns, key)]
-            d += 1
-        return d
-
-    for ns, r in sorted((x for x in recs if x[1].name not in bparent), key=rdepth,
-                        reverse=True):
+    by_key = {(ns, r.key): (ns, r) for ns, r in recs}
+    up = {(ns, r.key): (ns, r.parent) for ns, r in recs if r.parent}
+    missing = [(ns, r.key) for ns, r in recs if r.name not in bparent]
+    for ns, r in (by_key[k] for k in children_first(missing, up)):
         p = Problem("missing", f"namespace {ns} snapshot {r.key} on {sn}",
                     f"its backend snapshot {r.name} does not exist",
                     "drop the record if no snapshot builds on it")
@@ -131,8 +114,7 @@ def _reconcile(db: DB, sn: str, backend: Any, repair: bool) -> tuple[int, list[P
 
     # Backend -> records, children first (a parent cannot go before its children).
     recorded = {r.name for _, r in recs}
-    for name in sorted((n for n in bparent if n not in recorded),
-                       key=lambda n: _depth(bparent, n), reverse=True):
+    for name in children_first((n for n in bparent if n not in recorded), bparent):
         p = Problem("unreferenced", f"snapshot {name} on {sn}",
                     "no namespace records this backend snapshot (garbage)",
                     "remove it (as 'hold gc' would)")

@@ -19,7 +19,6 @@ Rules (containerd's, with its label names):
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -37,7 +36,8 @@ from cargohold.gc.mark import (
 from cargohold.leases import owner as owners
 from cargohold.metadata import namespaces
 from cargohold.metadata.db import Tx
-from cargohold.metadata.schema import SEP, ns_bucket
+from cargohold.metadata.gcrecords import read_namespace
+from cargohold.snapshotters.api import children_first
 from cargohold.types import LABEL_GC_EXPIRE, LABEL_GC_FLAT, LABEL_GC_ROOT, parse_time
 
 _P = "containerd.io/gc."
@@ -106,124 +106,42 @@ def scan(tx: Tx, now: int, owner_check: owners.OwnerCheck | None = None) -> Grap
     return g
 
 
-_GC = b"containerd.io/gc."
-_LBL = b"labels" + SEP
-_LBL_GC = _LBL + _GC
-
-
-def _bucket(cur, prefix: bytes):  # noqa: ANN001, ANN202 - an lmdb cursor; yields (rest, v)
-    """(key without ``prefix``, value) for every key under ``prefix``; one cursor, no seeks."""
-    n = len(prefix)
-    if not cur.set_range(prefix):
-        return
-    for k, v in cur.iternext():
-        if not k.startswith(prefix):
-            return
-        yield k[n:], v
-
-
 def _scan_ns(tx: Tx, ns: str, now: int, g: Graph,  # noqa: C901 - one dispatch table
              check: owners.OwnerCheck) -> None:
-    cur = tx.cursor()
-    labels: dict[T, dict[str, str]] = defaultdict(dict)
+    r = read_namespace(tx, ns)
     nodes_add = g.nodes.add
+    labels: dict[T, dict[str, str]] = {}
+    # Blobs: a node per record; their blob -> blob references straight into the edge list
+    # (the reason stays the raw label key until someone asks, refs_why).
+    g.nodes.update([(CONTENT, ns, d) for d in r.blobs])
+    edges = g.edges
+    for d, lk, target in r.blob_refs:
+        edges[(CONTENT, ns, d)].append(((CONTENT, ns, target), lk))
+    for d, lab in r.blob_labels.items():
+        labels[(CONTENT, ns, d)] = lab
+    images = r.images
+    for name, lab in r.image_labels.items():
+        labels[(IMAGE, ns, name)] = lab
+    for (sn, key), bname in r.snapshots.items():
+        n = (SNAPSHOT, ns, f"{sn}/{key}")
+        nodes_add(n)
+        g.snapshot_name[n] = bname
+    for (sn, key), parent in r.snapshot_parents.items():
+        g.snapshot_parent[(SNAPSHOT, ns, f"{sn}/{key}")] = (SNAPSHOT, ns, f"{sn}/{parent}")
+    for (sn, key), lab in r.snapshot_labels.items():
+        labels[(SNAPSHOT, ns, f"{sn}/{key}")] = lab
+    kinds = {"content": CONTENT, "ingests": INGEST, "images": IMAGE}
+    leases: dict[str, list[T]] = {}
+    for lid, res in r.lease_resources.items():
+        leases[lid] = [(kinds[kind], ns, rid) if kind in kinds
+                       else (SNAPSHOT, ns, f"{kind[len('snapshots/'):]}/{rid}")
+                       for kind, rid in res]
+    lease_labels, lease_ids = r.lease_labels, r.leases
+    ingests, containers = r.ingests, r.containers
+    for cid, lab in r.container_labels.items():
+        labels[(CONTAINER, ns, cid)] = lab
 
-    # Blobs: a node per record; only gc labels matter here. The hottest loop (most keys of a
-    # store are blob fields), so it is written out bare: no generator, no splitting, no method
-    # calls for the keys it skips. A sha256 key's field starts at a fixed offset, so its first
-    # byte (c/l/s/u) tells createdat, labels, size and updatedat apart; other digest lengths
-    # take the general path.
-    prefix = ns_bucket(ns, "content", "blob")
-    plen = len(prefix)
-    end = prefix[:-1] + bytes([prefix[-1] + 1])  # first key after the bucket
-    f0 = plen + len("sha256:") + 64 + 1  # field offset of a sha256 key
-    content_refs = g.edges
-    ref_content = _GC + b"ref.content"
-    if cur.set_range(prefix):
-        # Keys only: values are fetched just for the few keys that are gc labels.
-        for k in cur.iternext(keys=True, values=False):
-            if k >= end:
-                break
-            if len(k) > f0 and k[f0 - 1] == 0:
-                j = f0 - 1
-            else:
-                j = k.find(SEP, plen)
-                if j < 0 or j + 1 >= len(k):
-                    continue
-            c = k[j + 1]
-            if c == 115:  # "s"
-                if k[j + 1:] == b"size":
-                    nodes_add((CONTENT, ns, k[plen:j].decode()))
-            elif c == 108 and k.startswith(_LBL_GC, j + 1):  # "l": labels<SEP>containerd.io/gc.
-                lk = k[j + 8:]
-                # The common case, blob -> blob references, straight into the edge list; the
-                # reason stays the raw label key until someone asks (refs_why).
-                if lk.startswith(ref_content) and (len(lk) == 28 or lk[28] in b"./"):
-                    content_refs[(CONTENT, ns, k[plen:j].decode())].append(
-                        ((CONTENT, ns, cur.value().decode()), lk))
-                else:
-                    labels[(CONTENT, ns, k[plen:j].decode())][lk.decode()] = \
-                        cur.value().decode()
-
-    ingests: dict[str, dict[str, str]] = defaultdict(dict)
-    for rest, v in _bucket(cur, ns_bucket(ns, "content", "ingests")):
-        p = rest.split(SEP)
-        if len(p) == 2:
-            ingests[p[0].decode()][p[1].decode()] = v.decode()
-
-    images: dict[str, str] = {}
-    for rest, v in _bucket(cur, ns_bucket(ns, "images")):
-        p = rest.split(SEP)
-        if len(p) == 2 and p[1] == b"target":
-            images[p[0].decode()] = json.loads(v)["digest"]
-        elif len(p) == 3 and p[1] == b"labels" and p[2].startswith(_GC):
-            labels[(IMAGE, ns, p[0].decode())][p[2].decode()] = v.decode()
-
-    for rest, v in _bucket(cur, ns_bucket(ns, "snapshots")):
-        p = rest.split(SEP)
-        if len(p) < 3:
-            continue
-        n = (SNAPSHOT, ns, f"{p[0].decode()}/{p[1].decode()}")
-        f = p[2]
-        if f == b"name":
-            nodes_add(n)
-            g.snapshot_name[n] = v.decode()
-        elif f == b"parent":
-            g.snapshot_parent[n] = (SNAPSHOT, ns, f"{p[0].decode()}/{v.decode()}")
-        elif f == b"labels" and len(p) == 4 and p[3].startswith(_GC):
-            labels[n][p[3].decode()] = v.decode()
-
-    leases: dict[str, list[T]] = defaultdict(list)
-    lease_labels: dict[str, dict[str, str]] = defaultdict(dict)
-    lease_ids: set[str] = set()
-    for rest, v in _bucket(cur, ns_bucket(ns, "leases")):
-        p = rest.split(SEP)
-        if len(p) < 2:
-            continue
-        lid, kind = p[0].decode(), p[1]
-        if kind == b"createdat":
-            lease_ids.add(lid)
-        elif kind == b"labels" and len(p) == 3:
-            lease_labels[lid][p[2].decode()] = v.decode()
-        elif kind == b"content" and len(p) == 3:
-            leases[lid].append((CONTENT, ns, p[2].decode()))
-        elif kind == b"ingests" and len(p) == 3:
-            leases[lid].append((INGEST, ns, p[2].decode()))
-        elif kind == b"images" and len(p) == 3:
-            leases[lid].append((IMAGE, ns, p[2].decode()))
-        elif kind == b"snapshots" and len(p) == 4:
-            leases[lid].append((SNAPSHOT, ns, f"{p[2].decode()}/{p[3].decode()}"))
-
-    containers: dict[str, dict[str, str]] = defaultdict(dict)
-    for rest, v in _bucket(cur, ns_bucket(ns, "containers")):
-        p = rest.split(SEP)
-        if len(p) == 3 and p[1] == b"labels":
-            labels[(CONTAINER, ns, p[0].decode())][p[2].decode()] = v.decode()
-        elif len(p) == 2:
-            containers[p[0].decode()][p[1].decode()] = v.decode()
-    cur.close()
-
-    edges, flat = g.edges, g.flat_edges
+    flat = g.flat_edges
     # Images: roots unless expired; reference their target.
     for name, digest in images.items():
         n = (IMAGE, ns, name)
@@ -308,17 +226,7 @@ def unreferenced_reason(g: Graph, n: T) -> str:
 
 def order_for_removal(g: Graph, doomed: set[T]) -> list[Node]:
     """Doomed nodes in a safe removal order: snapshots children first, the rest after."""
-
-    def depth(n: T) -> int:
-        d = 0
-        seen = set()
-        while n in g.snapshot_parent and n not in seen:
-            seen.add(n)
-            n = g.snapshot_parent[n]
-            d += 1
-        return d
-
-    snaps = sorted((n for n in doomed if n[0] & TYPE_MASK == SNAPSHOT), key=depth,
-                   reverse=True)
+    snaps = children_first((n for n in doomed if n[0] & TYPE_MASK == SNAPSHOT),
+                           g.snapshot_parent)
     rest = sorted(n for n in doomed if n[0] & TYPE_MASK != SNAPSHOT)
     return [Node(*n) for n in snaps + rest]

@@ -4,8 +4,10 @@
 under ``blobs/<alg>/<hex>`` are written with that digest as ``expected``: a blob the namespace
 already has costs no bytes, and one whose content hashes otherwise is recorded in ``bad``
 (its ingest aborted) so that the importer can name the image and platform it belongs to.
-Other files (docker layers and configs) are hashed on the way in. ``oci-layout``,
-``index.json``, ``manifest.json`` and ``repositories`` are kept in memory (20 MiB at most);
+Other files (docker layers and configs) are hashed on the way in; progress names them by
+member until their digest is known, then by digest (``blob <12 hex>``, as layout blobs).
+``oci-layout``, ``index.json``, ``manifest.json`` and ``repositories`` are kept in memory
+(20 MiB at most);
 docker's v1 ``<id>/json`` and ``<id>/VERSION`` are skipped; symlinks and hardlinks (docker's
 layer dedup) are remembered and resolved by :meth:`ArchiveIngest.resolve`.
 
@@ -148,7 +150,7 @@ class ArchiveIngest:
     def _ingest(self, m: Member, expected: str) -> None:
         ref, resumable = self.ref_for(m, expected)
         key = expected or m.name
-        short = f"blob {expected.split(':', 1)[1][:12]}" if expected else m.name[-40:]
+        short = _blob_label(expected) if expected else _member_label(m.name)
         self.progress.start(key, short, m.size)
         try:
             w = open_writer(self.store, ref, m.size, expected, self.progress)
@@ -177,7 +179,8 @@ class ArchiveIngest:
                     # The ingest record has its own expiry: GC removes it and its data then.
                     exc.add_note(f"ingest {ref} was left behind: {abort_exc}")
             raise
-        self.progress.done(key, "exists" if any(existed) else "done")
+        # Now that its digest is known, a member is named by it, as a blob of a layout is.
+        self.progress.done(key, "exists" if any(existed) else "done", _blob_label(digest))
         self.blobs[m.name] = Blob(digest, m.size)
         if not any(existed):
             self.count += 1
@@ -200,6 +203,22 @@ class ArchiveIngest:
                 return name
             name = self.links[name]
         return name
+
+
+def _blob_label(digest: str) -> str:
+    """``blob <12 hex>``: how progress names a blob whose digest is known."""
+    return f"blob {digest.split(':', 1)[-1][:12]}"
+
+
+_HEX64 = re.compile(r"(sha256:)?([0-9a-f]{12})[0-9a-f]{52}")
+
+
+def _member_label(name: str) -> str:
+    """How progress names a member until its digest is known (docker layers and configs are
+    hashed on the way in): ``member 25c993c526f1/layer.tar``, every 64-hex run cut to 12.
+    """
+    short = _HEX64.sub(lambda mo: mo.group(2), name)
+    return f"member {short if len(short) <= 33 else short[:32] + '…'}"
 
 
 def _resolve_dots(path: str) -> str:
@@ -309,15 +328,34 @@ def _out_of_space(exc: BaseException) -> bool:
 
 def docker_entries(store: NamespacedStore, r: ArchiveIngest, lease: str, label: str, *,
                    index: bool = False) -> tuple[list[Entry], Descriptor | None]:
-    """Synthesize a Docker schema 2 manifest per ``manifest.json`` entry (deterministic
-    JSON, so a repeat gives the same digest); with ``index``, also an OCI index of them all.
-    Raises NotFound (a Config or Layers member missing) or IntegrityError (a bad member).
+    """Convert ``manifest.json`` as containerd 1.6 does (``images/archive/importer.go``), byte
+    for byte, so that ``hold`` and ``ctr`` give the same image digest for the same archive.
+
+    Per entry, a Docker schema 2 manifest ``{"schemaVersion":2,"mediaType":...,"config":
+    {...},"layers":[...]}`` written as Go's ``json.Marshal`` writes it (compact, descriptor
+    fields in the order mediaType, digest, size); the config blob is kept as it is. A layer is
+    typed from its first bytes: a plain tar ``...rootfs.diff.tar``, gzip ``...tar.gzip``. With
+    ``index``, an OCI index of them all, as containerd writes it (no mediaType field; one
+    descriptor per RepoTag with the ``io.containerd.image.name`` and
+    ``org.opencontainers.image.ref.name`` annotations, one bare descriptor for an entry without
+    tags; each with the platform containerd derives from the config, see
+    :func:`containerd_platform`).
+
+    Two deliberate differences, both where containerd's result depends on more than the
+    archive or is wrong: a zstd layer is typed ``...tar.zstd`` (containerd 1.6 calls it gzip,
+    which the differ here refuses to unpack, since the data contradicts it); and containerd
+    replaces a plain-tar layer by any compressed blob its store already labels
+    ``containerd.io/uncompressed`` = that digest, so its digest depends on what was pulled
+    before, while here the same archive always gives the same manifest.
+
+    Raises NotFound (a Config or Layers member missing) or IntegrityError (a bad member, or
+    a plain-tar layer whose digest is not the config's diffID).
     """
     doc = load_json(r.meta["manifest.json"], "manifest.json", label)
     if not isinstance(doc, list):
         raise ArchiveError(f"archive {label}: manifest.json is not a list")
     out: list[Entry] = []
-    index_entries = []
+    index_entries: list[dict[str, Any]] = []
     for i, ent in enumerate(doc):
         if not isinstance(ent, dict) or "Config" not in ent:
             raise ArchiveError(f"archive {label}: manifest.json entry {i} has no Config")
@@ -342,27 +380,104 @@ def docker_entries(store: NamespacedStore, r: ArchiveIngest, lease: str, label: 
                     f"{what}: layer {n + 1} {lname}: content {b.digest} does not match the "
                     f"config's diffID {ids[n]}",
                     hint="the archive is damaged or mixes images; save or export it again")
-            layers.append({"mediaType": kind, "size": b.size, "digest": b.digest})
+            layers.append({"mediaType": kind, "digest": b.digest, "size": b.size})
         man = {"schemaVersion": 2, "mediaType": mt.DOCKER_MANIFEST,
-               "config": {"mediaType": mt.DOCKER_CONFIG, "size": config.size,
-                          "digest": config.digest},
+               "config": {"mediaType": mt.DOCKER_CONFIG, "digest": config.digest,
+                          "size": config.size},
                "layers": layers}
-        data = json.dumps(man, indent=3).encode()
+        data = go_json(man)
         digest = put_blob(store, data, lease)
-        platform = _platform(cfg)
         names = [refs.normalize(t) for t in tags]
-        desc = Descriptor(mt.DOCKER_MANIFEST, digest, len(data), platform=platform)
+        desc = Descriptor(mt.DOCKER_MANIFEST, digest, len(data), platform=_platform(cfg))
         out.append(Entry(desc, names))
         for n in names or [""]:
-            ann = {NAME_ANNOTATION: n, REF_ANNOTATION: refs.split(n)[1]} if n else {}
-            index_entries.append(Descriptor(mt.DOCKER_MANIFEST, digest, len(data), ann,
-                                            platform=platform).to_json())
+            d: dict[str, Any] = {"mediaType": mt.DOCKER_MANIFEST, "digest": digest,
+                                 "size": len(data)}
+            if n:  # a Go map: its keys come out sorted
+                d["annotations"] = {NAME_ANNOTATION: n, REF_ANNOTATION: refs.split(n)[1]}
+            d["platform"] = containerd_platform(cfg)
+            index_entries.append(d)
     index_desc = None
     if index:
-        data = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
-                           "manifests": index_entries}, indent=3).encode()
+        # A nil slice in Go: an archive without entries gives "manifests":null.
+        data = go_json({"schemaVersion": 2, "manifests": index_entries or None})
         index_desc = Descriptor(mt.OCI_INDEX, put_blob(store, data, lease), len(data))
     return out, index_desc
+
+
+#: containerd 1.6 ``platforms.normalizeArch`` for an empty variant (all it is ever given here)
+_CONTAINERD_ARCH = {"i386": ("386", ""), "x86_64": ("amd64", ""), "x86-64": ("amd64", ""),
+                    "aarch64": ("arm64", ""), "armhf": ("arm", "v7"), "armel": ("arm", "v6"),
+                    "arm": ("arm", "v7")}
+
+
+def containerd_platform(cfg: dict[str, Any]) -> dict[str, str]:
+    """The platform containerd 1.6 records beside a manifest converted from a docker archive.
+
+    ``images.Platforms`` reads only the config's ``os`` and ``architecture`` (never its
+    variant, ``os.version`` or ``os.features``) and normalises them: lower case, an empty OS
+    becomes the host's (``runtime.GOOS``), ``macos`` becomes ``darwin``, ``x86_64`` ``amd64``,
+    ``aarch64`` ``arm64``, ``i386`` ``386``, and ``arm`` gains the variant ``v7`` (``armel``
+    ``v6``). An empty architecture stays empty.
+    """
+    os_ = str(cfg.get("os") or "").lower() or os.uname().sysname.lower()
+    if os_ == "macos":
+        os_ = "darwin"
+    arch = str(cfg.get("architecture") or "").lower()
+    arch, variant = _CONTAINERD_ARCH.get(arch, (arch, ""))
+    p = {"architecture": arch, "os": os_}
+    if variant:
+        p["variant"] = variant
+    return p
+
+
+_GO_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _go_string(s: str) -> str:
+    """A JSON string as Go 1.19's encoding/json writes it.
+
+    UTF-8 is kept; ``<``, ``>``, ``&``, U+2028, U+2029 and control characters other than
+    newline, return and tab become six-character ``u00XX`` escapes; a lone surrogate (invalid
+    UTF-8 in Go) becomes U+FFFD.
+    """
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif o < 0x20 or ch in "<>&\u2028\u2029":
+            out.append(f"\\u{o:04x}")
+        elif 0xD800 <= o <= 0xDFFF:
+            out.append("\ufffd")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _go_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return _go_string(v)
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{_go_string(k)}:{_go_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_go_value(x) for x in v) + "]"
+    raise TypeError(f"go_json: cannot encode {type(v).__name__}")
+
+
+def go_json(value: Any) -> bytes:
+    """``value`` encoded as Go's ``json.Marshal`` encodes the same struct: compact, keys in
+    the order given (a struct's field order; give a Go map's keys sorted), strings escaped as
+    Go escapes them. Only None, bool, int, str, dict and list occur in manifests.
+    """
+    return _go_value(value).encode()
+
 
 def _docker_blob(r: ArchiveIngest, member: str, what: str, kind: str, label: str) -> Blob:
     name = r.resolve(member)

@@ -1,12 +1,13 @@
 """Progress of long transfers (import, unpack, export): bars, plain lines, JSON events, nothing.
 
 The library reports; :class:`Progress` decides what a person or a script sees. The API is five
-calls, safe from any thread (the differ reports from its decompression thread)::
+calls, safe from any thread::
 
     p = Progress.open("auto")          # bars on a terminal, nothing in a pipe
     p.start("sha256:ab…", "layer 1/3", total=1234)
     p.advance("sha256:ab…", 4096)      # many times
     p.done("sha256:ab…")               # or done(key, "exists") / done(key, "failed")
+                                       # done(key, label="blob 1a2b…"): the name learnt
     p.note("imported docker.io/library/alpine:3")
     p.close()
 
@@ -20,8 +21,10 @@ Modes:
   throttled to about two per second per item.
 - ``none``: nothing. ``auto`` is ``bars`` when stderr is a terminal, else ``none``.
 
-Calls with a key that was never started are ignored, so a caller never has to track what a
-mode shows. Closing twice is fine.
+An item started with ``total=0`` has no known size (a compressed layer's plain size is known
+only at its end): bars show its bytes and rate without a percentage, JSON events carry
+``"total": 0``. Calls with a key that was never started are ignored, so a caller never has
+to track what a mode shows. Closing twice is fine.
 """
 
 from __future__ import annotations
@@ -96,11 +99,15 @@ class Progress:
             item.current += n
             self._on_advance(item)
 
-    def done(self, key: str, status: str = "done") -> None:
-        """Finish the item with ``status`` (``done``, ``exists``, ``skipped``, ``failed``)."""
+    def done(self, key: str, status: str = "done", label: str = "") -> None:
+        """Finish the item with ``status`` (``done``, ``exists``, ``skipped``, ``failed``);
+        a ``label`` replaces the one it started with (a name learnt on the way, a digest).
+        """
         with self._mu:
             item = self._items.pop(key, None)
             if item is not None:
+                if label:
+                    item.label = label
                 self._on_done(item, status)
 
     def note(self, text: str) -> None:

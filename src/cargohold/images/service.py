@@ -34,7 +34,7 @@ from cargohold.images.manifest import (
 from cargohold.metadata import images as records
 from cargohold.metadata.images import Image
 from cargohold.store.api import Store
-from cargohold.types import Descriptor
+from cargohold.types import Descriptor, Platform
 
 if TYPE_CHECKING:
     from cargohold.client import Client
@@ -96,13 +96,21 @@ def store_has(store: Store) -> Callable[[str], bool]:
     return has
 
 
+def _platform_text(p: Platform | None) -> str:
+    """``os/arch[/variant]``, or "" (no platform) when the OS or architecture is empty: what
+    containerd records for a docker-archive config without one (``{"architecture":"",
+    "os":"linux"}``) names no platform anything can match or parse.
+    """
+    return str(p) if p is not None and p.os and p.architecture else ""
+
+
 def _manifest_state(store: Store, desc: Descriptor, has: Callable[[str], bool],
                     what: str) -> PlatformState:
     p = desc.platform
     attestation = plat.is_unknown(p)
     attests = desc.annotations.get(ATTESTATION_REF, "")
     if not has(desc.digest):
-        return PlatformState(str(p) if p else "", desc.digest, (desc.digest,), True,
+        return PlatformState(_platform_text(p), desc.digest, (desc.digest,), True,
                              attestation, attests, size=desc.size)
     m = parse_manifest(store, desc, what)
     blobs = [m.config, *m.layers]
@@ -116,7 +124,7 @@ def _manifest_state(store: Store, desc: Descriptor, has: Callable[[str], bool],
             chain = chain_ids(ids)[-1] if ids else ""
         except CargoholdError:
             chain = ""
-    return PlatformState(str(p) if p else "", desc.digest, missing, False, attestation,
+    return PlatformState(_platform_text(p), desc.digest, missing, False, attestation,
                          attests, chain, len(m.layers),
                          desc.size + sum(d.size for d in blobs))
 

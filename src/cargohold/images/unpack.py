@@ -38,17 +38,26 @@ leased, and since internal leases name their owner process (:mod:`cargohold.leas
 removes it as soon as that process is gone, ``hold fsck`` reports it as an interrupted unpack,
 and a later unpack of the same image simply prepares a fresh one (extract keys are unique)
 and reuses the layers the dead one committed. Use an :class:`Unpacker` as a context manager.
+
+Progress: each layer applied is one item, keyed by its digest, that advances by the plain
+(uncompressed) bytes the extractor takes from the stream — at most one chunk ahead of the files
+written — so it ends when the extraction does. (Compressed bytes read are no measure of that:
+the decompressor reads ahead by its input buffer, and a few MiB of well-compressed gzip are
+gigabytes of files.) The item's total is the plain size where that is known before the end:
+a plain tar's blob is its plain stream, so its size is the total. A compressed layer's plain
+size is not known until its end (gzip records it modulo 4 GiB, for its last member only;
+zstd frames need not carry it), so its item has no total: it counts the bytes extracted, and
+its label gives the compressed size it comes from, ``unpack 1a2b3c4d5e6f (88.1 MB gzip)``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from typing import TYPE_CHECKING, Any
 
 from cargohold import _fsutil
-from cargohold.differ.api import compression_for
+from cargohold.differ.api import Compression, compression_for
 from cargohold.differ.compression import BUFFER, PlainStream
 from cargohold.errors import (
     AlreadyExists,
@@ -59,7 +68,7 @@ from cargohold.errors import (
 )
 from cargohold.images import mediatypes as mt
 from cargohold.images.manifest import chain_ids, diff_ids, parse_manifest, snapshot_gc_label
-from cargohold.images.progress import Progress
+from cargohold.images.progress import Progress, human_bytes
 from cargohold.leases.manager import random_id
 from cargohold.metadata.leases import Resource
 from cargohold.store.api import Info, Store
@@ -96,8 +105,8 @@ class Unpacker:
         self.prefetch = prefetch
         self.sn = NamespacedSnapshotter(client.db, client.backend_snapshotter(self.name),
                                         client.namespace, self.name, lease=lease)
-        self.locks = _fsutil.KeyedLocks(os.path.join(
-            _fsutil.makedirs(os.path.join(client.root, "locks")), "unpack.lock"))
+        self.locks = _fsutil.RangeLocks(os.path.join(
+            _fsutil.makedirs(os.path.join(client.root, "locks")), "unpack.lock"), "layer")
         self.applied = 0  # layers applied by this unpacker (the rest were found)
         self.early = 0  # of those, layers whose stream started while the one before applied
 
@@ -190,18 +199,20 @@ class Unpacker:
         labels = {LABEL_SNAPSHOT_REF: chain}
         mounts = self.sn.prepare(key, parent, labels=labels)
         pkey = layer.digest
-        self.progress.start(pkey, f"unpack {layer.digest.split(':', 1)[-1][:12]}", layer.size)
 
         def report(n: int) -> None:
             self.progress.advance(pkey, n)
         try:
+            compression = compression_for(layer.media_type)
+            self._start_progress(pkey, layer, compression)
             if early is not None:
                 early.claim(report)
                 apply(layer, mounts, stream=early.stream, expected_diff_id=diff_id, sync=True)
             else:
                 with self.store.reader(layer.digest) as r:
-                    apply(layer, mounts, reader=r, expected_diff_id=diff_id, sync=True,
-                          progress=report)
+                    stream = _CountedStream(r, compression, layer.digest)
+                    stream.report = report
+                    apply(layer, mounts, stream=stream, expected_diff_id=diff_id, sync=True)
             try:
                 self.sn.commit(chain, key, labels=labels)
             except AlreadyExists:
@@ -222,26 +233,51 @@ class Unpacker:
             raise
         self.progress.done(pkey)
 
+    def _start_progress(self, key: str, layer: Descriptor, compression: Compression) -> None:
+        """Start the layer's item: the plain size is its total only for a plain tar (see the
+        module docstring).
+        """
+        short = layer.digest.split(":", 1)[-1][:12]
+        if compression is Compression.NONE:
+            self.progress.start(key, f"unpack {short}", layer.size)
+        else:
+            self.progress.start(key, f"unpack {short} ({human_bytes(layer.size)} "
+                                     f"{compression.value})")
+
     def close(self) -> None:
-        """Release the snapshotter view and the lock file; closing twice is fine."""
+        """Release the snapshotter view; closing twice is fine (locks are per hold)."""
         self.sn.close()
-        self.locks.close()
+
+
+class _CountedStream(PlainStream):
+    """A :class:`PlainStream` that reports each plain chunk as the extractor takes it.
+
+    ``report``, once set (at the layer's turn), receives the size of every chunk handed out,
+    the ones the differ drains after the end-of-archive marker included, so a finished layer
+    has reported exactly its plain size. Chunks decompressed ahead are reported only when
+    taken: a stream dropped before its turn reports nothing.
+    """
+
+    report: Callable[[int], None] | None = None
+
+    def next_chunk(self) -> bytes:
+        chunk = super().next_chunk()
+        if chunk and self.report is not None:
+            self.report(len(chunk))
+        return chunk
 
 
 class _Early:
     """A layer's blob reader and its :class:`PlainStream`, started before the layer's turn.
 
-    Compressed-byte progress is held back until :meth:`claim` (the layer's turn), so a stream
-    that is dropped reports nothing. :meth:`close` stops the stream and closes the reader.
+    Progress is reported from :meth:`claim` (the layer's turn) on, as the extractor takes
+    the plain bytes. :meth:`close` stops the stream and closes the reader.
     """
 
     def __init__(self, reader: Any, layer: Descriptor, prefetch: int) -> None:
         self.reader = reader
-        self._mu = threading.Lock()
-        self._report: Callable[[int], None] | None = None
-        self._pending = 0
-        self.stream = PlainStream(reader, compression_for(layer.media_type), layer.digest,
-                                  progress=self._progress, buffer=prefetch)
+        self.stream = _CountedStream(reader, compression_for(layer.media_type), layer.digest,
+                                     buffer=prefetch)
 
     @classmethod
     def start(cls, store: Store, layer: Descriptor, prefetch: int) -> _Early | None:
@@ -270,21 +306,10 @@ class _Early:
             raise
         return early
 
-    def _progress(self, n: int) -> None:
-        with self._mu:
-            if self._report is None:
-                self._pending += n
-                return
-        self._report(n)
-
     def claim(self, report: Callable[[int], None]) -> None:
         """The layer's turn: report progress from now on, and buffer only the usual amount."""
         self.stream.resize(min(self.stream.buffer, BUFFER))
-        with self._mu:
-            self._report = report
-            pending, self._pending = self._pending, 0
-        if pending:
-            report(pending)
+        self.stream.report = report
 
     def close(self) -> None:
         try:

@@ -14,7 +14,7 @@ from cargohold.filters import Filter, adaptor_for
 from cargohold.metadata import namespaces
 from cargohold.metadata.db import Tx
 from cargohold.metadata.schema import ns_bucket, ns_path
-from cargohold.types import now_ns, validate_identifier, validate_labels
+from cargohold.types import apply_field_paths, now_ns, validate_identifier, validate_labels
 
 _FIELDS = ("image", "runtime", "spec", "snapshotter", "snapshotkey")
 
@@ -71,21 +71,10 @@ def create(tx: Tx, ns: str, c: Container) -> Container:
 
 def update(tx: Tx, ns: str, c: Container, fieldpaths: Sequence[str]) -> Container:
     cur = get(tx, ns, c.id)
-    changes: dict[str, object] = {}
-    labels = dict(cur.labels)
-    for fp in fieldpaths:
-        if fp in ("image", "spec", "runtime"):
-            changes[fp] = getattr(c, fp)
-        elif fp == "labels":
-            labels = dict(c.labels)
-        elif fp.startswith("labels."):
-            k = fp[7:]
-            if c.labels.get(k):
-                labels[k] = c.labels[k]
-            else:
-                labels.pop(k, None)
-        else:
-            raise InvalidArgument(f"container field {fp!r}: cannot be updated")
+    labels, named = apply_field_paths(cur.labels, c.labels, fieldpaths,
+                                      subject=f"container {c.id}",
+                                      other=("image", "spec", "runtime"))
+    changes = {f: getattr(c, f) for f in named}
     new = replace(cur, labels=labels, updated_at=now_ns(), **changes)  # type: ignore[arg-type]
     _write(tx, ns, new)
     return new

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from cargohold.errors import AlreadyExists, CargoholdError, InvalidArgument, NotFound
 from cargohold.filters import Filter, adaptor_for
@@ -25,7 +26,7 @@ from cargohold.metadata import namespaces
 from cargohold.metadata.db import DB, Tx
 from cargohold.metadata.schema import QUARANTINE, bucket, key, ns_bucket, ns_path
 from cargohold.store.api import CommitHook, Info, ReaderAt, Status, Store, Writer
-from cargohold.types import Digest, now_ns, validate_labels
+from cargohold.types import Digest, apply_field_paths, now_ns, validate_labels
 
 DEFAULT_INGEST_EXPIRY = 24 * 3600 * 10**9
 
@@ -45,6 +46,55 @@ def read_info(tx: Tx, ns: str, digest: str) -> Info | None:
     return Info(digest, int(size), tx.get_int(blob_path(ns, digest, "createdat")),
                 tx.get_int(blob_path(ns, digest, "updatedat")),
                 tx.read_labels(blob_path(ns, digest)))
+
+
+@dataclass(frozen=True)
+class IngestRecord:
+    """A namespace's record of an ingest: its ``ref``, the backend's ref, what it expects
+    and when it expires (ns since the epoch; 0: never).
+    """
+
+    ns: str
+    ref: str
+    bref: str
+    expected: str
+    expire_at: int
+
+
+def digests(tx: Tx, ns: str) -> list[str]:
+    """Every digest namespace ``ns`` records, in key order."""
+    return list(tx.children(ns_bucket(ns, "content", "blob")))
+
+
+def has_record(tx: Tx, ns: str, digest: str) -> bool:
+    return tx.exists(blob_path(ns, digest, "size"))
+
+
+def record_labels(tx: Tx, ns: str, digest: str) -> dict[str, str]:
+    """The labels of ``ns``'s record of ``digest`` ({} when there is none)."""
+    return tx.read_labels(blob_path(ns, digest))
+
+
+def set_size(tx: Tx, ns: str, digest: str, size: int) -> None:
+    """Correct a record's size (fsck, to what the verified blob has)."""
+    tx.put(blob_path(ns, digest, "size"), size)
+
+
+def delete_record(tx: Tx, ns: str, digest: str) -> None:
+    """Drop ``ns``'s record of ``digest`` (the file stays until no namespace records it)."""
+    tx.delete_tree(blob_path(ns, digest))
+
+
+def ingest_records(tx: Tx, ns: str) -> list[IngestRecord]:
+    """Every ingest namespace ``ns`` records."""
+    return [IngestRecord(ns, ref, tx.get_str(ingest_path(ns, ref, "ref")),
+                         tx.get_str(ingest_path(ns, ref, "expected")),
+                         tx.get_int(ingest_path(ns, ref, "expireat")))
+            for ref in tx.children(ns_bucket(ns, "content", "ingests"))]
+
+
+def delete_ingest_record(tx: Tx, ns: str, ref: str) -> None:
+    tx.delete_tree(ingest_path(ns, ref))
 
 
 def write_record(tx: Tx, ns: str, digest: str, size: int, labels: dict[str, str]) -> None:
@@ -153,22 +203,8 @@ class NamespacedStore:
             cur = read_info(tx, self.ns, info.digest)
             if cur is None:
                 raise NotFound(f"content digest {info.digest}: not found")
-            labels = dict(cur.labels)
-            if not fieldpaths:
-                fieldpaths = ("labels",)
-            for fp in fieldpaths:
-                if fp == "labels":
-                    labels = dict(info.labels)
-                elif fp.startswith("labels."):
-                    k = fp[7:]
-                    if info.labels.get(k):
-                        labels[k] = info.labels[k]
-                    else:
-                        labels.pop(k, None)
-                else:
-                    raise InvalidArgument(f"content field {fp!r}: cannot be updated",
-                                          hint="only labels and labels.<key> can change")
-            validate_labels(labels)
+            labels, _ = apply_field_paths(cur.labels, info.labels, fieldpaths,
+                                          subject=f"content {info.digest}")
             tx.write_labels(blob_path(self.ns, info.digest), labels, replace=True)
             tx.put(blob_path(self.ns, info.digest, "updatedat"), now_ns())
             return read_info(tx, self.ns, info.digest)  # type: ignore[return-value]

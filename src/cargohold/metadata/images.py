@@ -11,7 +11,7 @@ from cargohold.filters import Filter
 from cargohold.metadata import namespaces
 from cargohold.metadata.db import Tx
 from cargohold.metadata.schema import ns_bucket, ns_path
-from cargohold.types import Descriptor, now_ns, validate_labels
+from cargohold.types import Descriptor, apply_field_paths, now_ns, validate_labels
 
 
 @dataclass(frozen=True)
@@ -106,25 +106,11 @@ def create(tx: Tx, ns: str, image: Image) -> Image:
 def update(tx: Tx, ns: str, image: Image, fieldpaths: Sequence[str] = ()) -> Image:
     """Update target and/or labels. No fieldpaths replaces target and labels."""
     cur = get(tx, ns, image.name)
-    target, labels = cur.target, dict(cur.labels)
-    if not fieldpaths:
-        target, labels = image.target, dict(image.labels)
-    for fp in fieldpaths:
-        if fp == "target":
-            target = image.target
-        elif fp == "labels":
-            labels = dict(image.labels)
-        elif fp.startswith("labels."):
-            k = fp[7:]
-            if image.labels.get(k):
-                labels[k] = image.labels[k]
-            else:
-                labels.pop(k, None)
-        else:
-            raise InvalidArgument(f"image field {fp!r}: cannot be updated",
-                                  hint="use target, labels or labels.<key>")
-    new = Image(cur.name, target, {k: v for k, v in labels.items() if v}, cur.created_at,
-                now_ns())
+    labels, named = apply_field_paths(cur.labels, image.labels, fieldpaths,
+                                      subject=f"image {image.name}",
+                                      default=("target", "labels"), other=("target",))
+    target = image.target if "target" in named else cur.target
+    new = Image(cur.name, target, labels, cur.created_at, now_ns())
     _validate(new)
     _write(tx, ns, new)
     return new

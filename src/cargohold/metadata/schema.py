@@ -8,6 +8,12 @@ Segments may hold any text but NUL; LMDB caps a whole key at 511 bytes.
 
     version                                   schema version (decimal)
     epoch                                     mutation counter, bumped by every write txn
+    removals                                  records removed (images, blobs, snapshots,
+                                              leases), bumped by the txn that removes them;
+                                              read by hold serve's GC scheduler
+    gcactive                                  set while a collection runs (a deadline, ns)
+    gclog/<epoch>                             JSON [key, value] of the v1 puts of that txn,
+                                              written only while gcactive (the GC's barrier)
     v1/<ns>                                   namespace marker (empty value)
     v1/<ns>/labels/<k>                        namespace labels
     v1/<ns>/images/<name>/target              descriptor JSON {mediaType,digest,size,annotations}
@@ -56,6 +62,7 @@ from cargohold._lmdb import MAX_KEY, SEP
 
 VERSION_KEY = b"version"
 EPOCH_KEY = b"epoch"
+REMOVALS_KEY = b"removals"
 ROOT = "v1"
 
 SCHEMA_VERSION = 2

@@ -48,6 +48,11 @@ def get(tx: Tx, ns: str, sn: str, key: str) -> SnapshotRecord:
                           tx.get_int(_path(ns, sn, key, "updatedat")))
 
 
+def snapshotters(tx: Tx, ns: str) -> list[str]:
+    """The snapshotters namespace ``ns`` has records on."""
+    return list(tx.children(ns_bucket(ns, "snapshots")))
+
+
 def keys(tx: Tx, ns: str, sn: str) -> list[str]:
     return list(tx.children(ns_bucket(ns, "snapshots", sn)))
 

@@ -41,27 +41,24 @@ backend commit and its record.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from cargohold._fsutil import clear_holder, lock_range, open_lock, write_holder
+from cargohold._fsutil import RangeLocks
 from cargohold.errors import (
     AlreadyExists,
     CargoholdError,
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
 )
-from cargohold.filters import Clause, Filter, adaptor_for
+from cargohold.filters import adaptor_for
 from cargohold.metadata import leases, snapshots
 from cargohold.metadata.db import DB, Tx
 from cargohold.metadata.leases import Resource
 from cargohold.metadata.snapshots import SnapshotRecord
-from cargohold.snapshotters.api import Info, Kind, Usage
-from cargohold.types import LABEL_SNAPSHOT_REF, Mount, validate_labels
+from cargohold.snapshotters.api import Info, Kind, Usage, kind_filter
+from cargohold.types import LABEL_SNAPSHOT_REF, Mount, apply_field_paths, validate_labels
 
 INHERITED_PREFIX = "containerd.io/snapshot/"
 
@@ -75,53 +72,26 @@ def inherited(labels: dict[str, str]) -> dict[str, str]:
 class SnapshotterLock:
     """Readers-writer lock between the writers of one snapshotter and its GC prune / fsck.
 
-    One lock file per snapshotter in the metadata directory, locked by byte ranges (OFD locks:
-    they exclude threads as well as processes, and die with their process, so a crash never
-    leaves one held). Byte 0 is the snapshotter-wide lock (shared for writers, exclusive for GC);
-    byte ``1 + crc32(ns, key)`` is one key (exclusive; unrelated keys that hash alike merely
-    wait for each other).
+    One :class:`~cargohold._fsutil.RangeLocks` file per snapshotter in the metadata directory:
+    every prepare/view/commit/remove holds its namespace keys exclusive and the whole shared;
+    GC and fsck hold the whole exclusive (and say who they are, for a writer kept waiting).
     """
 
     def __init__(self, db_path: str, snapshotter: str) -> None:
         self.snapshotter = snapshotter
         self.path = os.path.join(db_path, f"snapshotter-{snapshotter}.lock")
+        self._locks = RangeLocks(self.path, f"snapshotter {snapshotter}", 0o600)
 
-    @contextlib.contextmanager
-    def _fd(self) -> Iterator[int]:
-        fd = open_lock(self.path, 0o600)  # creates nothing under a read-only root
-        try:
-            yield fd
-        finally:
-            os.close(fd)  # drops every lock taken through this description
-
-    @contextlib.contextmanager
-    def writer(self, ns: str, *keys: str) -> Iterator[None]:
+    def writer(self, ns: str, *keys: str) -> contextlib.AbstractContextManager[None]:
         """Hold ``keys`` of ``ns`` exclusively and the snapshotter shared (waits for both;
         after a second of waiting, says who holds them).
         """
-        with self._fd() as fd:
-            # Always in byte order, so two writers locking two keys each cannot deadlock.
-            for off in sorted({1 + (zlib.crc32(f"{ns}\0{k}".encode()) & 0x7FFFFFFF)
-                               for k in keys}):
-                lock_range(fd, fcntl.F_WRLCK, off, 1,
-                           f"snapshot {keys[0]} on {self.snapshotter}")
-            lock_range(fd, fcntl.F_RDLCK, 0, 1, f"snapshotter {self.snapshotter}")
-            yield
+        return self._locks.hold(*(f"{ns}\0{k}" for k in keys), whole="shared",
+                                label=f"snapshot {keys[0]}" if keys else "")
 
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Hold the whole snapshotter: no prepare, view, commit or remove is in flight.
-
-        The holder (pid, command, since) is written beside the lock file, so that a writer
-        kept waiting can say who it waits for.
-        """
-        with self._fd() as fd:
-            lock_range(fd, fcntl.F_WRLCK, 0, 1, f"snapshotter {self.snapshotter}")
-            write_holder(fd)
-            try:
-                yield
-            finally:
-                clear_holder(fd)
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the whole snapshotter: no prepare, view, commit or remove is in flight."""
+        return self._locks.hold(whole="exclusive")
 
 
 class Pin(NamedTuple):
@@ -269,11 +239,7 @@ class NamespacedSnapshotter:
         snapshot is missing are skipped (``hold fsck`` reports them).
         """
         self._check_open()
-        flt = Filter(filters)
-        # containerd prints kinds capitalised but users type them in lower case: accept both.
-        flt.alternatives = [
-            [Clause(c.path, c.op, c.value.lower()) if c.path == ("kind",) else c for c in alt]
-            for alt in flt.alternatives]
+        flt = kind_filter(filters)
         with self.db.view() as tx:
             recs = [self._get(tx, k) for k in snapshots.keys(tx, self.ns, self.name)]
         for rec in recs:
@@ -293,20 +259,11 @@ class NamespacedSnapshotter:
         raises InvalidArgument; a missing key NotFound. Returns the new Info.
         """
         self._check_open()
-        for fp in fieldpaths:
-            if fp != "labels" and not fp.startswith("labels."):
-                raise InvalidArgument(f"snapshot {info.name}: cannot update field {fp!r}",
-                                      hint="only labels and labels.<key> can change")
+        apply_field_paths({}, info.labels, fieldpaths, subject=f"snapshot {info.name}")
         with self.db.update() as tx:
             rec = self._get(tx, info.name)
-            labels = dict(rec.labels)
-            for fp in fieldpaths or ("labels",):
-                if fp == "labels":
-                    labels = dict(info.labels)
-                else:
-                    k = fp[len("labels."):]
-                    labels[k] = info.labels.get(k, "")
-            labels = {k: v for k, v in validate_labels(labels).items() if v}
+            labels, _ = apply_field_paths(rec.labels, info.labels, fieldpaths,
+                                          subject=f"snapshot {info.name}")
             rec = snapshots.set_labels(tx, self.ns, self.name, info.name, labels, replace=True)
         binfo = self._call({rec.name: rec.key}, self.backend.stat, rec.name)
         return self._info(rec, binfo.kind)

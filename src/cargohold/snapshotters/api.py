@@ -23,11 +23,14 @@ Kinds: ACTIVE (writable, from ``prepare``), VIEW (read-only, from ``view``), COM
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
+from cargohold.filters import Clause, Filter
 from cargohold.types import Mount
+
+K = TypeVar("K")
 
 
 class Kind(enum.IntEnum):
@@ -86,3 +89,31 @@ class Snapshotter(Protocol):
     def walk(self, fn: Callable[[Info], None], filters: Sequence[str] = ()) -> None: ...
     def close(self) -> None: ...
     def cleanup(self) -> None: ...
+
+
+def kind_filter(filters: Sequence[str]) -> Filter:
+    """``filters`` for a snapshot walk, with the values of ``kind`` clauses lower-cased:
+    containerd prints kinds capitalised (``Committed``) but users type them in lower case, so
+    both match the lower-case kind a walk compares with.
+    """
+    flt = Filter(filters)
+    flt.alternatives = [
+        [Clause(c.path, c.op, c.value.lower()) if c.path == ("kind",) else c for c in alt]
+        for alt in flt.alternatives]
+    return flt
+
+
+def children_first(items: Iterable[K], parent: Mapping[K, K]) -> list[K]:
+    """``items`` ordered so that every snapshot comes before its parent: deepest first, ties in
+    the order given. ``parent`` maps an item to its parent (absent or empty: none); a loop in it
+    ends the walk. The one order in which a chain can be removed.
+    """
+    def depth(n: K) -> int:
+        d, seen = 0, set()
+        while parent.get(n) and n not in seen:
+            seen.add(n)
+            n = parent[n]
+            d += 1
+        return d
+
+    return sorted(items, key=depth, reverse=True)  # sorted is stable, reversed or not

@@ -9,7 +9,8 @@ The root must be on btrfs. Layout (temp and removal names as in ``_common.py``):
 Mounts are ``btrfs`` mounts of the filesystem's device with ``subvolid=<n>`` (plus ``ro`` for
 views), so they paste into a shell. Subvolumes are made and deleted with ioctls
 (``BTRFS_IOC_SUBVOL_CREATE``, ``SNAP_CREATE_V2``, ``SNAP_DESTROY``, ``SUBVOL_SETFLAGS``,
-``INO_LOOKUP``); only quota queries run the ``btrfs`` command, through :class:`Runner` so
+``INO_LOOKUP``); only quota queries run the ``btrfs`` command, through the
+:class:`~cargohold.snapshotters.runner.Runner` seam every backend shares, so
 tests can assert its argv. Usage at commit is the subvolume's exclusive bytes from qgroups when
 quotas are enabled (inodes then read -1: qgroups do not count them), else a walk that counts
 what differs from the parent.
@@ -23,8 +24,6 @@ import fcntl
 import os
 import shutil
 import struct
-import subprocess
-from collections.abc import Sequence
 from typing import Any
 
 from cargohold._fsutil import dir_size
@@ -32,6 +31,7 @@ from cargohold.errors import FailedPrecondition, Unsupported
 from cargohold.mount import libc
 from cargohold.snapshotters._common import DirSnapshotter, diff_usage, os_error
 from cargohold.snapshotters.api import Kind, Usage
+from cargohold.snapshotters.runner import Runner
 from cargohold.snapshotters.storage import Snapshot
 from cargohold.types import Mount
 
@@ -50,17 +50,6 @@ SUBVOL_GETFLAGS = (2 << 30) | (8 << 16) | (0x94 << 8) | 25
 SUBVOL_SETFLAGS = _iow(26, 8)
 INO_LOOKUP = (3 << 30) | (4096 << 16) | (0x94 << 8) | 18
 SUBVOL_RDONLY = 1 << 1
-
-
-class Runner:
-    """Runs the ``btrfs`` command; replace it in tests to assert argv or fake output."""
-
-    def run(self, argv: Sequence[str]) -> str:
-        """Run ``argv``; return stdout; raise FailedPrecondition with stderr on failure."""
-        p = subprocess.run(list(argv), capture_output=True, text=True)
-        if p.returncode != 0:
-            raise FailedPrecondition(f"{' '.join(argv)}: {p.stderr.strip() or p.returncode}")
-        return p.stdout
 
 
 class Btrfs(DirSnapshotter):
@@ -134,7 +123,7 @@ class Btrfs(DirSnapshotter):
         return self._quotas
 
     def _qgroup_exclusive(self, path: str) -> int:
-        out = self.runner.run(["btrfs", "qgroup", "show", "--raw", "--sync", "-f", path])
+        out = self.runner.run(["btrfs", "qgroup", "show", "--raw", "--sync", "-f", path]).stdout
         return parse_qgroup_exclusive(out, subvol_id(path))
 
     def subvolume(self, key: str) -> str:

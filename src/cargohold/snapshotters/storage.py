@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 from cargohold._lmdb import SEP, Env, Tx
 from cargohold.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from cargohold.filters import Clause, Filter, adaptor_for
-from cargohold.snapshotters.api import Info, Kind, Usage
-from cargohold.types import now_ns, validate_labels
+from cargohold.filters import adaptor_for
+from cargohold.snapshotters.api import Info, Kind, Usage, kind_filter
+from cargohold.types import apply_field_paths, now_ns, validate_labels
 
 _V1 = b"v1"
 _SEQ = _V1 + SEP + b"seq"
@@ -131,7 +131,7 @@ class MetaStore(Env):
         ``fn`` runs inside the caller's transaction; to call the backend again from ``fn``
         (a stat inside a walk), collect first and call after the transaction ends.
         """
-        flt = _kind_insensitive(Filter(filters))
+        flt = kind_filter(filters)
         for key in list(tx.children(_SNAPS)):
             _, info, _ = self.get_info(tx, key)
             fields = {"kind": info.kind.name.lower(), "name": info.name, "parent": info.parent}
@@ -190,18 +190,9 @@ class MetaStore(Env):
         empty or absent value) deletes one; no fieldpaths replaces all labels.
         """
         rec, _ = self._kind(tx, info.name)
-        labels = validate_labels(dict(info.labels))
-        if not fieldpaths:
-            fieldpaths = ["labels"]
-        for fp in fieldpaths:
-            if fp == "labels":
-                tx.write_labels(rec, labels, replace=True)
-            elif fp.startswith("labels."):
-                k = fp[len("labels."):]
-                tx.write_labels(rec, {k: labels.get(k, "")}, replace=False)
-            else:
-                raise InvalidArgument(f"snapshot {info.name}: cannot update field {fp!r}",
-                                      hint="only labels and labels.<key> can change")
+        labels, _ = apply_field_paths(tx.read_labels(rec), info.labels, fieldpaths,
+                                      subject=f"snapshot {info.name}")
+        tx.write_labels(rec, labels, replace=True)
         tx.put(_f(rec, "updatedat"), now_ns())
         return self.get_info(tx, info.name)[1]
 
@@ -254,13 +245,3 @@ class MetaStore(Env):
         tx.delete_tree(rec)
         tx.delete(_IDS + sid.encode())
         return sid, kind
-
-
-def _kind_insensitive(flt: Filter) -> Filter:
-    """Lower-case the values of ``kind`` clauses: ``kind==Committed`` and ``kind==committed``
-    both match, since containerd prints kinds capitalised but users type them in lower case.
-    """
-    flt.alternatives = [
-        [Clause(c.path, c.op, c.value.lower()) if c.path == ("kind",) else c for c in alt]
-        for alt in flt.alternatives]
-    return flt

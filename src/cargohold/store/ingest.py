@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import shutil
-import struct
 from typing import TYPE_CHECKING, Any
 
 from cargohold import _fsutil
@@ -46,7 +44,6 @@ if TYPE_CHECKING:
     from cargohold.store.local import LocalStore
 
 REHASH_CHUNK = 4 << 20
-_FLOCK = "hhqqi4x"  # struct flock, as _fsutil packs it
 
 
 def ingest_key(ref: str) -> str:
@@ -70,26 +67,6 @@ def read_int(path: str) -> int:
         return int(text) if text else 0
     except ValueError:
         return 0
-
-
-def lock_holder(path: str) -> str:
-    """Who holds the OFD lock on ``path`` now ("" when nobody), without taking it.
-
-    ``F_OFD_GETLK`` asks the kernel whether a write lock could be placed; unlike a trial
-    acquire it can never make a concurrent writer fail with Unavailable.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return ""
-    try:
-        arg = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-        kind = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_OFD_GETLK, arg))[0]
-        if kind == fcntl.F_UNLCK:
-            return ""
-        return os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-    finally:
-        os.close(fd)
 
 
 def remove_ingest_dir(path: str) -> None:

@@ -46,12 +46,11 @@ from cargohold.store.api import Info, Status
 from cargohold.store.ingest import (
     IngestWriter,
     ingest_key,
-    lock_holder,
     read_int,
     read_text,
     remove_ingest_dir,
 )
-from cargohold.types import Digest, now_ns, validate_labels
+from cargohold.types import Digest, apply_field_paths, now_ns
 
 ALGORITHMS = {"sha256": 64, "sha512": 128}
 _HEX = re.compile(r"[a-f0-9]+")  # fullmatch: "$" would accept a trailing "\n"
@@ -114,7 +113,7 @@ class LocalStore:
         self.root = os.path.abspath(root)
         if read_only_root(self.root) is None:
             _fsutil.makedirs(self.root)
-        self.locks = _fsutil.KeyedLocks(os.path.join(self.root, "locks"))
+        self.locks = _fsutil.RangeLocks(os.path.join(self.root, "locks"), "blob")
         self._ingest_root = os.path.join(self.root, "ingest")
 
     # --- paths ---------------------------------------------------------------------------
@@ -164,25 +163,13 @@ class LocalStore:
         """
         digest = Digest(info.digest)
         new = dict(info.labels or {})
-        validate_labels(new)
-        for fp in fieldpaths:
-            if fp != "labels" and not fp.startswith("labels."):
-                raise InvalidArgument(f"field path {fp!r}: cannot update",
-                                      hint="only labels and labels.<key> can be updated")
+        apply_field_paths({}, new, fieldpaths, subject=f"content {digest}")  # refuse early
         check_writable(self.root)
         with self.locks.hold(digest):
             if not os.path.exists(self.blob_path(digest)):
                 raise _not_found(digest)
-            if not fieldpaths or "labels" in fieldpaths:
-                labels = new
-            else:
-                labels, _ = self._read_labels(digest)
-                for fp in fieldpaths:
-                    key = fp[len("labels."):]
-                    if new.get(key):
-                        labels[key] = new[key]
-                    else:
-                        labels.pop(key, None)
+            labels, _ = apply_field_paths(self._read_labels(digest)[0], new, fieldpaths,
+                                          subject=f"content {digest}")
             self._write_labels(digest, labels)
         return self.info(digest)
 
@@ -396,7 +383,7 @@ class LocalStore:
                       expected=expected,
                       started_at=read_int(os.path.join(path, "startedat")),
                       updated_at=max(read_int(os.path.join(path, "updatedat")), mtime),
-                      holder=lock_holder(os.path.join(path, "lock")))
+                      holder=_fsutil.lock_holder(os.path.join(path, "lock")))
 
     def list_statuses(self, filters: Sequence[str] = ()) -> list[Status]:
         """Every readable ingest matching ``filters`` (field ``ref``), sorted by ref.
