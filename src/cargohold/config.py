@@ -20,7 +20,7 @@ DEFAULT_TEXT = """\
 
 # Where blobs, metadata and snapshots live (HOLD_ROOT, --root).
 root = "{root}"
-# Where mount records live (HOLD_STATE, --state).
+# Where mount records and tasks live (HOLD_STATE, --state).
 state = "{state}"
 # Namespace used when none is given (HOLD_NAMESPACE, -n).
 namespace = "default"
@@ -55,6 +55,14 @@ startup_delay = "100ms"
 # _default/hosts.toml): mirrors, TLS and headers for pull, push and 'hold hosts explain'
 # (--hosts-dir overrides it).
 config_path = "/etc/cargohold/certs.d"
+
+[tasks]
+# The OCI runtime that runs containers (a name on PATH or a path); its state lives under
+# <state>/runc/<namespace>.
+runtime_binary = "runc"
+# A task's output log is rotated when it passes this many bytes (one older file is kept,
+# so a task holds at most about twice this); 0 never rotates.
+log_size_max = 8388608
 
 [serve]
 # 'hold serve': the registry over the store (OCI distribution API). "" turns it off. Only a
@@ -134,6 +142,7 @@ DEFAULTS: dict[str, Any] = {
               "max_upload_size": "64GiB", "client_timeout": "60s",
               "mount_sweep_interval": "1m"},
     "registry": {"config_path": "/etc/cargohold/certs.d"},
+    "tasks": {"runtime_binary": "runc", "log_size_max": 8388608},
     "snapshotters": {"overlayfs": {"mount_options": []}, "btrfs": {"root_path": ""},
                      "zfs": {"dataset": ""},
                      "devmapper": {"pool_name": "", "base_image_size": "10GB",

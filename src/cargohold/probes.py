@@ -3,10 +3,11 @@
 Each probe does something real with its component and reports what it saw: the metadata
 database is opened and its schema version and key count read; the blob store's directory is
 listed and checked for writing; GC's lock is asked who holds it; leases are listed; gzip and
-zstd each compress and decompress a buffer; every snapshotter runs its own support check. A
-status is ``ok`` only when the probe succeeded, ``skip`` when the component cannot work on this
-host or root (with why and what to do), ``error`` when its probe failed. Nothing is ``ok`` by
-construction.
+zstd each compress and decompress a buffer; runc prints its version and lists the namespace's
+containers under the state directory, which must be writable; every snapshotter runs its own
+support check. A status is ``ok`` only when the probe succeeded, ``skip`` when the component
+cannot work on this host or root (with why and what to do), ``error`` when its probe failed.
+Nothing is ``ok`` by construction.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def probe_all(client: Client) -> list[Component]:
             _run("gc", "collector", lambda: _gc(client)),
             _run("leases", "manager", lambda: _leases(client)),
             _run("differ", "gzip (ISA-L)", _gzip),
-            _run("differ", "zstd", _zstd)]
+            _run("differ", "zstd", _zstd),
+            _run("runtime", "runc", lambda: _runtime(client))]
     from cargohold.snapshotters import registry
 
     for name, status, reason in registry.probe_all(client.root,
@@ -93,6 +95,13 @@ def _gc(client: Client) -> tuple[str, str]:
 def _leases(client: Client) -> tuple[str, str]:
     n = len(client.leases.list())
     return "ok", f"{n} lease(s) in namespace {client.namespace}"
+
+
+def _runtime(client: Client) -> tuple[str, str]:
+    from cargohold.tasks.api import settings
+    from cargohold.tasks.runc import probe
+
+    return probe(client.config.state, client.namespace, settings(client.config)[0])
 
 
 def _gzip() -> tuple[str, str]:

@@ -97,7 +97,8 @@ def _group(*path: str) -> click.Group:
     return g  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize("noun", ["images", "content", "snapshots", "leases", "namespaces"])
+@pytest.mark.parametrize("noun", ["images", "content", "snapshots", "leases", "namespaces",
+                                  "containers", "tasks"])
 def test_every_alias_ctr_lists_names_the_same_command(noun):
     need("ctr")  # only its help: no daemon needed
     g = _group(noun)

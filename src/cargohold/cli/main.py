@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "namespaces": ("cargohold.cli.namespaces", "namespaces"),
     "containers": ("cargohold.cli.containers", "containers"),
     "tasks": ("cargohold.cli.tasks", "tasks"),
+    "run": ("cargohold.cli.run", "run"),
     "gc": ("cargohold.cli.gc", "gc"),
     "fsck": ("cargohold.cli.fsck", "fsck"),
     "df": ("cargohold.cli.df", "df"),

@@ -41,7 +41,8 @@ def _path(ns: str, cid: str, *rest: str) -> bytes:
 def get(tx: Tx, ns: str, cid: str) -> Container:
     created = tx.get(_path(ns, cid, "createdat"))
     if created is None:
-        raise NotFound(f"container {cid}: not found in namespace {ns}")
+        raise NotFound(f"container {cid}: not found in namespace {ns}",
+                       hint="list containers with 'hold containers ls'")
     vals = {f: tx.get_str(_path(ns, cid, f)) for f in _FIELDS}
     return Container(cid, labels=tx.read_labels(_path(ns, cid)), created_at=int(created),
                      updated_at=tx.get_int(_path(ns, cid, "updatedat")), **vals)

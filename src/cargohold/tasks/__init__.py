@@ -1,0 +1,1 @@
+"""The task layer: containers, OCI runtime specs, the per-task shim and ``runc``."""
