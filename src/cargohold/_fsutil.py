@@ -22,11 +22,12 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from cargohold import _reserve
 from cargohold._oserror import check_writable, is_env_errno, read_only_root, translate
 from cargohold.errors import CargoholdError, Unavailable
+from cargohold.notices import notice
 
 _FLOCK = "hhqqi4x"  # struct flock on Linux x86_64/aarch64: type, whence, start, len, pid
 
@@ -188,21 +189,6 @@ def command_of(pid: int) -> str:
 
 # --- waiting for locks, and saying who holds them ----------------------------------------------
 WAIT_NOTICE = 1.0  # seconds a lock wait may take before the user is told who holds it
-_notice: Callable[[str], None] | None = None
-
-
-def set_notice(fn: Callable[[str], None] | None) -> None:
-    """Where :func:`notice` messages go (the CLI prints them on stderr; default: nowhere)."""
-    global _notice
-    _notice = fn
-
-
-def notice(message: str) -> None:
-    """Tell the user something that is not an error (a long lock wait, say)."""
-    if _notice is not None:
-        _notice(message)
-
-
 def _ofd(fd: int, kind: int, start: int, length: int, wait: bool) -> bool:
     if kind == fcntl.F_WRLCK and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
         kind = fcntl.F_RDLCK  # a lock file of a read-only root (see open_lock)

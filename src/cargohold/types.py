@@ -289,14 +289,23 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "m
                "tb": 10**12, "tib": 1 << 40}
 
 
-def parse_size(text: str) -> int:
-    """Parse ``32MiB``, ``16M``, ``4GB``, ``1048576``, ``0`` into bytes."""
-    t = text.strip().lower().replace(" ", "")
+def parse_size(text: str | int, *, binary: bool = False) -> int:
+    """Parse ``32MiB``, ``16M``, ``4GB``, ``1048576``, ``0`` (or an int) into bytes.
+
+    ``KiB``/``MiB``/... are always powers of 1024; ``k``/``MB``/... are powers of 1000, unless
+    ``binary`` (containerd's devmapper sizes read ``10GB`` as 10 GiB, as Docker's do).
+    """
+    if isinstance(text, int):
+        return text
+    t = str(text).strip().lower().replace(" ", "")
     num = t.rstrip("kmgtib")
+    unit_text = t[len(num):]
     try:
         n = float(num)
-        unit = _SIZE_UNITS[t[len(num):]]
+        unit = _SIZE_UNITS[unit_text]
     except (ValueError, KeyError) as exc:
-        raise InvalidArgument(f"size {text!r}: not understood",
+        raise InvalidArgument(f"size {text!r}: not a size",
                               hint="write it like 32MiB, 16MB or 0") from exc
+    if binary and unit_text and not unit_text.endswith("ib") and unit_text != "b":
+        unit = _SIZE_UNITS[unit_text[0] + "ib"]
     return int(n * unit)

@@ -98,3 +98,22 @@ def test_from_config_passes_mount_options(tmp_path):
     s.prepare("k")
     assert s.stat("k").kind == Kind.ACTIVE
     s.close()
+
+
+def test_a_passed_probe_is_remembered_for_the_next_process(tmp_path):
+    """The trial mount runs once per kernel and filesystem, not in every command."""
+    import sys
+
+    root = str(tmp_path / "ov")
+    OverlayFS(root).close()
+    stamp = open(os.path.join(root, overlayfs.PROBED)).read()
+    assert stamp == f"{os.uname().release} {os.stat(root).st_dev}"
+    code = ("import sys; from cargohold.snapshotters import overlayfs as o\n"
+            "o._trial_mount = lambda d, r: sys.exit('probed again')\n"
+            f"o.OverlayFS({root!r}).close()\n")
+    subprocess.run([sys.executable, "-c", code], check=True)  # no second trial mount
+    # Another kernel (or filesystem) has another stamp: probe again.
+    with open(os.path.join(root, overlayfs.PROBED), "w") as f:
+        f.write("0.0.0-other 1")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode != 0 and "probed again" in p.stderr

@@ -108,13 +108,6 @@ def pull_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return registry_options(f)
 
 
-def parse_size(text: str) -> int:
-    """``32MiB``, ``16M``, ``1048576``, ``0`` → bytes."""
-    from cargohold.types import parse_size as parse
-
-    return parse(text)
-
-
 def _pull(app: App, ref: str, *, unpack: bool, snapshotter: str, platform_: tuple[str, ...],
           all_platforms: bool, max_concurrent_downloads: int, chunk_size: str,
           labels: tuple[str, ...], progress_mode: str, fmt: str, hosts_dir: str | None,
@@ -122,7 +115,7 @@ def _pull(app: App, ref: str, *, unpack: bool, snapshotter: str, platform_: tupl
     from cargohold.cli.progress import open_progress
     from cargohold.fetch.pull import Puller, PullOptions
     from cargohold.images import platforms
-    from cargohold.types import parse_labels
+    from cargohold.types import parse_labels, parse_size
 
     opts = PullOptions(platforms=[platforms.parse(p) for p in platform_],
                        all_platforms=all_platforms, unpack=unpack,
@@ -197,6 +190,7 @@ def push_cmd(app: App, ref: str, local: str | None, platform_: tuple[str, ...],
     from cargohold.cli.progress import open_progress
     from cargohold.fetch.push import Pusher, PushOptions
     from cargohold.images import platforms
+    from cargohold.types import parse_size
 
     opts = PushOptions(platforms=[platforms.parse(p) for p in platform_],
                        chunk_size=parse_size(chunk_size),

@@ -107,11 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``hold`` console script."""
     global _debug
     _debug = False
-    from cargohold import _fsutil
+    from cargohold import notices
     from cargohold.cli import signals
 
     # What the library wants a user to know while it works (a long lock wait, say).
-    _fsutil.set_notice(lambda msg: click.echo(f"hold: {msg}", err=True))
+    notices.set_notice(lambda msg: click.echo(f"hold: {msg}", err=True))
     signals.install()
     try:
         cli.main(args=argv, prog_name="hold", standalone_mode=False)

@@ -22,15 +22,14 @@ containerd both ``GB`` and ``GiB`` mean powers of 1024.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from cargohold import types
 from cargohold.errors import FailedPrecondition, InvalidArgument
 from cargohold.snapshotters.runner import CommandFailed, Result, Runner
 
 SECTOR = 512
 MAX_THIN_ID = 0xFFFFFF  # thin device ids are 24-bit
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _BAD_MODES = ("out_of_data_space", "ro", "read_only", "Fail", "Error")
 
 
@@ -39,15 +38,10 @@ class PoolFull(FailedPrecondition):
 
 
 def parse_size(value: str | int) -> int:
-    """Bytes in ``value``: an int, or text such as ``10GB``, ``512MiB``, ``1.5g``, ``4096``."""
-    if isinstance(value, int):
-        n = value
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?\s*", str(value).lower())
-        if not m:
-            raise InvalidArgument(f"size {value!r}: not a size",
-                                  hint="write it like 10GB, 512MiB or a number of bytes")
-        n = int(float(m.group(1)) * _UNITS[m.group(2)])
+    """Bytes in ``value``: an int, or text such as ``10GB``, ``512MiB``, ``1.5g``, ``4096``
+    (binary units, as containerd's devmapper reads them); at least 1 MiB.
+    """
+    n = types.parse_size(value, binary=True)
     if n < 1 << 20:
         raise InvalidArgument(f"size {value!r}: smaller than 1 MiB",
                               hint="a base image needs room for a file system")

@@ -26,6 +26,7 @@ directory carries ``trusted.overlay.opaque=y``. A differ applies a layer straigh
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -33,7 +34,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from cargohold._fsutil import dir_size
+from cargohold._fsutil import atomic_write, dir_size
 from cargohold._oserror import read_only_root
 from cargohold.errors import CargoholdError, FailedPrecondition, Unsupported
 from cargohold.mount import libc, mount, unmount
@@ -60,8 +61,13 @@ class OverlayFS(DirSnapshotter):
     def __init__(self, root: str, *, mount_options: Sequence[str] = (),
                  probe: bool = True) -> None:
         if probe:
-            self.check_support(root)
+            reason = probe_root(root, remembered=True)
+            if reason:
+                raise Unsupported(reason,
+                                  hint="use the native snapshotter (--snapshotter native)")
         super().__init__(root)
+        if probe:
+            _remember(self.root)
         opts = list(mount_options)
         if os.path.exists(INDEX_PARAM) and not any(o.startswith("index=") for o in opts):
             # Kernels >= 4.13 refuse (EBUSY) to reuse a lowerdir in two mounts with index=on.
@@ -71,7 +77,7 @@ class OverlayFS(DirSnapshotter):
     @staticmethod
     def check_support(root: str, section: dict[str, Any] | None = None) -> None:
         """Raise Unsupported, saying why, when overlay snapshots cannot work under ``root``."""
-        reason = probe(root)
+        reason = probe_root(root)
         if reason:
             raise Unsupported(reason, hint="use the native snapshotter (--snapshotter native)")
 
@@ -177,11 +183,44 @@ def _nearest_dir(path: str) -> str:
     return path
 
 
-def probe(root: str) -> str:
+PROBED = ".probed"  # in the backend root: the kernel and filesystem a trial mount passed on
+
+
+def _stamp(dev: int) -> str:
+    return f"{os.uname().release} {dev}"
+
+
+def _remember(root: str) -> None:
+    """Note beside the backend that its probe passed for this kernel and filesystem, so that
+    the next process opening it skips the trial mount (13 ms of every command). Best effort:
+    without the note the next open simply probes again.
+    """
+    dev = os.stat(root).st_dev
+    if _probed.get(dev) != "" or read_only_root(root) is not None:
+        return
+    path = os.path.join(root, PROBED)
+    if _read_stamp(path) != _stamp(dev):
+        with contextlib.suppress(OSError, CargoholdError):
+            atomic_write(path, _stamp(dev).encode(), sync=False)
+
+
+def _read_stamp(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def probe_root(root: str, *, remembered: bool = False) -> str:
     """Why overlay snapshots cannot work under ``root`` ("" when they can); cached per fs.
 
-    Under a read-only root the probe (which writes a trial tree) is skipped: nothing may be
-    written there, and reading what overlay snapshots already hold needs no probe.
+    With ``remembered``, a probe that passed for this kernel and filesystem in an earlier
+    process (the note :func:`_remember` leaves in the backend root) counts: a new kernel or
+    another filesystem changes the note's stamp and probes again. Without it (``hold plugins
+    ls``), the probe runs for real. Under a read-only root the probe (which writes a trial
+    tree) is skipped: nothing may be written there, and reading what overlay snapshots already
+    hold needs no probe.
     """
     if read_only_root(root) is not None:
         return ""
@@ -189,6 +228,9 @@ def probe(root: str) -> str:
     dev = os.stat(base).st_dev
     if dev in _probed:
         return _probed[dev]
+    if remembered and _read_stamp(os.path.join(root, PROBED)) == _stamp(dev):
+        _probed[dev] = ""
+        return ""
     reason = ""
     try:
         d = tempfile.mkdtemp(prefix=".probe-", dir=base)
@@ -206,6 +248,9 @@ def probe(root: str) -> str:
         shutil.rmtree(d, ignore_errors=True)
     _probed[dev] = reason
     return reason
+
+
+probe = probe_root  # the name tests and callers know
 
 
 def _trial_mount(d: str, root: str) -> str:
