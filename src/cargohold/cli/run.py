@@ -49,13 +49,13 @@ def _run(app: App, rm: bool, detach: bool, plain_http: bool, hosts_dir: str | No
 
     def pull(ref: str) -> str:
         from cargohold.cli.images_pull import open_registry
+        from cargohold.cli.progress import open_progress
         from cargohold.fetch.pull import Puller, PullOptions
-        from cargohold.images.progress import Progress
 
         popts = PullOptions(platforms=[opts.platform] if opts.platform else [],
                             snapshotter=opts.snapshotter or app.config.snapshotter)
         with open_registry(app, hosts_dir, plain_http, "") as reg, \
-                Progress.open("auto") as progress:
+                open_progress("auto") as progress:
             return Puller(app.client, reg, progress=progress).pull(ref, popts).name
 
     client = app.client

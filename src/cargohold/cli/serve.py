@@ -106,8 +106,10 @@ def serve(app: App, reload_: bool, grace: float) -> None:
                                read_only=first.read_only or None)
 
     svc = Service(load)
-    svc.attach(ControlAPI())
+    # The registry first: the control socket answering 'hold status' then means every API
+    # is listening (tests and scripts wait on it).
     svc.attach(RegistryAPI())
+    svc.attach(ControlAPI())
     wake = threading.Event()
     flags = {"stop": False, "reload": 0}
 
