@@ -135,13 +135,7 @@ def body_chunks(h: Handler, limit: int, what: str) -> Any:
             if total > limit:
                 h.close_connection = True
                 raise RegistryError(413, "SIZE_INVALID", f"{what}: larger than {limit} bytes")
-            while n > 0:
-                b = rf.read(min(n, CHUNK))
-                if not b:
-                    raise ConnectionResetError("client went away mid-body")
-                n -= len(b)
-                h.api.counters.add("registry_bytes_received_total", len(b))
-                yield b
+            yield from _exactly(h, n)
             rf.readline(16)
     length = h.headers.get("Content-Length")
     if length is None:
@@ -154,8 +148,13 @@ def body_chunks(h: Handler, limit: int, what: str) -> Any:
     if n > limit:
         h.close_connection = True
         raise RegistryError(413, "SIZE_INVALID", f"{what}: {n} bytes, more than {limit}")
+    yield from _exactly(h, n)
+
+
+def _exactly(h: Handler, n: int) -> Any:
+    """The next ``n`` bytes of the request body, in pieces, counted as received."""
     while n > 0:
-        b = rf.read(min(n, CHUNK))
+        b = h.rfile.read(min(n, CHUNK))
         if not b:
             raise ConnectionResetError("client went away mid-body")
         n -= len(b)
