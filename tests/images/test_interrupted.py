@@ -92,8 +92,11 @@ def _big_file_growing(root):
 def _ingest_past(root, size):
     def cond():
         for f in glob.glob(os.path.join(root, "content/ingest/*/data")):
-            if os.path.getsize(f) >= size:
-                return f
+            try:
+                if os.path.getsize(f) >= size:
+                    return f
+            except FileNotFoundError:
+                continue  # committed (renamed into blobs/) between the glob and the stat
         return None
     return cond
 
@@ -128,7 +131,12 @@ def _interrupt(roots, archive, sig, when, *, tries=3):
         if hit is None:
             p.communicate()
             continue
-        size = os.path.getsize(hit)
+        try:
+            size = os.path.getsize(hit)
+        except FileNotFoundError:  # it finished the file just before the stop: try again
+            os.kill(p.pid, signal.SIGCONT)
+            p.communicate()
+            continue
         os.kill(p.pid, sig)
         os.kill(p.pid, signal.SIGCONT)
         out, err = p.communicate(timeout=DEADLINE)
