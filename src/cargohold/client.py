@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
 
 from cargohold import _reserve
 from cargohold._fsutil import makedirs
@@ -24,7 +23,10 @@ from cargohold.config import Config
 from cargohold.errors import NotFound
 from cargohold.types import parse_duration
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from cargohold.gc.collector import Collector
     from cargohold.leases.manager import LeaseManager
     from cargohold.metadata.content import NamespacedStore

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
-from typing import Any
 
+from cargohold._record import field, record
 from cargohold.errors import InvalidArgument
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_TEXT = """\
 # cargohold configuration (TOML). Every key is shown with its default.
@@ -155,7 +158,7 @@ def _defaults() -> dict[str, Any]:
     return {"root": default_root(), "state": default_state(), **copy.deepcopy(DEFAULTS)}
 
 
-@dataclass
+@record
 class Config:
     """The resolved settings."""
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
+from cargohold._record import record
 from cargohold.errors import InvalidArgument
 
 Adaptor = Callable[[tuple[str, ...]], tuple[str, bool]]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Clause:
     """One ``path op value`` test."""
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
+from cargohold._record import field, record
 from cargohold.errors import InvalidArgument, MalformedData
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # --- labels (containerd's names, so labels survive a round trip through either tool) ----------
 LABEL_GC_ROOT = "containerd.io/gc.root"
@@ -137,7 +140,7 @@ def parse_labels(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
     return validate_labels(out)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Platform:
     """An OCI platform: os/architecture[/variant]."""
 
@@ -151,7 +154,7 @@ class Platform:
         return f"{s}/{self.variant}" if self.variant else s
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Descriptor:
     """An OCI content descriptor."""
 
@@ -201,7 +204,7 @@ class Descriptor:
             raise MalformedData(f"descriptor {shown}: malformed ({exc})") from exc
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mount:
     """What the kernel mounts: ``mount -t type -o options source target``."""
 

@@ -173,9 +173,9 @@ def test_version_flag_prints_what_version_prints(hold):
 
 def _crash(*argv: str) -> subprocess.CompletedProcess:
     """`hold ARGV version` with a bug planted in the version command (an internal error)."""
-    code = ("import cargohold.cli.version as v\n"
+    code = ("import cargohold.cli.hot as v\n"
             "def boom(): raise RuntimeError('planted bug')\n"
-            "v.print_version = boom\n"
+            "v.version = boom\n"
             "from cargohold.cli.main import main\n"
             f"main({[*argv, 'version']!r})\n")
     return _py(code)
@@ -194,7 +194,7 @@ def test_debug_prints_the_traceback_of_an_internal_error():
     assert p.stderr.splitlines()[-1] == "hold: internal error: RuntimeError: planted bug"
     assert "HOLD_DEBUG" not in p.stderr
     # The variable it replaces does nothing any more.
-    p = _py("import cargohold.cli.version as v\nv.print_version = lambda: 1 / 0\n"
+    p = _py("import cargohold.cli.hot as v\nv.version = lambda: 1 / 0\n"
             "from cargohold.cli.main import main\nmain(['version'])", HOLD_DEBUG="1")
     assert p.returncode == 1 and "Traceback" not in p.stderr
 

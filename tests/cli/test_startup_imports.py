@@ -33,7 +33,9 @@ NEVER = ("requests", "urllib3", "ssl", "http", "zstandard", "isal", "lzma", "bz2
          "cargohold.service", "cargohold.tasks", "cargohold.differ", "cargohold.gc",
          "cargohold.fsck", "cargohold.probes", "cargohold.images.importer",
          "cargohold.images.exporter", "cargohold.images.unpack", "cargohold.images.pack",
-         "cargohold.cli.progress")
+         "cargohold.cli.progress",
+         # the hot commands run through cli.fast: click (and its parser) only for other lines
+         "click", "cargohold.cli.root", "platform")
 EXTRA = {
     "version": ("lmdb", "json", "cargohold.metadata", "cargohold.store", "cargohold.client",
                 "cargohold.images", "cargohold.snapshotters", "cargohold.leases",

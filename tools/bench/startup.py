@@ -30,6 +30,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)  # for tests.peers (the private containerd)
+sys.path.insert(1, os.path.join(REPO, "src"))  # tests.peers unmounts with cargohold.mount
 REF = "bench.example/startup/busybox:1"
 
 

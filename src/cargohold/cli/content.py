@@ -10,18 +10,11 @@ import sys
 
 import click
 
+from cargohold.cli import hot
 from cargohold.cli.app import App
 from cargohold.cli.groups import Group
-from cargohold.cli.output import (
-    age,
-    emit_json,
-    format_option,
-    human_size,
-    json_time,
-    labels_text,
-    quiet_option,
-    table,
-)
+from cargohold.cli.output import age, emit_json, human_size, json_time, labels_text, table
+from cargohold.cli.params import apply, format_option
 from cargohold.errors import AlreadyExists, IntegrityError, NotFound
 
 
@@ -33,25 +26,11 @@ def content() -> None:
 
 
 @content.command("ls")
-@quiet_option
-@format_option
-@click.argument("filters", nargs=-1)
+@apply(hot.CONTENT_LS)
 @click.pass_obj
 def ls(app: App, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
     """List blobs (optionally matching FILTERS, e.g. 'labels."k"==v')."""
-    infos: list = []
-    app.client.content.walk(infos.append, list(filters))
-    infos.sort(key=lambda i: i.digest)
-    if quiet:
-        for i in infos:
-            click.echo(i.digest)
-    elif fmt == "json":
-        emit_json([{"digest": i.digest, "size": i.size, "created_at": json_time(i.created_at),
-                    "updated_at": json_time(i.updated_at), "labels": i.labels} for i in infos])
-    else:
-        table(["DIGEST", "SIZE", "AGE", "LABELS"],
-              [[i.digest, human_size(i.size), age(i.created_at), labels_text(i.labels)]
-               for i in infos])
+    hot.content_ls(app, quiet, fmt, filters)
 
 
 @content.command("get")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from cargohold.cli.app import App
-from cargohold.cli.output import emit_json, format_option, human_size, table
+from cargohold.cli.output import emit_json, human_size, table
+from cargohold.cli.params import format_option
 
 
 @click.command("df")

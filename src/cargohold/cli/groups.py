@@ -2,7 +2,7 @@
 
 Every group of the command line is a :class:`Group`. A group answers to the aliases ``ctr``
 accepts for the same command (``ls``/``list``, ``rm``/``delete``/``del``/``remove``, ...;
-:data:`VERB_ALIASES`, or the group's own ``aliases=``), and ``--help`` lists them next to the
+``names.VERB_ALIASES``, or the group's own ``aliases=``), and ``--help`` lists them next to the
 name, as ``ctr`` does. A group given ``lazy={name: module}`` imports a subcommand's module only
 when that subcommand runs (or help lists it), so ``hold`` starts fast.
 """
@@ -13,19 +13,13 @@ import importlib
 
 import click
 
-# The verb aliases `ctr` 1.6 prints in `ctr images|content|snapshots|leases -h` ("list, ls",
-# "delete, del, remove, rm"). A group with other aliases (namespaces: only "remove, rm") passes
-# its own.
-VERB_ALIASES: dict[str, tuple[str, ...]] = {
-    "ls": ("list",),
-    "rm": ("delete", "del", "remove"),
-}
+from cargohold.cli.names import VERB_ALIASES
 
 
 class Group(click.Group):
     """A click group whose commands also answer to aliases and may live in other modules.
 
-    ``aliases``: command name -> the other names it answers to (default :data:`VERB_ALIASES`;
+    ``aliases``: command name -> the other names it answers to (default ``names.VERB_ALIASES``;
     an alias of a command the group lacks is ignored). ``lazy``: command name -> ``(module,
     attribute)`` imported on first use; a module that does not exist (yet) is simply not
     listed, while an import error inside an existing module propagates.

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from cargohold.cli import hot
 from cargohold.cli.app import App
-from cargohold.cli.output import emit_json, format_option, human_size, labels_text, table
+from cargohold.cli.output import emit_json, human_size, labels_text, table
+from cargohold.cli.params import apply, format_option
 
 
 def _service(app: App, snapshotter: str = ""):  # noqa: ANN202 - an ImageService
@@ -15,9 +17,7 @@ def _service(app: App, snapshotter: str = ""):  # noqa: ANN202 - an ImageService
 
 
 @click.command("ls")
-@click.option("-q", "--quiet", is_flag=True, help="Print only the image refs.")
-@format_option
-@click.argument("filters", nargs=-1)
+@apply(hot.IMAGES_LS)
 @click.pass_obj
 def ls_cmd(app: App, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
     """List images; FILTERS (like 'name~=alpine' or 'labels."k"==v') narrow the list.
@@ -25,19 +25,7 @@ def ls_cmd(app: App, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
     Columns as ctr's: REF TYPE DIGEST SIZE (this host's platform) PLATFORMS LABELS, except
     that PLATFORMS leaves out attestation manifests (ctr lists them as unknown/unknown).
     """
-    svc = _service(app)
-    if quiet:
-        for img in svc.list(list(filters)):
-            click.echo(img.name)
-        return
-    sums = svc.summaries(list(filters))
-    if fmt == "json":
-        emit_json([s.to_json() for s in sums])
-        return
-    table(["REF", "TYPE", "DIGEST", "SIZE", "PLATFORMS", "LABELS"],
-          [[s.image.name, s.image.target.media_type, s.image.target.digest,
-            human_size(s.size), ",".join(s.platforms) or "-", labels_text(s.image.labels)]
-           for s in sums])
+    hot.images_ls(app, quiet, fmt, filters)
 
 
 @click.command("check")

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import click
 
+from cargohold.cli import hot
 from cargohold.cli.app import App
-from cargohold.cli.output import emit_json, format_option, quiet_option, table
+from cargohold.cli.output import emit_json, table
+from cargohold.cli.params import apply, format_option, quiet_option
 
 
 @click.command("mount")
-@click.option("--rw", is_flag=True, help="Writable (an active snapshot) instead of read-only.")
-@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Platform to mount [this host].")
-@click.option("--snapshotter", "snapshotter", metavar="NAME",
-              help="Snapshotter [the global --snapshotter].")
-@click.argument("ref")
-@click.argument("target", type=click.Path(file_okay=False))
+@apply(hot.IMAGES_MOUNT)
 @click.pass_obj
 def mount_cmd(app: App, rw: bool, platform: str | None, snapshotter: str | None, ref: str,
               target: str) -> None:
@@ -24,33 +21,15 @@ def mount_cmd(app: App, rw: bool, platform: str | None, snapshotter: str | None,
     can lose its snapshot to GC), so GC keeps it until 'hold images unmount'. Prints the
     chain ID of the mounted layers.
     """
-    from cargohold.images import mount as mounting
-    from cargohold.images import platforms
-
-    rec = mounting.mount(app.client, ref, target, rw=rw,
-                         platform=platforms.parse(platform) if platform else None,
-                         snapshotter=snapshotter)
-    click.echo(rec.chain_id)
-    click.echo(rec.target)
+    hot.images_mount(app, rw, platform, snapshotter, ref, target)
 
 
 @click.command("unmount")
-@click.option("--rm/--no-rm", "rm", default=None,
-              help="Remove the snapshot and lease too [--rm for read-only mounts, --no-rm for "
-                   "--rw ones].")
-@click.argument("target", type=click.Path(file_okay=False))
+@apply(hot.IMAGES_UNMOUNT)
 @click.pass_obj
 def unmount_cmd(app: App, rm: bool | None, target: str) -> None:
     """Unmount TARGET (not an error when nothing is mounted there)."""
-    from cargohold.images import mount as mounting
-
-    res = mounting.unmount(app.client, target, rm=rm)
-    state = "unmounted" if res.was_mounted else "not mounted"
-    if res.removed:
-        state += "; snapshot and lease removed"
-    elif rm is False or (res.record is not None and res.record.rw and rm is None):
-        state += "; snapshot kept"
-    click.echo(f"{res.target}: {state}")
+    hot.images_unmount(app, rm, target)
 
 
 @click.command("mounts")

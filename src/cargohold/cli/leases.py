@@ -6,15 +6,8 @@ import click
 
 from cargohold.cli.app import App
 from cargohold.cli.groups import Group
-from cargohold.cli.output import (
-    created_at,
-    emit_json,
-    format_option,
-    json_time,
-    labels_text,
-    quiet_option,
-    table,
-)
+from cargohold.cli.output import created_at, emit_json, json_time, labels_text, table
+from cargohold.cli.params import format_option, quiet_option
 
 
 @click.group(cls=Group)

@@ -6,7 +6,8 @@ import click
 
 from cargohold.cli.app import App
 from cargohold.cli.groups import Group
-from cargohold.cli.output import emit_json, format_option, labels_text, quiet_option, table
+from cargohold.cli.output import emit_json, labels_text, table
+from cargohold.cli.params import format_option, quiet_option
 from cargohold.metadata import namespaces as ns_records
 from cargohold.types import parse_labels
 

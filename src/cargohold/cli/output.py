@@ -11,12 +11,13 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
-
-import click
 
 from cargohold.types import format_time
 from cargohold.types import human_size as human_size  # re-exported: the CLI imports it here
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def age(ns: int) -> str:
@@ -65,6 +66,15 @@ def labels_text(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
 
 
+def echo(text: str = "") -> None:
+    """Print a line on standard output (``click.echo`` without click: the hot commands print
+    through this and never import it).
+    """
+    out = sys.stdout
+    out.write(text + "\n")
+    out.flush()
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Print rows under headers in aligned columns (tab-separated when not a terminal)."""
     rows = [[str(c) for c in r] for r in rows]
@@ -75,17 +85,13 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     fmt = "  ".join("{:<%d}" % w for w in widths[:-1]) + ("  {}" if len(widths) > 1 else "{}")
     out = [fmt.format(*headers).rstrip()]
     out += [fmt.format(*r).rstrip() for r in rows]
-    click.echo("\n".join(out))
+    echo("\n".join(out))
 
 
 def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=True))
+    echo(json.dumps(obj, indent=2, sort_keys=True))
 
 
 def is_tty() -> bool:
     return sys.stdout.isatty()
 
-
-format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
-                             default="table", show_default=True, help="Output format.")
-quiet_option = click.option("-q", "--quiet", is_flag=True, help="Print only names/ids.")

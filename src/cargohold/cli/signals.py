@@ -11,7 +11,6 @@ snapshots removed, the lease deleted and collected, ingests closed for a resume)
 from __future__ import annotations
 
 import signal
-import threading
 from types import FrameType
 
 EXIT_CODE = 128 + signal.SIGTERM
@@ -27,5 +26,7 @@ def _raise(signum: int, frame: FrameType | None) -> None:
 
 def install() -> None:
     """Turn SIGTERM into :class:`Terminated` (only the main thread may set handlers)."""
-    if threading.current_thread() is threading.main_thread():
+    try:
         signal.signal(signal.SIGTERM, _raise)
+    except ValueError:
+        pass  # not the main thread (hold driven from a library's thread): keep the default

@@ -19,17 +19,10 @@ import os
 import click
 
 from cargohold.cli.app import App
-from cargohold.cli.groups import VERB_ALIASES, Group
-from cargohold.cli.output import (
-    age,
-    emit_json,
-    format_option,
-    human_size,
-    json_time,
-    labels_text,
-    quiet_option,
-    table,
-)
+from cargohold.cli.groups import Group
+from cargohold.cli.names import VERB_ALIASES
+from cargohold.cli.output import age, emit_json, human_size, json_time, labels_text, table
+from cargohold.cli.params import format_option, quiet_option
 
 label_option = click.option("--label", "labels", multiple=True, metavar="K=V",
                             help="Label the snapshot (repeatable).")

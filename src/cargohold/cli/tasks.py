@@ -9,8 +9,10 @@ import click
 
 from cargohold.cli.app import App
 from cargohold.cli.containers import ARGV_SETTINGS
-from cargohold.cli.groups import VERB_ALIASES, Group
-from cargohold.cli.output import emit_json, format_option, quiet_option, table
+from cargohold.cli.groups import Group
+from cargohold.cli.names import VERB_ALIASES
+from cargohold.cli.output import emit_json, table
+from cargohold.cli.params import format_option, quiet_option
 
 if TYPE_CHECKING:
     from cargohold.tasks.control import Tasks

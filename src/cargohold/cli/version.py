@@ -1,23 +1,15 @@
-"""``hold version`` (and ``hold --version``, which prints the same)."""
+"""``hold version`` (and ``hold --version``, which prints the same; see cli.hot)."""
 
 from __future__ import annotations
 
-import platform
-import sys
-
 import click
 
-from cargohold import __version__
-
-
-def print_version() -> None:
-    """The version of cargohold, the Python running it and the kernel."""
-    click.echo(f"hold {__version__}")
-    click.echo(f"  python {platform.python_version()} ({sys.executable})")
-    click.echo(f"  kernel {platform.release()}")
+from cargohold.cli import hot
+from cargohold.cli.params import apply
 
 
 @click.command()
+@apply(hot.VERSION)
 def version() -> None:
     """Print the cargohold version (the same as 'hold --version')."""
-    print_version()
+    hot.version()

@@ -22,8 +22,8 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from cargohold._record import record
 from cargohold.errors import FailedPrecondition, InvalidArgument, MalformedData, Unsupported
 
 MEDIA_TYPE_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -73,7 +73,7 @@ class LayerError(MalformedData):
         self.problem = problem
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Source:
     """What a stream of tar data is, for the errors reading it raises: a layer or an archive.
 

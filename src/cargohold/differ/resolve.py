@@ -43,8 +43,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
 
+from cargohold._record import record
 from cargohold.differ.api import LayerError
 
 MAX_LINKS = 255  # symlinks followed while resolving one name (Linux's own limit is 40 per path)
@@ -84,7 +84,7 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
-@dataclass(eq=False)
+@record(eq=False)
 class _Dir:
     """One directory of the merged view: its upper path (None until copied up) and the real
     paths of the lower directories that contribute to it (computed on first need).

@@ -33,8 +33,9 @@ Extended headers (``x``, ``g``, GNU ``L``/``K``) are at most :data:`MAX_META` by
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
+
+from cargohold._record import field, record
 
 BLOCK = 512
 MAX_META = 1 << 20  # largest PAX / GNU long-name payload we accept (Go uses the same bound)
@@ -65,7 +66,7 @@ class HeaderError(ValueError):
         self.entry: str | None = None  # the header's name, when it got that far
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class Entry:
     """One tar entry with its extended headers folded in.
 

@@ -19,8 +19,7 @@ skipped is never silent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from cargohold._record import field, record
 from cargohold.errors import CargoholdError, InvalidArgument, NotFound, Unavailable
 
 CAPABILITIES = ("pull", "resolve", "push")
@@ -50,7 +49,7 @@ class Unreachable(Unavailable):
     """The endpoint could not be reached (DNS, refused, timeout)."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Endpoint:
     """One place a registry request can go, and where that came from.
 
@@ -88,7 +87,7 @@ class Endpoint:
         return f"{kind} {self.url}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Reference:
     """A parsed image reference: ``registry/repository[:tag][@digest]``.
 

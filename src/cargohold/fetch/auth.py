@@ -22,9 +22,9 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cargohold._record import field, record
 from cargohold.fetch.api import Forbidden, RegistryError, Unauthorized
 from cargohold.fetch.credentials import Credentials, Secret
 
@@ -37,7 +37,7 @@ DEFAULT_TOKEN_LIFETIME = 60.0  # the distribution token spec's default for expir
 _PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Challenge:
     """One ``WWW-Authenticate`` challenge: the scheme (lower case) and its parameters."""
 

@@ -13,9 +13,9 @@ only, no unpack) through the given :class:`~.registry.Registry`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cargohold._record import field, record
 from cargohold.errors import NotFound
 from cargohold.fetch.pull import Puller, PullOptions
 from cargohold.fetch.registry import Registry
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from cargohold.client import Client
 
 
-@dataclass
+@record
 class BundleResult:
     """What went into the bundle."""
 

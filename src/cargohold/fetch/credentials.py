@@ -22,8 +22,8 @@ import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 
+from cargohold._record import record
 from cargohold.errors import InvalidArgument
 
 HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io",
@@ -31,7 +31,7 @@ HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io",
 HELPER_TIMEOUT = 30
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Secret:
     """A username and password, or an identity token (``username`` then is ``<token>``)."""
 

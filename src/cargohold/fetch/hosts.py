@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold._record import field, record
 from cargohold.errors import InvalidArgument
 from cargohold.fetch.api import CAPABILITIES, Endpoint
 from cargohold.types import parse_duration
@@ -52,7 +52,7 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_SERVER = "registry-1.docker.io"
 
 
-@dataclass
+@record
 class HostsConfig:
     """The endpoints for one registry, in the order requests try them, and how we got there."""
 
@@ -132,7 +132,7 @@ def load(root: str, registry: str, *, plain_http: bool = False) -> HostsConfig:
 
 def _cert_files(d: str, ep: Endpoint) -> Endpoint:
     """Docker's ``certs.d`` pattern: ``*.crt`` CAs and ``X.cert``/``X.key`` pairs."""
-    from dataclasses import replace
+    from cargohold._record import replace
 
     names = sorted(os.listdir(d))
     ca = tuple(os.path.join(d, n) for n in names if n.endswith(".crt"))
@@ -186,7 +186,7 @@ def _read_file(path: str, registry: str, plain_http: bool) -> list[Endpoint]:
             top["override_path"] = True  # the default URL already ends in /v2
         ep = _endpoint(path, base, "(no server: the registry itself)", d.url, top, registry)
         if not top.get("skip_verify") and d.skip_verify:
-            from dataclasses import replace
+            from cargohold._record import replace
 
             ep = replace(ep, skip_verify=True)
         out.append(ep)

@@ -35,9 +35,9 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cargohold._record import field, record
 from cargohold.errors import AlreadyExists, CargoholdError, NotFound
 from cargohold.fetch.api import Reference
 from cargohold.fetch.download import (
@@ -79,7 +79,7 @@ def interrupt_all() -> None:
         p.interrupt()
 
 
-@dataclass
+@record
 class PullOptions:
     """What ``hold images pull`` can ask for."""
 
@@ -92,7 +92,7 @@ class PullOptions:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
+@record
 class PullResult:
     """What a pull did, for the CLI to print."""
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cargohold._record import field, record
 from cargohold.errors import InvalidArgument, NotFound
 from cargohold.fetch.api import Endpoint, Reference
 from cargohold.fetch.download import merge_source_label
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from cargohold.client import Client
 
 
-@dataclass
+@record
 class PushOptions:
     """What ``hold images push`` can ask for."""
 
@@ -55,7 +55,7 @@ class PushOptions:
     present_only: bool = False
 
 
-@dataclass
+@record
 class PushResult:
     """What a push did."""
 
@@ -76,7 +76,7 @@ class PushResult:
                 "seconds": round(self.seconds, 3)}
 
 
-@dataclass
+@record
 class _Plan:
     target: Descriptor  # what the tag will point at
     target_data: bytes  # its JSON

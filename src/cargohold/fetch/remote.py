@@ -22,9 +22,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
+from cargohold._record import record
 from cargohold.errors import CargoholdError, IntegrityError, InvalidArgument
 from cargohold.fetch.api import Endpoint, Reference, RegistryError, attempts_text
 from cargohold.fetch.hosts import HostsConfig
@@ -40,7 +40,7 @@ ACCEPT = ", ".join([mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_LIST, mt.DOCKER_MAN
 T = TypeVar("T")
 
 
-@dataclass
+@record
 class BlobStream:
     """An open blob download: the response, where it came from, and what it covers."""
 

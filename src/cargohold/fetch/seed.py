@@ -33,10 +33,10 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cargohold import _fsutil
+from cargohold._record import field, record
 from cargohold.errors import CargoholdError, InvalidArgument, NotFound, Unsupported
 from cargohold.fetch.mirrors import destinations
 from cargohold.fetch.pull import Puller, PullOptions
@@ -52,7 +52,7 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".tar.lz4", 
                     ".tbz")
 
 
-@dataclass
+@record
 class SeedItem:
     """One source file and what seeding it did."""
 
@@ -68,7 +68,7 @@ class SeedItem:
                 "images": self.images, "new": self.new, "seconds": round(self.seconds, 3)}
 
 
-@dataclass
+@record
 class SeedResult:
     """Every source seeded, and where images were pushed."""
 
@@ -79,7 +79,7 @@ class SeedResult:
         return {"items": [i.to_json() for i in self.items], "pushed": self.pushed}
 
 
-@dataclass
+@record
 class SeedOptions:
     """What ``hold airgap seed`` can ask for."""
 

@@ -29,10 +29,10 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from cargohold._fsutil import fsync_dir, makedirs
+from cargohold._record import field, record
 from cargohold.errors import CargoholdError, NotFound, Unavailable
 from cargohold.metadata import content, images, namespaces
 from cargohold.metadata import snapshot_records as snaprec
@@ -47,7 +47,7 @@ from cargohold.types import is_digest, now_ns
 CHUNK = 1 << 20
 
 
-@dataclass
+@record
 class Problem:
     """One thing fsck found."""
 
@@ -61,7 +61,7 @@ class Problem:
         return f"{self.kind}: {self.subject}: {self.message}"
 
 
-@dataclass
+@record
 class Report:
     """What a check found and did."""
 

@@ -21,9 +21,9 @@ Leases without an owner (``hold leases create``) are never reported here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold._record import field, record
 from cargohold.errors import CargoholdError, NotFound
 from cargohold.fsck.check import Problem
 from cargohold.leases import owner as owners
@@ -39,7 +39,7 @@ from cargohold.types import LABEL_SNAPSHOT_REF, format_time, now_ns
 Lookup = Callable[[str], Any]
 
 
-@dataclass
+@record
 class Leftover(Problem):
     """A problem whose text reads "kind: subject, details" (the subject is the object)."""
 
@@ -47,7 +47,7 @@ class Leftover(Problem):
         return f"{self.kind}: {self.subject}, {self.message}"
 
 
-@dataclass
+@record
 class _LeaseView:
     ns: str
     lease: Lease

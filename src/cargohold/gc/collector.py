@@ -39,10 +39,10 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from cargohold._fsutil import FileLock
+from cargohold._record import field, record
 from cargohold.errors import CargoholdError, NotFound, Unavailable
 from cargohold.gc.mark import (
     CONTAINER,
@@ -71,7 +71,7 @@ SnapshotterLookup = Callable[[str], Any]
 """Maps a snapshotter name to an open backend; raises CargoholdError when it cannot."""
 
 
-@dataclass
+@record
 class Removed:
     """One thing the collector removed (or would remove).
 
@@ -85,7 +85,7 @@ class Removed:
     size: int = 0
 
 
-@dataclass
+@record
 class Result:
     """What a collection did."""
 
@@ -104,7 +104,7 @@ class Result:
         self.bytes_freed += r.size
 
 
-@dataclass
+@record
 class Plan:
     """What is on disk with nothing left to keep it, for one graph (records come apart)."""
 

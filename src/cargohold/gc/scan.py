@@ -20,8 +20,8 @@ Rules (containerd's, with its label names):
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 
+from cargohold._record import field, record
 from cargohold.gc.mark import (
     CONTAINER,
     CONTENT,
@@ -46,7 +46,7 @@ _P = "containerd.io/gc."
 T = tuple[int, str, str]  # a node as a bare tuple: hot paths avoid NamedTuple construction
 
 
-@dataclass
+@record
 class Graph:
     """What a scan found. Nodes are bare ``(type, ns, key)`` tuples (equal to :class:`Node`)."""
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
+from cargohold._record import record
 from cargohold.errors import InvalidArgument, MalformedData, Unsupported
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def archive_source(label: str) -> Source:
     return Source(label, error, DAMAGED)
 
 
-@dataclass
+@record
 class Member:
     """One entry of an archive.
 

@@ -9,9 +9,8 @@ such and never count against an image.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
+from cargohold._record import record
 from cargohold.errors import CargoholdError, InvalidArgument, NotFound
 from cargohold.images import mediatypes as mt
 from cargohold.images import platforms as plat
@@ -22,13 +21,18 @@ from cargohold.images.manifest import (
     diff_ids,
     parse_manifest,
 )
-from cargohold.store.api import Store
 from cargohold.types import Descriptor, Platform
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from cargohold.store.protocols import Store
 
 ATTESTATION_REF = "vnd.docker.reference.digest"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PlatformState:
     """One manifest of an image, as the store holds it."""
 

@@ -39,9 +39,9 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
+from cargohold._record import field, record
 from cargohold.errors import CargoholdError, IntegrityError, InvalidArgument, NotFound
 from cargohold.images import mediatypes as mt
 from cargohold.images import platforms
@@ -65,7 +65,7 @@ class MissingContent(NotFound):
     """A blob of a platform the export was asked for is not in the store."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ExportOptions:
     """What to export: platforms (None = this host), all of them, docker compatibility."""
 
@@ -74,14 +74,14 @@ class ExportOptions:
     skip_manifest_json: bool = False
 
 
-@dataclass
+@record
 class _DockerEntry:
     config: str
     layers: list[str]
     tags: list[str] = field(default_factory=list)
 
 
-@dataclass
+@record
 class Plan:
     """Everything the archive will hold, decided before writing: blobs and small documents."""
 
@@ -390,7 +390,7 @@ def _kind(media_type: str) -> str:
 
 
 # --- the whole export ------------------------------------------------------------------------
-@dataclass(frozen=True)
+@record(frozen=True)
 class ExportResult:
     """What an export wrote."""
 

@@ -45,9 +45,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cargohold._record import field, record
 from cargohold.errors import (
     CargoholdError,
     IntegrityError,
@@ -83,7 +83,7 @@ if TYPE_CHECKING:
 
 
 
-@dataclass
+@record
 class ImportOptions:
     """What ``hold images import`` can ask for."""
 
@@ -98,7 +98,7 @@ class ImportOptions:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
+@record
 class ImportedEntry:
     """One entry of the archive: its names, target and per-platform states."""
 
@@ -115,7 +115,7 @@ class ImportedEntry:
                 "unpacked": self.unpacked, "not_unpacked": self.not_unpacked}
 
 
-@dataclass
+@record
 class ImportResult:
     """Everything an import did, for the CLI to print."""
 

@@ -40,9 +40,9 @@ import os
 import re
 import stat
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cargohold._record import record
 from cargohold.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -69,7 +69,7 @@ _BLOB = re.compile(r"blobs/(sha256|sha512)/([0-9a-f]+)")  # fullmatch, never "$"
 _LEGACY = re.compile(r"[0-9a-f]{64}/(json|VERSION)")
 
 
-@dataclass
+@record
 class Entry:
     """A top-level manifest or index of an archive, with the names it carries."""
 
@@ -77,7 +77,7 @@ class Entry:
     names: list[str]
 
 
-@dataclass
+@record
 class Blob:
     """A member stored as a blob."""
 

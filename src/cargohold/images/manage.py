@@ -12,9 +12,8 @@ Removal deletes records only: blobs and snapshots go when GC finds nothing else 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
+from cargohold._record import field, record
 from cargohold.errors import AlreadyExists, CargoholdError, InvalidArgument, NotFound
 from cargohold.images import mediatypes as mt
 from cargohold.images import platforms as plat
@@ -31,17 +30,20 @@ from cargohold.images.manifest import (
 )
 from cargohold.metadata import images as records
 from cargohold.metadata.images import Image
-from cargohold.store.api import Store
 from cargohold.types import Descriptor, format_time
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from cargohold.client import Client
+    from cargohold.store.protocols import Store
 
 #: containerd CRI's pin: kubelet image GC keeps such images, and so does 'hold images rm'
 PINNED_LABEL = "io.cri-containerd.pinned"
 
 
-@dataclass
+@record
 class Summary:
     """What ``hold images ls`` shows about one image."""
 
@@ -58,7 +60,7 @@ class Summary:
                 "updated_at": format_time(self.image.updated_at)}
 
 
-@dataclass
+@record
 class RemoveResult:
     """What ``remove`` did: the names removed and, with ``sync``, the GC result."""
 

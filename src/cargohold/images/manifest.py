@@ -9,14 +9,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
+from cargohold._record import field, record
 from cargohold.errors import CargoholdError, MalformedData, NotFound
 from cargohold.images import mediatypes as mt
 from cargohold.images.platforms import Matcher
-from cargohold.store.api import Store
 from cargohold.types import LABEL_GC_REF_CONTENT, LABEL_GC_REF_SNAPSHOT, Descriptor, Platform
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from cargohold.store.protocols import Store
 
 MAX_JSON = 20 << 20  # manifests and configs are small; refuse to buffer a giant "JSON" blob
 
@@ -52,7 +56,7 @@ def descriptors(doc: dict[str, Any], key: str, where: str) -> list[Descriptor]:
     return [Descriptor.from_json(d) for d in items]
 
 
-@dataclass
+@record
 class Manifest:
     """An image manifest: its descriptor, config descriptor and layers."""
 

@@ -37,11 +37,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from cargohold import mount as kmount
 from cargohold._fsutil import makedirs
+from cargohold._record import record
 from cargohold.errors import AlreadyExists, CargoholdError, FailedPrecondition, NotFound
 from cargohold.images import platforms
 from cargohold.images.manifest import chain_ids, diff_ids, manifests, parse_manifest
@@ -56,6 +55,7 @@ from cargohold.mount.records import (
 )
 from cargohold.types import Platform, format_time, now_ns
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cargohold.client import Client
     from cargohold.metadata.snapshotter import NamespacedSnapshotter
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 LABEL_TARGET = "cargohold.mount/target"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MountStatus:
     """A record (or an orphan lease) and what is wrong with it; ``problems`` empty = fine."""
 
@@ -191,7 +191,7 @@ def mount(client: Client, ref: str, target: str, *, rw: bool = False,
         raise
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UnmountResult:
     """What :func:`unmount` did."""
 

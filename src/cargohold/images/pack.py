@@ -31,9 +31,9 @@ import json
 import os
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cargohold._record import field, record
 from cargohold.errors import AlreadyExists, CargoholdError, InvalidArgument, NotFound
 from cargohold.images import mediatypes as mt
 from cargohold.images import platforms
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 
 
-@dataclass
+@record
 class PackOptions:
     """What to put in the image besides the files."""
 
@@ -64,7 +64,7 @@ class PackOptions:
     unpack: bool = True
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PackResult:
     """What pack made: the image record and the descriptors under it."""
 

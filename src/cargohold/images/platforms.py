@@ -10,7 +10,6 @@ attestations) match nothing and are never a platform anyone asked for.
 from __future__ import annotations
 
 import os
-import platform as _pf
 
 from cargohold.errors import InvalidArgument
 from cargohold.types import Platform
@@ -52,7 +51,8 @@ def parse(text: str) -> Platform:
 
 def default() -> Platform:
     """This host's platform."""
-    arch = _ARCH.get(_pf.machine().lower(), _pf.machine().lower())
+    machine = os.uname().machine.lower()  # platform.machine(), without importing it
+    arch = _ARCH.get(machine, machine)
     variant = ""
     if arch == "arm":
         variant = "v7"

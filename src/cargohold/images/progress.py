@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+
+from cargohold._record import record
 
 
-@dataclass
+@record
 class Item:
     """One transfer in flight, as the hooks see it."""
 

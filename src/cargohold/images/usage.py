@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cargohold._record import field, record
 from cargohold.errors import CargoholdError
 from cargohold.images import mediatypes as mt
 from cargohold.images.manifest import chain_ids, children, diff_ids, parse_manifest
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from cargohold.client import Client
 
 
-@dataclass
+@record
 class ImageUsage:
     """One image (all names of one target)."""
 
@@ -46,7 +46,7 @@ class ImageUsage:
                 "exclusive": self.exclusive}
 
 
-@dataclass
+@record
 class Usage:
     """The whole report."""
 

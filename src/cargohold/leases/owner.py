@@ -34,7 +34,8 @@ import enum
 import functools
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+
+from cargohold._record import record
 
 OWNER_PREFIX = "cargohold.owner/"
 LABEL_OWNER_PID = OWNER_PREFIX + "pid"
@@ -56,7 +57,7 @@ class State(enum.Enum):
     UNKNOWN = "unknown"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Owner:
     """The owner a lease's labels record."""
 

@@ -7,8 +7,8 @@ container record is removed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 
+from cargohold._record import field, record, replace
 from cargohold.errors import AlreadyExists, InvalidArgument, NotFound
 from cargohold.filters import Filter, adaptor_for
 from cargohold.metadata import namespaces
@@ -19,7 +19,7 @@ from cargohold.types import apply_field_paths, now_ns, validate_identifier, vali
 _FIELDS = ("image", "runtime", "spec", "snapshotter", "snapshotkey")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Container:
     """A container record; ``spec`` is the OCI runtime spec as JSON text."""
 

@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
+from cargohold._record import record
 from cargohold.errors import AlreadyExists, CargoholdError, InvalidArgument, NotFound
 from cargohold.filters import Filter, adaptor_for
 from cargohold.metadata import namespaces
 from cargohold.metadata.db import DB, Tx
 from cargohold.metadata.schema import QUARANTINE, bucket, key, ns_bucket, ns_path
-from cargohold.store.api import CommitHook, Info, ReaderAt, Status, Store, Writer
+from cargohold.store.api import CommitHook, Info, Status
 from cargohold.types import Digest, apply_field_paths, now_ns, validate_labels
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cargohold.store.protocols import ReaderAt, Store, Writer
 
 DEFAULT_INGEST_EXPIRY = 24 * 3600 * 10**9
 
@@ -48,7 +52,7 @@ def read_info(tx: Tx, ns: str, digest: str) -> Info | None:
                 tx.read_labels(blob_path(ns, digest)))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IngestRecord:
     """A namespace's record of an ingest: its ``ref``, the backend's ref, what it expects
     and when it expires (ns since the epoch; 0: never).

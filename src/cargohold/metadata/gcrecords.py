@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
 
+from cargohold._record import field, record
 from cargohold.metadata.db import Tx
 from cargohold.metadata.schema import SEP, ns_bucket, ns_path
 
@@ -28,7 +28,7 @@ _REF_CONTENT = GC_PREFIX + b"ref.content"
 Labels = dict[str, str]
 
 
-@dataclass
+@record
 class NamespaceRecords:
     """One namespace, as GC sees it. Snapshot keys are ``(snapshotter, key)``."""
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 
+from cargohold._record import field, record, replace
 from cargohold.errors import AlreadyExists, InvalidArgument, NotFound
 from cargohold.filters import Filter
 from cargohold.metadata import namespaces
@@ -14,7 +14,7 @@ from cargohold.metadata.schema import ns_bucket, ns_path
 from cargohold.types import Descriptor, apply_field_paths, now_ns, validate_labels
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Image:
     """An image record."""
 

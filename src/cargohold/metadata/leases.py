@@ -15,8 +15,8 @@ labels mean and how an owner is judged: :mod:`cargohold.leases.owner`. Leases wi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
+from cargohold._record import field, record
 from cargohold.errors import AlreadyExists, InvalidArgument, NotFound, Unsupported
 from cargohold.filters import Filter, adaptor_for
 from cargohold.metadata import namespaces
@@ -32,7 +32,7 @@ from cargohold.types import (
 )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Lease:
     """A lease record."""
 
@@ -50,7 +50,7 @@ class Lease:
             return False  # an unreadable expiry keeps the lease, as containerd does
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Resource:
     """One thing a lease holds."""
 

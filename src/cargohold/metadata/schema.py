@@ -51,14 +51,13 @@ pending ones in the opening write transaction. Change this tree only with a new 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from cargohold.errors import FailedPrecondition, InvalidArgument
-
-if TYPE_CHECKING:
-    from cargohold.metadata.db import Tx
 
 from cargohold._lmdb import MAX_KEY, SEP
+from cargohold.errors import FailedPrecondition, InvalidArgument
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cargohold.metadata.db import Tx
 
 VERSION_KEY = b"version"
 EPOCH_KEY = b"epoch"

@@ -7,8 +7,7 @@ and child links (so "has children" is one prefix probe) and the labels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from cargohold._record import field, record
 from cargohold.errors import AlreadyExists, FailedPrecondition, NotFound
 from cargohold.metadata import namespaces
 from cargohold.metadata.db import Tx
@@ -16,7 +15,7 @@ from cargohold.metadata.schema import SEP, ns_bucket, ns_path
 from cargohold.types import now_ns, validate_labels
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SnapshotRecord:
     """One snapshot as a namespace sees it."""
 

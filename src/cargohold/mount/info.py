@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+
+from cargohold._record import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MountEntry:
     """One line of ``/proc/self/mountinfo``.
 

@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import errno
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 
@@ -153,6 +152,8 @@ def temp_mount(mounts: Sequence[Mount], *, readonly: bool = False) -> Iterator[s
     if not mounts:
         raise Unsupported("temp mount: no mounts given")
     mounts = [read_only(m) for m in mounts] if readonly else list(mounts)
+    import tempfile  # lazily: only a mount that needs a scratch directory pays for it
+
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     d = tempfile.mkdtemp(prefix="cargohold-mount-", dir=base)
     try:

@@ -13,14 +13,17 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from cargohold._fsutil import atomic_write, makedirs
+from cargohold._record import asdict, field, record
 from cargohold.errors import FailedPrecondition
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass
+
+@record
 class MountRecord:
     """What ``<state>/mounts/<id>.json`` holds."""
 

@@ -31,10 +31,10 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cargohold import __version__
+from cargohold._record import field, record
 from cargohold.config import Config
 from cargohold.errors import CargoholdError, InvalidArgument
 from cargohold.service import notify
@@ -70,7 +70,7 @@ class API(Protocol):
         """This API's part of ``hold status``."""
 
 
-@dataclass
+@record
 class RunRecord:
     """The last run of a duty, for status."""
 

@@ -28,16 +28,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold._record import field, record
 from cargohold.service.settings import GCSettings
 
 MIN_PAUSE = 0.005
 FIRST_INTERVAL = 1.0
 
 
-@dataclass
+@record
 class Policy:
     """containerd's scheduling rules (see the module docstring); times in seconds."""
 

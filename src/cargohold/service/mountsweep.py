@@ -14,16 +14,16 @@ first, is left alone. A repeat finds nothing more to do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cargohold._record import field, record
 from cargohold.errors import CargoholdError
 
 if TYPE_CHECKING:
     from cargohold.client import Client
 
 
-@dataclass
+@record
 class SweepResult:
     """What one sweep did: targets cleaned up, and errors by target."""
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field
 
+from cargohold._record import field, record
 from cargohold.config import Config
 from cargohold.errors import InvalidArgument, Unsupported
 from cargohold.types import parse_duration, parse_size, validate_identifier
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GCSettings:
     """containerd's scheduler knobs (see :mod:`.gcsched`); delays in seconds."""
 
@@ -37,7 +37,7 @@ class GCSettings:
     startup_delay: float = 0.1
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RegistrySettings:
     """The registry API; ``host`` "" = no registry."""
 
@@ -56,7 +56,7 @@ class RegistrySettings:
         return bool(self.host)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Settings:
     """Everything the service runs by; replaced whole by a reload."""
 

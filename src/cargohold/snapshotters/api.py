@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol, TypeVar, runtime_checkable
 
+from cargohold._record import field, record
 from cargohold.filters import Clause, Filter
 from cargohold.types import Mount
 
@@ -48,7 +48,7 @@ class Kind(enum.IntEnum):
         return cls[text.upper()]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Info:
     """What ``stat`` returns."""
 
@@ -60,7 +60,7 @@ class Info:
     updated_at: int = 0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Usage:
     """Bytes and inodes a snapshot uses on its own (its parents excluded)."""
 

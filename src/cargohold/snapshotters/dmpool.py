@@ -22,9 +22,8 @@ containerd both ``GB`` and ``GiB`` mean powers of 1024.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from cargohold import types
+from cargohold._record import record
 from cargohold.errors import FailedPrecondition, InvalidArgument
 from cargohold.snapshotters.runner import CommandFailed, Result, Runner
 
@@ -48,7 +47,7 @@ def parse_size(value: str | int) -> int:
     return n
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PoolStatus:
     """One parsed ``dmsetup status`` line of a thin pool; ``line`` is the text as printed."""
 

@@ -21,14 +21,14 @@ from __future__ import annotations
 import shlex
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
+from cargohold._record import field, record
 from cargohold.errors import FailedPrecondition, Unavailable
 
 DEFAULT_TIMEOUT = 600.0  # mkfs of a large base device with eager inode tables takes minutes
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Result:
     """What one command printed and how it ended."""
 
@@ -80,7 +80,7 @@ class Runner:
         return res
 
 
-@dataclass
+@record
 class Rule:
     """One scripted answer of :class:`FakeRunner`: argv starting with ``prefix``."""
 
@@ -91,7 +91,7 @@ class Rule:
     times: int | None = None  # None: answer every time; n: answer the next n matches only
 
 
-@dataclass
+@record
 class FakeRunner(Runner):
     """A runner for tests: records each argv in :attr:`calls` and answers from :attr:`rules`.
 

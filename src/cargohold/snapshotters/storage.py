@@ -23,9 +23,9 @@ caller. Changing this tree needs a new ``v2`` prefix and a migration here.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from cargohold._lmdb import SEP, Env, Tx
+from cargohold._record import record
 from cargohold.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cargohold.filters import adaptor_for
 from cargohold.snapshotters.api import Info, Kind, Usage, kind_filter
@@ -39,7 +39,7 @@ _PARENTS = _V1 + SEP + b"parents" + SEP
 MAX_KEY_BYTES = 400  # leaves room for the sub-keys under LMDB's 511-byte key limit
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Snapshot:
     """An active or view snapshot as a backend needs it to build mounts.
 

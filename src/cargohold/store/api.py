@@ -1,6 +1,8 @@
 """The blob store contract: what every content store (local, namespaced) provides.
 
-A store is four roles (containerd's ``Manager + Provider + IngestManager + Ingester``):
+A store is four roles (containerd's ``Manager + Provider + IngestManager + Ingester``), the
+:class:`Store`, :class:`ReaderAt` and :class:`Writer` protocols of
+:mod:`cargohold.store.protocols` (importable from here too):
 
 - provider: :meth:`Store.reader` opens a committed blob for random access;
 - manager: :meth:`Store.info`, :meth:`Store.update` (labels only), :meth:`Store.walk`,
@@ -15,16 +17,21 @@ digest that exists already (:class:`~cargohold.errors.AlreadyExists`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable
 
+from cargohold._record import field, record
 from cargohold.errors import IntegrityError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
+    from cargohold.store.protocols import Store, Writer
 
 READ_CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Info:
     """A committed blob: digest, size, times (ns since the epoch) and labels."""
 
@@ -35,7 +42,7 @@ class Info:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Status:
     """An ingest in progress.
 
@@ -52,70 +59,18 @@ class Status:
     holder: str = ""
 
 
-@runtime_checkable
-class ReaderAt(Protocol):
-    """A committed blob opened for reading; also a plain binary file object."""
-
-    size: int
-
-    def read_at(self, n: int, offset: int) -> bytes: ...
-    def read(self, n: int = -1) -> bytes: ...
-    def readinto(self, b: bytearray | memoryview) -> int: ...
-    def seek(self, offset: int, whence: int = 0) -> int: ...
-    def tell(self) -> int: ...
-    def fileno(self) -> int: ...
-    def close(self) -> None: ...
-    def __enter__(self) -> ReaderAt: ...
-    def __exit__(self, *exc: object) -> None: ...
-
-
 CommitHook = Callable[[str, bool], None]
 """Called as ``hook(digest, existed)`` while the digest lock is held during a commit."""
 
 
-@runtime_checkable
-class Writer(Protocol):
-    """An open ingest. Holds the ingest's cross-process lock until closed or committed.
+def __getattr__(name: str) -> object:
+    # The protocols live in store.protocols (typing's Protocol costs a hot command its
+    # start-up); ``from cargohold.store.api import Store`` still finds them.
+    if name in ("ReaderAt", "Writer", "Store"):
+        from cargohold.store import protocols
 
-    - ``write`` appends and hashes; a crash keeps what reached the file, and reopening the
-      same ref resumes at ``status().offset``.
-    - ``commit(size, expected, labels)`` fsyncs, checks ``size`` (0 = any) and ``expected``
-      (empty = any), then renames into place; on a mismatch it raises
-      :class:`~cargohold.errors.IntegrityError` naming both values, and nothing becomes
-      visible (the ingest stays, so the caller may truncate and retry or abort).
-      Committing a digest that exists raises :class:`AlreadyExists` and removes the ingest,
-      unless ``then`` is given: then ``then(digest, existed)`` runs under the digest lock and
-      decides. Commit always closes the writer.
-    - ``truncate(0)`` restarts the ingest; other sizes raise InvalidArgument.
-    - ``close()`` keeps the progress for a later resume; closing twice is fine.
-    """
-
-    ref: str
-
-    def write(self, data: bytes | memoryview) -> int: ...
-    def status(self) -> Status: ...
-    def digest(self) -> str: ...
-    def commit(self, size: int = 0, expected: str = "", labels: dict[str, str] | None = None,
-               *, then: CommitHook | None = None) -> str: ...
-    def truncate(self, size: int) -> None: ...
-    def close(self) -> None: ...
-    def __enter__(self) -> Writer: ...
-    def __exit__(self, *exc: object) -> None: ...
-
-
-@runtime_checkable
-class Store(Protocol):
-    """A content-addressed blob store (see the module docstring for the roles)."""
-
-    def info(self, digest: str) -> Info: ...
-    def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info: ...
-    def walk(self, fn: Callable[[Info], None], filters: Sequence[str] = ()) -> None: ...
-    def delete(self, digest: str) -> None: ...
-    def reader(self, digest: str) -> ReaderAt: ...
-    def writer(self, ref: str, *, total: int = 0, expected: str = "") -> Writer: ...
-    def abort(self, ref: str) -> None: ...
-    def status(self, ref: str) -> Status: ...
-    def list_statuses(self, filters: Sequence[str] = ()) -> list[Status]: ...
+        return getattr(protocols, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ResumeMismatch(IntegrityError):

@@ -25,8 +25,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import shutil
-from typing import TYPE_CHECKING, Any
 
 from cargohold import _fsutil
 from cargohold._oserror import free_bytes, no_space, translate
@@ -40,7 +38,10 @@ from cargohold.errors import (
 from cargohold.store.api import CommitHook, Status
 from cargohold.types import Digest, now_ns, validate_labels
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from cargohold.store.local import LocalStore
 
 REHASH_CHUNK = 4 << 20
@@ -77,6 +78,8 @@ def remove_ingest_dir(path: str) -> None:
     """
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(path, "ref"))
+    import shutil  # lazily: it imports bz2 and lzma, and only cleanup needs it
+
     shutil.rmtree(path, ignore_errors=True)
 
 

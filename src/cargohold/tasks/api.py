@@ -27,8 +27,9 @@ from __future__ import annotations
 import enum
 import json
 import os
-from dataclasses import dataclass, field
 from typing import Any
+
+from cargohold._record import field, record
 
 #: the OCI runtime this layer drives (the container record's ``runtime`` field)
 RUNTIME = "runc"
@@ -55,7 +56,7 @@ class Status(enum.Enum):
     UNKNOWN = "UNKNOWN"  # a start that never got as far as runc create (a crash)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TaskPaths:
     """The files of task ``id`` in namespace ``ns`` under state directory ``state``."""
 
@@ -170,7 +171,7 @@ def shim_alive(paths: TaskPaths) -> tuple[int, bool]:
     return pid, process_alive(pid, ticks)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Exit:
     """How a task's init ended: ``status`` is the exit code, or 128 + the signal."""
 
@@ -188,7 +189,7 @@ def read_exit(paths: TaskPaths) -> Exit | None:
                 int(doc.get("pid", 0)), bool(doc.get("runc_deleted")))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TaskInfo:
     """One row of ``hold tasks ls``."""
 

@@ -13,15 +13,15 @@ A figure the kernel does not offer is None ("-" in the table), never a made-up z
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
 from typing import Any
 
+from cargohold._record import asdict, record
 from cargohold.errors import NotFound
 
 _UNLIMITED_V1 = 1 << 62  # v1 reports "no limit" as a page-rounded huge number
 
 
-@dataclass
+@record
 class Metrics:
     """One reading of a task's cgroup."""
 

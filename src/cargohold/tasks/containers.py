@@ -27,9 +27,9 @@ import contextlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cargohold._record import field, record
 from cargohold.errors import AlreadyExists, CargoholdError, FailedPrecondition, NotFound
 from cargohold.metadata import containers as records
 from cargohold.metadata.containers import Container
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from cargohold.client import Client
 
 
-@dataclass
+@record
 class CreateOptions:
     """What ``hold containers create`` can ask for besides image and id."""
 

@@ -25,9 +25,9 @@ import shutil
 import signal as signals
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from cargohold._record import field, record, replace
 from cargohold.errors import FailedPrecondition, InvalidArgument, NotFound
 from cargohold.tasks.api import (
     Exit,
@@ -68,7 +68,7 @@ def parse_signal(text: str | int) -> int:
                                                            "a number")
 
 
-@dataclass
+@record
 class StopResult:
     """What ``stop`` did: ``events`` are (time ns, what) in order; ``exit`` may be unknown
     (a task whose shim died).
@@ -86,7 +86,7 @@ class StopResult:
                 "killed": self.killed}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Proc:
     """One process of ``hold tasks ps``."""
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cargohold._record import record
 from cargohold.errors import CargoholdError, InvalidArgument, NotFound
 from cargohold.tasks import containers
 from cargohold.tasks.api import TaskPaths
@@ -64,7 +64,7 @@ def find_image(client: Client, ref: str, pull: Callable[[str], str] | None) -> s
         raise
 
 
-@dataclass
+@record
 class RunResult:
     """What :func:`run` did: the exit status (None when detached) and the init pid."""
 

@@ -30,9 +30,9 @@ from __future__ import annotations
 import copy
 import os
 import socket
-from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold._record import field, record
 from cargohold.errors import InvalidArgument
 from cargohold.tasks.api import cgroups_path
 from cargohold.tasks.users import User
@@ -65,7 +65,7 @@ READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 HOST_FILES = ("/etc/hosts", "/etc/resolv.conf")
 
 
-@dataclass
+@record
 class SpecOptions:
     """The caller's overrides (``hold containers create`` / ``hold run`` flags)."""
 

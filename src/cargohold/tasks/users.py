@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
 
+from cargohold._record import field, record
 from cargohold.errors import InvalidArgument, NotFound
 
 _MAX_LINKS = 40
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class User:
     """What goes into the spec's ``process.user``."""
 

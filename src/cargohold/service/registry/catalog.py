@@ -26,9 +26,9 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
+from cargohold._record import record
 from cargohold.errors import InvalidArgument, NotFound
 from cargohold.images import mediatypes as mt
 from cargohold.metadata import images as image_records
@@ -98,7 +98,7 @@ def split_name(name: str) -> tuple[str, str, str, str] | None:
     return host, path, tag, digest
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Found:
     """A tag resolved to an image."""
 
