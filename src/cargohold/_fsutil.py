@@ -14,12 +14,12 @@ path.
 
 from __future__ import annotations
 
+import _thread  # threading's Lock and get_ident, without importing threading (start-up)
 import contextlib
 import errno
 import fcntl
 import os
 import struct
-import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -73,7 +73,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, *, sync: bool = True
 
 def _replace(path: str, data: bytes, mode: int, sync: bool) -> None:
     d = os.path.dirname(path) or "."
-    tmp = os.path.join(d, f".tmp-{os.path.basename(path)}-{os.getpid()}-{threading.get_ident()}")
+    tmp = os.path.join(d, f".tmp-{os.path.basename(path)}-{os.getpid()}-{_thread.get_ident()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb", closefd=True) as f:

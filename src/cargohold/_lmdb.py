@@ -23,10 +23,10 @@ and the fix, as a class of :mod:`cargohold.errors`.
 
 from __future__ import annotations
 
+import _thread  # threading's Lock and get_ident, without importing threading (start-up)
 import contextlib
 import errno
 import os
-import threading
 from collections.abc import Iterator
 
 import lmdb
@@ -239,7 +239,7 @@ def _enospc(exc: lmdb.Error) -> bool:
 
 # --- environments ------------------------------------------------------------------------
 _envs: dict[str, tuple[lmdb.Environment, int, bool]] = {}
-_envs_mu = threading.Lock()
+_envs_mu = _thread.allocate_lock()
 
 
 def open_env(path: str, what: str = "metadata", *, read_only: bool = False

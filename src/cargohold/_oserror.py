@@ -19,9 +19,9 @@ that writes can refuse before it touches the disk, and so that an ``EROFS`` name
 
 from __future__ import annotations
 
+import _thread  # threading's Lock and get_ident, without importing threading (start-up)
 import errno
 import os
-import threading
 
 from cargohold.errors import CargoholdError, FailedPrecondition, NotFound, Unavailable
 from cargohold.types import human_size
@@ -43,7 +43,7 @@ class PermissionDenied(FailedPrecondition):
 
 
 # --- read-only roots ---------------------------------------------------------------------
-_ro_mu = threading.Lock()
+_ro_mu = _thread.allocate_lock()
 _ro_roots: dict[str, tuple[str, int, str]] = {}  # realpath -> (why, references, as given)
 
 

@@ -32,9 +32,9 @@ snapshot bookkeeping's own commits and the lock files' holder text.
 
 from __future__ import annotations
 
+import _thread  # threading's Lock and get_ident, without importing threading (start-up)
 import contextlib
 import os
-import threading
 
 from cargohold._oserror import free_bytes
 
@@ -42,7 +42,7 @@ RESERVE_NAME = "reserve"
 RESERVE_BYTES = 8 << 20  # see the module docstring for the measurements
 CHUNK_BYTES = 4 << 20
 
-_mu = threading.Lock()
+_mu = _thread.allocate_lock()
 _by_dev: dict[int, Reserve] = {}
 
 
@@ -73,7 +73,7 @@ class Reserve:
             return True
         if free_bytes(self.root) - (self.size - have) < self.size:
             return False
-        tmp = f"{self.path}.tmp-{os.getpid()}-{threading.get_ident()}"
+        tmp = f"{self.path}.tmp-{os.getpid()}-{_thread.get_ident()}"
         try:
             if have:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)

@@ -7,7 +7,6 @@ listed (a test checks it): a key appears here together with what uses it.
 
 from __future__ import annotations
 
-import copy
 import os
 
 from cargohold._record import field, record
@@ -154,8 +153,19 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def _copy(value: Any) -> Any:
+    """A deep copy of TOML-shaped data (dicts, lists, scalars): ``copy.deepcopy`` without its
+    import, which every hot command would pay for.
+    """
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
 def _defaults() -> dict[str, Any]:
-    return {"root": default_root(), "state": default_state(), **copy.deepcopy(DEFAULTS)}
+    return {"root": default_root(), "state": default_state(), **_copy(DEFAULTS)}
 
 
 @record

@@ -43,8 +43,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import namedtuple
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
 
 from cargohold._fsutil import RangeLocks
 from cargohold.errors import (
@@ -61,6 +61,10 @@ from cargohold.metadata.leases import Resource
 from cargohold.metadata.snapshot_records import SnapshotRecord
 from cargohold.snapshotters.api import Info, Kind, Usage, kind_filter
 from cargohold.types import LABEL_SNAPSHOT_REF, Mount, apply_field_paths, validate_labels
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 INHERITED_PREFIX = "containerd.io/snapshot/"
 
@@ -96,16 +100,10 @@ class SnapshotterLock:
         return self._locks.hold(whole="exclusive")
 
 
-class Pin(NamedTuple):
-    """A snapshot a mount record names: it stays while the record does (GC and ``remove``).
-
-    ``reason`` says why, for ``hold gc --why`` and refusals ("mounted at /mnt/x").
-    """
-
-    ns: str
-    snapshotter: str
-    key: str
-    reason: str
+Pin = namedtuple("Pin", "ns snapshotter key reason")
+Pin.__doc__ = """A snapshot a mount record names: it stays while the record does (GC and
+``remove``). ``reason`` says why, for ``hold gc --why`` and refusals ("mounted at /mnt/x").
+"""
 
 
 def backend_lock(db: DB, snapshotter: str) -> SnapshotterLock:

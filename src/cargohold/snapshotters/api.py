@@ -23,14 +23,17 @@ Kinds: ACTIVE (writable, from ``prepare``), VIEW (read-only, from ``view``), COM
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol, TypeVar, runtime_checkable
+from collections.abc import Iterable, Mapping, Sequence
 
 from cargohold._record import field, record
 from cargohold.filters import Clause, Filter
-from cargohold.types import Mount
 
-K = TypeVar("K")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    K = TypeVar("K")
+
 
 
 class Kind(enum.IntEnum):
@@ -71,24 +74,14 @@ class Usage:
         return Usage(self.size + other.size, self.inodes + other.inodes)
 
 
-@runtime_checkable
-class Snapshotter(Protocol):
-    """See the module docstring for the contract of each call."""
+def __getattr__(name: str) -> object:
+    # The protocol lives in snapshotters.protocols (typing's Protocol costs a hot command its
+    # start-up); ``from cargohold.snapshotters.api import Snapshotter`` still finds it.
+    if name == "Snapshotter":
+        from cargohold.snapshotters import protocols
 
-    def stat(self, key: str) -> Info: ...
-    def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info: ...
-    def usage(self, key: str) -> Usage: ...
-    def mounts(self, key: str) -> list[Mount]: ...
-    def prepare(self, key: str, parent: str = "", *,
-                labels: dict[str, str] | None = None) -> list[Mount]: ...
-    def view(self, key: str, parent: str = "", *,
-             labels: dict[str, str] | None = None) -> list[Mount]: ...
-    def commit(self, name: str, key: str, *, labels: dict[str, str] | None = None) -> None: ...
-    def remove(self, key: str, *, defer: bool = False) -> None: ...
-    def mounted(self) -> dict[str, list[str]]: ...
-    def walk(self, fn: Callable[[Info], None], filters: Sequence[str] = ()) -> None: ...
-    def close(self) -> None: ...
-    def cleanup(self) -> None: ...
+        return protocols.Snapshotter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def kind_filter(filters: Sequence[str]) -> Filter:

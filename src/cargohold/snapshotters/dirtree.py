@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
-import shutil
 import stat
 
 from cargohold._fsutil import makedirs
@@ -133,6 +131,8 @@ class DirSnapshotter(Bookkept):
 
     def _delete(self, path: str) -> None:
         """Delete one object (a snapshot, a ``new-*`` or an ``rm-*``) entirely."""
+        import shutil  # lazily: it imports bz2 and lzma; only removal needs it
+
         shutil.rmtree(path)
 
     # --- helpers -------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ class DirSnapshotter(Bookkept):
                     # An earlier process crashed after renaming into place but before its
                     # transaction committed, so the id came round again: the leftover is junk.
                     self._delete(target)
-                tmp = os.path.join(self.snapshots_dir, "new-" + secrets.token_hex(4))
+                tmp = os.path.join(self.snapshots_dir, "new-" + os.urandom(4).hex())
                 try:
                     self._create(tmp, kind, sn.parent_ids)
                     os.rename(tmp, target)

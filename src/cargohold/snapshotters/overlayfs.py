@@ -29,10 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
-from typing import Any
 
 from cargohold._fsutil import atomic_write, dir_size
 from cargohold._oserror import read_only_root
@@ -42,6 +39,10 @@ from cargohold.snapshotters.api import Kind, Usage
 from cargohold.snapshotters.dirtree import DirSnapshotter
 from cargohold.snapshotters.storage import Snapshot
 from cargohold.types import Mount
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 INDEX_PARAM = "/sys/module/overlay/parameters/index"
 _DT_UNKNOWN = 0
@@ -231,6 +232,9 @@ def probe_root(root: str, *, remembered: bool = False) -> str:
     if remembered and _read_stamp(os.path.join(root, PROBED)) == _stamp(dev):
         _probed[dev] = ""
         return ""
+    import shutil  # the probe alone needs these (and it runs once per kernel)
+    import tempfile
+
     reason = ""
     try:
         d = tempfile.mkdtemp(prefix=".probe-", dir=base)

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
 
 from cargohold.errors import CargoholdError, InvalidArgument, Unsupported
-from cargohold.snapshotters.api import Snapshotter
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from cargohold.snapshotters.protocols import Snapshotter
 
 BACKENDS: dict[str, str] = {
     "overlayfs": "cargohold.snapshotters.overlayfs:OverlayFS",
