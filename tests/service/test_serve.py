@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import threading
+import time
 
 import pytest
 import requests
@@ -35,6 +38,7 @@ def test_sighup_good_and_bad_config_and_reload_flag(root, tmp_path):
         assert st["gc"]["settings"]["mutation_threshold"] == 7 and st["config"]["generation"] == 1
         out = hold(root, "status").stdout.decode()
         assert "refused" in out and "mutation_threshold" in out
+        assert "refused, the running configuration stays" in s.log_text(), "and logged"
         # a broken hosts.toml is refused as well (the hosts directory is read again)
         hosts = tmp_path / "certs.d"
         (hosts / "example.com").mkdir(parents=True)
@@ -175,3 +179,78 @@ def test_stale_mount_records_are_swept(root, tmp_path):
         assert os.listdir(records) == []
         leases = hold(root, "leases", "ls", "-q").stdout.decode()
         assert "mount-" not in leases
+
+
+def test_unreadable_config_is_refused_and_the_service_stays(root):
+    """A file that is not UTF-8, or not a file: refused like an invalid one, never fatal."""
+    with Serve(root, FAST_GC) as s:
+        with open(s.config_path, "wb") as f:
+            f.write(b"\xff\xfe[serve]\n")
+        s.signal(signal.SIGHUP)
+        st = s.wait_for(lambda st: st["reload"]["state"] == "refused", "the refusal")
+        assert "config.toml" in st["reload"]["error"] and "decode" in st["reload"]["error"]
+        os.unlink(s.config_path)
+        os.mkdir(s.config_path)
+        p = hold(root, "serve", "--reload", check=False)
+        assert p.returncode == 1 and b"cannot read" in p.stderr, p.stderr.decode()
+        assert requests.get(s.url + "/v2/", timeout=10).status_code == 200, "still serving"
+        os.rmdir(s.config_path)
+        s.write_config(FAST_GC)
+        hold(root, "serve", "--reload")
+        st = s.status()
+        assert st["reload"]["state"] == "ok" and st["config"]["generation"] == 1
+        assert s.stop() == 0
+
+
+def test_ingest_expiry_triggers_a_collection(root):
+    """A partial ingest is kept until its expireat, then the service collects it, with no
+    write to wake the scheduler: only the expiry watch can.
+    """
+    with Serve(root, FAST_GC + 'ingest_expiry = "8s"\n') as s:
+        s.wait_for(lambda st: st["gc"]["runs"] >= 1, "the start-up collection")
+        p = hold(root, "content", "ingest", "--expected-size", "1000", "partial",
+                 input=b"x" * 100, check=False)
+        assert p.returncode != 0 and b"resume" in p.stderr, p.stderr.decode()
+
+        def active() -> list[str]:
+            out = hold(root, "content", "active", "--format", "json").stdout
+            return [i["ref"] for i in json.loads(out)]
+
+        assert active() == ["partial"], "kept for a resume until it expires"
+        s.wait_for(lambda st: st["gc"]["expired_seen"] >= 1, "the ingest to expire")
+        s.wait_for(lambda st: not active(), "the collection of the expired ingest")
+
+
+def test_sigterm_lets_a_pull_in_flight_finish(root, tmp_path):
+    """SIGTERM: the listener closes, the status socket goes, and the service waits (up to
+    --grace) for a blob still being sent; the client gets every byte; exit 0.
+    """
+    data = os.urandom(16 << 20)  # more than the socket buffers hold: it stays in flight
+    info = import_image(root, str(tmp_path), "example.com/t/app:1", [{"big": data}])
+    big = info["layers"][0]
+    with Serve(root, args=("--grace", "300")) as s:
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.settimeout(60)
+        c.connect(("127.0.0.1", s.port))
+        try:
+            c.sendall(f"GET /v2/t/app/blobs/{big} HTTP/1.1\r\nHost: {s.host}\r\n\r\n"
+                      .encode())
+            got = c.recv(65536)
+            s.signal(signal.SIGTERM)
+            sock = os.path.join(root, "_state", "hold.sock")
+            for _ in range(600):  # bounded: 60 s
+                if not os.path.exists(sock):
+                    break
+                time.sleep(0.1)
+            assert not os.path.exists(sock), "the status socket goes at once"
+            assert s.proc.poll() is None, "the service waits for the pull in flight"
+            while chunk := c.recv(1 << 20):
+                got += chunk
+        finally:
+            c.close()
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert "sha256:" + hashlib.sha256(body).hexdigest() == big
+        assert s.proc.wait(60) == 0
+        assert "stopping" in s.log_text()
