@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import select
 import socket
 
 import pytest
@@ -200,3 +202,52 @@ def test_bad_basic_header_is_just_unauthenticated(root, tmp_path):
             r = requests.post(s.url + "/v2/x/blobs/uploads/", headers={"Authorization": value},
                               timeout=30)
             assert r.status_code == 401
+
+
+def _closed_by_server(c: socket.socket, dribble: bytes = b"", rounds: int = 150) -> bool:
+    """Whether the server closes ``c`` while we send ``dribble`` every 0.2 s (bounded)."""
+    for _ in range(rounds):
+        try:
+            if dribble:
+                c.sendall(dribble)
+            r, _, _ = select.select([c], [], [], 0.2)
+            if r:
+                while chunk := c.recv(1 << 20):
+                    del chunk
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def test_slow_clients_are_dropped(root, tmp_path):
+    """client_timeout: a slowloris client (headers a byte at a time), a stalled reader of a
+    blob and an idle keep-alive connection are all closed; a client that keeps reading is not.
+    """
+    info = import_image(root, str(tmp_path), "example.com/slow/app:1",
+                        [{"big": os.urandom(16 << 20)}])  # more than socket buffers hold
+    big, size = info["layers"][0], info["sizes"][0]
+    with Serve(root, '[serve]\nclient_timeout = "1s"\n') as s:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as c:
+            c.sendall(f"GET /v2/ HTTP/1.1\r\nHost: {s.host}\r\n".encode())
+            assert _closed_by_server(c, b"X"), "a byte every 0.2 s does not keep it open"
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as c:
+            c.sendall(f"GET /v2/ HTTP/1.1\r\nHost: {s.host}\r\n\r\n".encode())
+            assert _closed_by_server(c), "idle after its answer"
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.settimeout(30)
+        with c:
+            c.connect(("127.0.0.1", s.port))
+            c.sendall(f"GET /v2/slow/app/blobs/{big} HTTP/1.1\r\nHost: {s.host}\r\n\r\n"
+                      .encode())
+            s.wait_for(lambda st: st["apis"]["registry"]["connections"] == 0,
+                       "the stalled reader to be dropped")
+        assert len(pull_blob(s, "slow/app", big)) == size, "a steady reader gets it all"
+
+
+def pull_blob(s: Serve, repo: str, digest: str) -> bytes:
+    b = requests.get(f"{s.url}/v2/{repo}/blobs/{digest}", timeout=60)
+    assert b.status_code == 200
+    assert "sha256:" + hashlib.sha256(b.content).hexdigest() == digest
+    return b.content
