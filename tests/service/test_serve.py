@@ -73,6 +73,21 @@ def test_gc_scheduler_fires_after_deletions(root, tmp_path):
         blobs = os.path.join(root, "content", "blobs", "sha256")
         assert info["layers"][0].split(":")[1] not in os.listdir(blobs)
         assert s.status()["gc"]["pending_deletions"] == 0
+        requests.get(s.url + "/v2/", timeout=10)
+        # hold status: version, uptime, root, last GC (when, how long, freed), reload state,
+        # the registry's endpoint and counters
+        from cargohold import __version__
+
+        out = hold(root, "status").stdout.decode()
+        last = st["gc"]["last"]
+        for want in (f"hold serve {__version__}, pid {s.proc.pid}, up ", f"root:     {root}",
+                     f"last at {last['at']}: {last['seconds']:.3f}s, removed ",
+                     "freed", "generation 0", f"registry: {s.url} namespace default, read-only",
+                     "requests 200="):
+            assert want in out, (want, out)
+        js = json.loads(hold(root, "status", "--format", "json").stdout)
+        assert js["reload"]["state"] == "ok" and js["uptime_seconds"] > 0
+        assert js["gc"]["last"]["bytes_freed"] > 0 and js["gc"]["last"]["at"]
 
 
 def test_lease_expiry_triggers_a_collection(root, tmp_path):
