@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import select
 import socket
 
@@ -58,7 +59,8 @@ def test_manifests_blobs_tags_catalog_and_ns(served):
     big = man["layers"][1]
     full = _get(s, f"/v2/test/app/blobs/{big['digest']}").content
     for rng, want, code in (("bytes=10-19", full[10:20], 206), ("bytes=100-", full[100:], 206),
-                            ("bytes=-7", full[-7:], 206)):
+                            ("bytes=-7", full[-7:], 206), ("items=0-9", full, 200),
+                            ("bytes=0-1,5-6", full, 200)):
         b = _get(s, f"/v2/test/app/blobs/{big['digest']}", headers={"Range": rng})
         assert (b.status_code, b.content) == (code, want), rng
     b = _get(s, f"/v2/test/app/blobs/{big['digest']}", headers={"Range": f"bytes={len(full)}-"})
@@ -77,6 +79,18 @@ def test_manifests_blobs_tags_catalog_and_ns(served):
     assert 'cargohold_registry_requests_total{code="200"}' in metrics
     assert "cargohold_registry_bytes_served_total" in metrics
     assert "cargohold_gc_runs_total" in metrics and "cargohold_gc_pause_seconds_total" in metrics
+    assert "cargohold_gc_bytes_freed_total" in metrics
+    # the text exposition format: HELP and TYPE for each metric, then its samples
+    typed = set()
+    for line in metrics.splitlines():
+        if line.startswith("# TYPE "):
+            name, kind = line.split()[2:]
+            assert kind in ("counter", "gauge")
+            typed.add(name)
+        elif not line.startswith("# HELP "):
+            sample = r'cargohold_[a-z_]+(\{[a-z]+="[^"]*"\})? -?[0-9.e+-]+'
+            assert re.fullmatch(sample, line), line
+            assert re.match(r"[a-z_]+", line).group() in typed, line
 
 
 def test_ambiguous_path_names_the_candidates(root, tmp_path):

@@ -7,7 +7,8 @@ Routes (distribution spec v1.1; ``?ns=HOST`` accepted everywhere)::
     GET       /v2/_catalog?n=&last=             repository paths of the namespace
     GET       /v2/<name>/tags/list?n=&last=
     GET|HEAD  /v2/<name>/manifests/<tag|digest>
-    GET|HEAD  /v2/<name>/blobs/<digest>         Range: bytes=a-b | a- | -n (one range)
+    GET|HEAD  /v2/<name>/blobs/<digest>         Range: bytes=a-b | a- | -n (one range;
+                                                other units and several ranges: all of it)
     POST|PATCH|PUT|GET|DELETE /v2/<name>/blobs/uploads/[<uuid>]   (see :mod:`.uploads`)
     PUT       /v2/<name>/manifests/<tag|digest>
     GET       /metrics                          Prometheus text
@@ -298,8 +299,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                        "Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
                        "ETag": f'"{digest}"'}
             status = 200
-            rng = self.headers.get("Range")
-            if rng:
+            rng = self.headers.get("Range", "")
+            # One bytes range is served; another unit must be ignored (RFC 9110 14.2) and
+            # several ranges may be: those get the whole blob, not a 416.
+            if rng.strip().startswith("bytes=") and "," not in rng:
                 parsed = _parse_range(rng, size)
                 if parsed is None:
                     raise RegistryError(416, "RANGE_INVALID", f"range {rng!r}: not satisfiable "
