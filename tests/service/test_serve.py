@@ -269,3 +269,32 @@ def test_sigterm_lets_a_pull_in_flight_finish(root, tmp_path):
         assert "sha256:" + hashlib.sha256(body).hexdigest() == big
         assert s.proc.wait(60) == 0
         assert "stopping" in s.log_text()
+
+
+def test_reload_moves_the_registry_or_refuses_a_taken_address(root):
+    from tests.fetch.registry import free_port
+
+    with Serve(root) as s:
+        old = s.url
+        new = free_port()
+        s.write_config(f'[serve]\nregistry_address = "127.0.0.1:{new}"\n')
+        hold(root, "serve", "--reload")
+        assert requests.get(f"http://127.0.0.1:{new}/v2/", timeout=10).status_code == 200
+        assert s.status()["apis"]["registry"]["endpoint"] == f"http://127.0.0.1:{new}"
+        for _ in range(100):  # the old listener closes in the background (bounded)
+            try:
+                requests.get(old + "/v2/", timeout=10)
+            except requests.ConnectionError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the old address still answers")
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            s.write_config(f'[serve]\nregistry_address = "127.0.0.1:{port}"\n')
+            p = hold(root, "serve", "--reload", check=False)
+            assert p.returncode == 1 and b"cannot listen" in p.stderr, p.stderr.decode()
+        assert requests.get(f"http://127.0.0.1:{new}/v2/", timeout=10).status_code == 200
+        assert s.status()["reload"]["state"] == "refused"
