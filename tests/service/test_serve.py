@@ -134,6 +134,18 @@ def test_sigterm_finishes_and_kill9_loses_nothing(root, tmp_path):
         s.stop()
     p = hold(root, "fsck", check=False)
     assert p.returncode == 0, p.stdout.decode() + p.stderr.decode()
+    # the killed service's pid file stays; its pid may name another process by now, which
+    # `hold serve --reload` must not send SIGHUP
+    sleeper = subprocess.Popen(["sleep", "120"])
+    try:
+        with open(os.path.join(root, "_state", "serve.pid"), "w") as f:
+            f.write(f"{sleeper.pid}\n")
+        p = hold(root, "serve", "--reload", check=False)
+        assert p.returncode == 1 and b"no hold serve runs" in p.stderr, p.stderr.decode()
+        assert sleeper.poll() is None, "the process that took the pid is left alone"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     # the next service starts on the same state (stale socket and pid file) and stops cleanly
     with Serve(root, cfg) as s2:
         assert s2.status()["pid"] != 0
