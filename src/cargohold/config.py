@@ -236,8 +236,10 @@ def load(path: str | None = None, *, root: str | None = None, state: str | None 
         try:
             with open(path, "rb") as f:
                 _merge(data, tomllib.load(f), "")
-        except tomllib.TOMLDecodeError as exc:
+        except ValueError as exc:  # TOMLDecodeError, or UnicodeDecodeError: not UTF-8
             raise InvalidArgument(f"config {path}: {exc}") from exc
+        except OSError as exc:  # a directory, unreadable
+            raise InvalidArgument(f"config {path}: cannot read: {exc.strerror}") from exc
         source = path
     elif explicit:
         raise InvalidArgument(f"config {path}: no such file",

@@ -1,8 +1,8 @@
 """A real ``hold serve`` process for tests, and images to serve.
 
 ``Serve(root, config)`` writes ``config`` (TOML text; ``{port}`` is a free port on
-127.0.0.1) and starts ``python -m cargohold serve`` on ``root`` with its state under
-``root/_state``; ``wait_ready()`` polls the status socket (bounded). Use it as a context
+127.0.0.1) and starts ``python -m cargohold serve`` (and ``args``) on ``root`` with its state
+under ``root/_state``; ``wait_ready()`` polls the status socket (bounded). Use it as a context
 manager: the process is stopped (SIGTERM, then SIGKILL) even when the test fails.
 """
 
@@ -34,9 +34,10 @@ def hold_env(root: str, **extra: str) -> dict[str, str]:
 class Serve:
     """See the module docstring."""
 
-    def __init__(self, root: str, config: str = "", *, env: dict[str, str] | None = None
-                 ) -> None:
+    def __init__(self, root: str, config: str = "", *, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.root = root
+        self.args = args
         self.port = free_port()
         self.config_path = os.path.join(root, "config.toml")
         self.write_config(config)
@@ -62,7 +63,7 @@ class Serve:
 
     def start(self) -> Serve:
         logf = open(self.log, "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen([sys.executable, "-m", "cargohold", "serve"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "cargohold", "serve", *self.args],
                                      env=self.env, stdout=logf, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         logf.close()

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
+
+import pytest
 
 from tests.service.servekit import Serve
 
@@ -62,3 +68,20 @@ def test_unit_file():
     assert svc["Delegate"] == "yes" and svc["OOMScoreAdjust"] == "-999"
     assert svc["Restart"] == "always" and "hold serve" in svc["ExecStart"]
     assert "HUP" in svc["ExecReload"]
+
+
+def test_unit_file_is_what_systemd_reads(tmp_path):
+    """systemd's own parser finds no unknown key, bad value or missing page in the unit
+    (ExecStart pointed at this checkout's hold, which need not be installed).
+    """
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (tools/setup installs systemd)")
+    with open(UNIT) as f:
+        text = f.read()
+    unit = tmp_path / "cargohold.service"
+    unit.write_text(re.sub(r"(?m)^ExecStart=.*$", f"ExecStart={sys.executable} -m cargohold "
+                           "serve", text))
+    p = subprocess.run([analyze, "verify", str(unit)], capture_output=True, timeout=60)
+    assert p.returncode == 0 and not p.stderr.strip() and not p.stdout.strip(), (
+        p.stdout.decode() + p.stderr.decode())

@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import re
+import select
 import socket
 
 import pytest
@@ -56,7 +59,8 @@ def test_manifests_blobs_tags_catalog_and_ns(served):
     big = man["layers"][1]
     full = _get(s, f"/v2/test/app/blobs/{big['digest']}").content
     for rng, want, code in (("bytes=10-19", full[10:20], 206), ("bytes=100-", full[100:], 206),
-                            ("bytes=-7", full[-7:], 206)):
+                            ("bytes=-7", full[-7:], 206), ("items=0-9", full, 200),
+                            ("bytes=0-1,5-6", full, 200)):
         b = _get(s, f"/v2/test/app/blobs/{big['digest']}", headers={"Range": rng})
         assert (b.status_code, b.content) == (code, want), rng
     b = _get(s, f"/v2/test/app/blobs/{big['digest']}", headers={"Range": f"bytes={len(full)}-"})
@@ -75,6 +79,18 @@ def test_manifests_blobs_tags_catalog_and_ns(served):
     assert 'cargohold_registry_requests_total{code="200"}' in metrics
     assert "cargohold_registry_bytes_served_total" in metrics
     assert "cargohold_gc_runs_total" in metrics and "cargohold_gc_pause_seconds_total" in metrics
+    assert "cargohold_gc_bytes_freed_total" in metrics
+    # the text exposition format: HELP and TYPE for each metric, then its samples
+    typed = set()
+    for line in metrics.splitlines():
+        if line.startswith("# TYPE "):
+            name, kind = line.split()[2:]
+            assert kind in ("counter", "gauge")
+            typed.add(name)
+        elif not line.startswith("# HELP "):
+            sample = r'cargohold_[a-z_]+(\{[a-z]+="[^"]*"\})? -?[0-9.e+-]+'
+            assert re.fullmatch(sample, line), line
+            assert re.match(r"[a-z_]+", line).group() in typed, line
 
 
 def test_ambiguous_path_names_the_candidates(root, tmp_path):
@@ -200,3 +216,52 @@ def test_bad_basic_header_is_just_unauthenticated(root, tmp_path):
             r = requests.post(s.url + "/v2/x/blobs/uploads/", headers={"Authorization": value},
                               timeout=30)
             assert r.status_code == 401
+
+
+def _closed_by_server(c: socket.socket, dribble: bytes = b"", rounds: int = 150) -> bool:
+    """Whether the server closes ``c`` while we send ``dribble`` every 0.2 s (bounded)."""
+    for _ in range(rounds):
+        try:
+            if dribble:
+                c.sendall(dribble)
+            r, _, _ = select.select([c], [], [], 0.2)
+            if r:
+                while chunk := c.recv(1 << 20):
+                    del chunk
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def test_slow_clients_are_dropped(root, tmp_path):
+    """client_timeout: a slowloris client (headers a byte at a time), a stalled reader of a
+    blob and an idle keep-alive connection are all closed; a client that keeps reading is not.
+    """
+    info = import_image(root, str(tmp_path), "example.com/slow/app:1",
+                        [{"big": os.urandom(16 << 20)}])  # more than socket buffers hold
+    big, size = info["layers"][0], info["sizes"][0]
+    with Serve(root, '[serve]\nclient_timeout = "1s"\n') as s:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as c:
+            c.sendall(f"GET /v2/ HTTP/1.1\r\nHost: {s.host}\r\n".encode())
+            assert _closed_by_server(c, b"X"), "a byte every 0.2 s does not keep it open"
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as c:
+            c.sendall(f"GET /v2/ HTTP/1.1\r\nHost: {s.host}\r\n\r\n".encode())
+            assert _closed_by_server(c), "idle after its answer"
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.settimeout(30)
+        with c:
+            c.connect(("127.0.0.1", s.port))
+            c.sendall(f"GET /v2/slow/app/blobs/{big} HTTP/1.1\r\nHost: {s.host}\r\n\r\n"
+                      .encode())
+            s.wait_for(lambda st: st["apis"]["registry"]["connections"] == 0,
+                       "the stalled reader to be dropped")
+        assert len(pull_blob(s, "slow/app", big)) == size, "a steady reader gets it all"
+
+
+def pull_blob(s: Serve, repo: str, digest: str) -> bytes:
+    b = requests.get(f"{s.url}/v2/{repo}/blobs/{digest}", timeout=60)
+    assert b.status_code == 200
+    assert "sha256:" + hashlib.sha256(b.content).hexdigest() == digest
+    return b.content

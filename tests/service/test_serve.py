@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import threading
+import time
 
 import pytest
 import requests
@@ -35,6 +38,7 @@ def test_sighup_good_and_bad_config_and_reload_flag(root, tmp_path):
         assert st["gc"]["settings"]["mutation_threshold"] == 7 and st["config"]["generation"] == 1
         out = hold(root, "status").stdout.decode()
         assert "refused" in out and "mutation_threshold" in out
+        assert "refused, the running configuration stays" in s.log_text(), "and logged"
         # a broken hosts.toml is refused as well (the hosts directory is read again)
         hosts = tmp_path / "certs.d"
         (hosts / "example.com").mkdir(parents=True)
@@ -69,6 +73,21 @@ def test_gc_scheduler_fires_after_deletions(root, tmp_path):
         blobs = os.path.join(root, "content", "blobs", "sha256")
         assert info["layers"][0].split(":")[1] not in os.listdir(blobs)
         assert s.status()["gc"]["pending_deletions"] == 0
+        requests.get(s.url + "/v2/", timeout=10)
+        # hold status: version, uptime, root, last GC (when, how long, freed), reload state,
+        # the registry's endpoint and counters
+        from cargohold import __version__
+
+        out = hold(root, "status").stdout.decode()
+        last = st["gc"]["last"]
+        for want in (f"hold serve {__version__}, pid {s.proc.pid}, up ", f"root:     {root}",
+                     f"last at {last['at']}: {last['seconds']:.3f}s, removed ",
+                     "freed", "generation 0", f"registry: {s.url} namespace default, read-only",
+                     "requests 200="):
+            assert want in out, (want, out)
+        js = json.loads(hold(root, "status", "--format", "json").stdout)
+        assert js["reload"]["state"] == "ok" and js["uptime_seconds"] > 0
+        assert js["gc"]["last"]["bytes_freed"] > 0 and js["gc"]["last"]["at"]
 
 
 def test_lease_expiry_triggers_a_collection(root, tmp_path):
@@ -115,6 +134,18 @@ def test_sigterm_finishes_and_kill9_loses_nothing(root, tmp_path):
         s.stop()
     p = hold(root, "fsck", check=False)
     assert p.returncode == 0, p.stdout.decode() + p.stderr.decode()
+    # the killed service's pid file stays; its pid may name another process by now, which
+    # `hold serve --reload` must not send SIGHUP
+    sleeper = subprocess.Popen(["sleep", "120"])
+    try:
+        with open(os.path.join(root, "_state", "serve.pid"), "w") as f:
+            f.write(f"{sleeper.pid}\n")
+        p = hold(root, "serve", "--reload", check=False)
+        assert p.returncode == 1 and b"no hold serve runs" in p.stderr, p.stderr.decode()
+        assert sleeper.poll() is None, "the process that took the pid is left alone"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     # the next service starts on the same state (stale socket and pid file) and stops cleanly
     with Serve(root, cfg) as s2:
         assert s2.status()["pid"] != 0
@@ -175,3 +206,107 @@ def test_stale_mount_records_are_swept(root, tmp_path):
         assert os.listdir(records) == []
         leases = hold(root, "leases", "ls", "-q").stdout.decode()
         assert "mount-" not in leases
+
+
+def test_unreadable_config_is_refused_and_the_service_stays(root):
+    """A file that is not UTF-8, or not a file: refused like an invalid one, never fatal."""
+    with Serve(root, FAST_GC) as s:
+        with open(s.config_path, "wb") as f:
+            f.write(b"\xff\xfe[serve]\n")
+        s.signal(signal.SIGHUP)
+        st = s.wait_for(lambda st: st["reload"]["state"] == "refused", "the refusal")
+        assert "config.toml" in st["reload"]["error"] and "decode" in st["reload"]["error"]
+        os.unlink(s.config_path)
+        os.mkdir(s.config_path)
+        p = hold(root, "serve", "--reload", check=False)
+        assert p.returncode == 1 and b"cannot read" in p.stderr, p.stderr.decode()
+        assert requests.get(s.url + "/v2/", timeout=10).status_code == 200, "still serving"
+        os.rmdir(s.config_path)
+        s.write_config(FAST_GC)
+        hold(root, "serve", "--reload")
+        st = s.status()
+        assert st["reload"]["state"] == "ok" and st["config"]["generation"] == 1
+        assert s.stop() == 0
+
+
+def test_ingest_expiry_triggers_a_collection(root):
+    """A partial ingest is kept until its expireat, then the service collects it, with no
+    write to wake the scheduler: only the expiry watch can.
+    """
+    with Serve(root, FAST_GC + 'ingest_expiry = "8s"\n') as s:
+        s.wait_for(lambda st: st["gc"]["runs"] >= 1, "the start-up collection")
+        p = hold(root, "content", "ingest", "--expected-size", "1000", "partial",
+                 input=b"x" * 100, check=False)
+        assert p.returncode != 0 and b"resume" in p.stderr, p.stderr.decode()
+
+        def active() -> list[str]:
+            out = hold(root, "content", "active", "--format", "json").stdout
+            return [i["ref"] for i in json.loads(out)]
+
+        assert active() == ["partial"], "kept for a resume until it expires"
+        s.wait_for(lambda st: st["gc"]["expired_seen"] >= 1, "the ingest to expire")
+        s.wait_for(lambda st: not active(), "the collection of the expired ingest")
+
+
+def test_sigterm_lets_a_pull_in_flight_finish(root, tmp_path):
+    """SIGTERM: the listener closes, the status socket goes, and the service waits (up to
+    --grace) for a blob still being sent; the client gets every byte; exit 0.
+    """
+    data = os.urandom(16 << 20)  # more than the socket buffers hold: it stays in flight
+    info = import_image(root, str(tmp_path), "example.com/t/app:1", [{"big": data}])
+    big = info["layers"][0]
+    with Serve(root, args=("--grace", "300")) as s:
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.settimeout(60)
+        c.connect(("127.0.0.1", s.port))
+        try:
+            c.sendall(f"GET /v2/t/app/blobs/{big} HTTP/1.1\r\nHost: {s.host}\r\n\r\n"
+                      .encode())
+            got = c.recv(65536)
+            s.signal(signal.SIGTERM)
+            sock = os.path.join(root, "_state", "hold.sock")
+            for _ in range(600):  # bounded: 60 s
+                if not os.path.exists(sock):
+                    break
+                time.sleep(0.1)
+            assert not os.path.exists(sock), "the status socket goes at once"
+            assert s.proc.poll() is None, "the service waits for the pull in flight"
+            while chunk := c.recv(1 << 20):
+                got += chunk
+        finally:
+            c.close()
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert "sha256:" + hashlib.sha256(body).hexdigest() == big
+        assert s.proc.wait(60) == 0
+        assert "stopping" in s.log_text()
+
+
+def test_reload_moves_the_registry_or_refuses_a_taken_address(root):
+    from tests.fetch.registry import free_port
+
+    with Serve(root) as s:
+        old = s.url
+        new = free_port()
+        s.write_config(f'[serve]\nregistry_address = "127.0.0.1:{new}"\n')
+        hold(root, "serve", "--reload")
+        assert requests.get(f"http://127.0.0.1:{new}/v2/", timeout=10).status_code == 200
+        assert s.status()["apis"]["registry"]["endpoint"] == f"http://127.0.0.1:{new}"
+        for _ in range(100):  # the old listener closes in the background (bounded)
+            try:
+                requests.get(old + "/v2/", timeout=10)
+            except requests.ConnectionError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the old address still answers")
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            s.write_config(f'[serve]\nregistry_address = "127.0.0.1:{port}"\n')
+            p = hold(root, "serve", "--reload", check=False)
+            assert p.returncode == 1 and b"cannot listen" in p.stderr, p.stderr.decode()
+        assert requests.get(f"http://127.0.0.1:{new}/v2/", timeout=10).status_code == 200
+        assert s.status()["reload"]["state"] == "refused"

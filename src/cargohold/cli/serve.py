@@ -21,14 +21,19 @@ def _reload(app: App) -> None:
     try:
         code, st = call(state, "POST", "/v1/reload")
     except NotFound:
-        # No socket: a service that could not bind it still has its pid file.
+        # No socket answers: a service whose socket file went away still has its pid file.
+        # Only while the service's lock is held does that pid name it: after a kill -9 the
+        # file stays, and its pid may since be another process that SIGHUP would end.
+        paths = state_paths(state)
+        gone = NotFound(f"service state {state}: no hold serve runs there",
+                        hint="start it with 'hold serve' (or check --state)")
+        if not os.path.exists(paths["lock"]) or _lock_is_free(paths["lock"]):
+            raise gone from None
         try:
-            with open(state_paths(state)["pid"]) as f:
+            with open(paths["pid"]) as f:
                 pid = int(f.read().strip())
         except (OSError, ValueError):
-            raise NotFound(f"service state {state}: no hold serve runs there (no socket, "
-                           "no pid file)",
-                           hint="start it with 'hold serve' (or check --state)") from None
+            raise gone from None
         os.kill(pid, signal.SIGHUP)
         click.echo(f"sent SIGHUP to hold serve (pid {pid}); 'hold status' shows the outcome")
         return
@@ -38,6 +43,20 @@ def _reload(app: App) -> None:
     click.echo(f"hold: reload refused, the running configuration stays: {st.get('error')}",
                err=True)
     sys.exit(1)
+
+
+def _lock_is_free(path: str) -> bool:
+    """Whether no process holds the service lock at ``path`` (taken and let go at once)."""
+    from cargohold import _fsutil
+    from cargohold.errors import Unavailable
+
+    lock = _fsutil.FileLock(path, "hold serve")
+    try:
+        lock.acquire(wait=False)
+    except Unavailable:
+        return False
+    lock.release()
+    return True
 
 
 def _state_dir(app: App) -> str:

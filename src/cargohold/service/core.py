@@ -238,7 +238,8 @@ class Service:
     # --- reload ----------------------------------------------------------------------------
     def reload(self, source: str = "SIGHUP") -> dict[str, Any]:
         """Read and apply the configuration again (see the module docstring); return the
-        reload state ``hold status`` shows. Never raises for a bad config.
+        reload state ``hold status`` shows. Never raises: whatever makes a reload fail (a
+        config that does not validate, cannot be read, or a bug) refuses it.
         """
         with self._reload_mu:
             notify.reloading()
@@ -257,14 +258,16 @@ class Service:
                 for apply, _abandon in prepared:
                     apply()
                 self._apply(new)
-            except CargoholdError as exc:
-                msg = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+            except Exception as exc:  # noqa: BLE001 - whatever fails, the running config stays
+                bug = not isinstance(exc, CargoholdError)  # its traceback goes to the log
+                msg = (f"internal error: {type(exc).__name__}: {exc}" if bug else
+                       exc.message + (f" (hint: {exc.hint})" if exc.hint else ""))
                 self.counters.add("reloads_total", label="refused")
                 self.reload_state = {"state": "refused", "count": count, "source": source,
                                      "at": format_time(time.time_ns()), "error": msg,
                                      "file": self.reload_state.get("file", "")}
                 log.error("reload (%s) refused, the running configuration stays: %s",
-                          source, msg)
+                          source, msg, exc_info=bug)
             else:
                 self.generation += 1
                 self.counters.add("reloads_total", label="ok")

@@ -7,7 +7,8 @@ Routes (distribution spec v1.1; ``?ns=HOST`` accepted everywhere)::
     GET       /v2/_catalog?n=&last=             repository paths of the namespace
     GET       /v2/<name>/tags/list?n=&last=
     GET|HEAD  /v2/<name>/manifests/<tag|digest>
-    GET|HEAD  /v2/<name>/blobs/<digest>         Range: bytes=a-b | a- | -n (one range)
+    GET|HEAD  /v2/<name>/blobs/<digest>         Range: bytes=a-b | a- | -n (one range;
+                                                other units and several ranges: all of it)
     POST|PATCH|PUT|GET|DELETE /v2/<name>/blobs/uploads/[<uuid>]   (see :mod:`.uploads`)
     PUT       /v2/<name>/manifests/<tag|digest>
     GET       /metrics                          Prometheus text
@@ -21,10 +22,13 @@ Errors are the spec's JSON: ``{"errors": [{"code", "message", "detail"}]}``.
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import os
 import re
 import select
+import socket
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -93,7 +97,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.api.settings.client_timeout
         super().setup()
+        self.rfile.close()  # the stdlib's reader: replaced by one that knows the deadline
+        self._reader = _DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reader)
         self.api.connection_opened(self)
+
+    def handle_one_request(self) -> None:
+        # The request line and headers must all arrive within client_timeout, not just each
+        # byte of them: a client dribbling a byte at a time (slowloris) would hold its thread
+        # forever under a per-read timeout alone. The stdlib closes the connection on it.
+        self._reader.deadline = time.monotonic() + self.timeout
+        super().handle_one_request()
 
     def finish(self) -> None:
         try:
@@ -161,6 +175,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._dispatch()
 
     def _dispatch(self) -> None:
+        # Headers are in: a body (an upload) and the answer get the per-read/write timeout.
+        self._reader.deadline = None
+        self.connection.settimeout(self.timeout)
         self.api.request_started(self)
         try:
             self._route()
@@ -282,8 +299,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                        "Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
                        "ETag": f'"{digest}"'}
             status = 200
-            rng = self.headers.get("Range")
-            if rng:
+            rng = self.headers.get("Range", "")
+            # One bytes range is served; another unit must be ignored (RFC 9110 14.2) and
+            # several ranges may be: those get the whole blob, not a 416.
+            if rng.strip().startswith("bytes=") and "," not in rng:
                 parsed = _parse_range(rng, size)
                 if parsed is None:
                     raise RegistryError(416, "RANGE_INVALID", f"range {rng!r}: not satisfiable "
@@ -317,6 +336,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
             offset += n
             count -= n
             counters.add("registry_bytes_served_total", n)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads: each waits at most ``timeout`` seconds, and none goes past
+    ``deadline`` (a monotonic time) while it is set; TimeoutError past either.
+    """
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self._sock = sock
+        self.timeout = timeout
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        wait = self.timeout
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request line and headers: not complete within "
+                                   "client_timeout")
+            wait = min(wait, left)
+        self._sock.settimeout(wait)
+        return self._sock.recv_into(b)
 
 
 def _valid_host(host: str) -> bool:

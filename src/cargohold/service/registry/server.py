@@ -9,9 +9,12 @@ image go at least as fast as from ``docker-registry`` on the same machine. An ev
 server (aiohttp, uvicorn) would only add a dependency for the same sendfile call.
 
 Limits: ``client_timeout`` applies to every read and write of a connection (a client that
-sends or reads nothing for that long is dropped: slowloris and stalled readers alike), the
-stdlib's bounds on request lines (64 KiB) and headers (100) apply, and at most
-``MAX_CONNECTIONS`` connections are served at once (more are answered 503 and closed).
+sends or reads nothing for that long is dropped: stalled senders and readers alike), and a
+request's line and headers must all arrive within it (a slowloris client that dribbles a byte
+at a time is dropped as well; an idle keep-alive connection too); the stdlib's bounds on
+request lines (64 KiB) and headers (100) apply, and at most ``MAX_CONNECTIONS`` connections
+are served at once (more are answered 503 and closed). A request body (a push, which needs
+credentials) gets the per-read timeout only.
 
 Stop: the listener closes, idle keep-alive connections are shut at once, requests in flight
 get ``grace`` seconds to finish, then their connections are shut as well.
