@@ -136,6 +136,17 @@ def test_seeded_images_are_pinned(hold, src, tmp_path):
     assert p.returncode == 1 and b"pinned" in p.stderr and b"--force" in p.stderr
     hold("images", "rm", "--force", ref)
     assert hold("images", "ls", "-q").stdout.decode().strip() == ""
+    # A reference list pins what it names even when the store had it already (pulled by
+    # hand, so not pinned): nothing is fetched, but cleanup may no longer take it.
+    hold("images", "pull", "--label", "team=blue", ref)
+    listing = tmp_path / "refs.txt"
+    listing.write_text(f"{ref}\n")
+    res = jhold(hold, "airgap", "seed", str(listing))
+    assert res["items"][0]["status"] == "unchanged" and res["items"][0]["new"] == []
+    labels = json.loads(hold("images", "inspect", ref).stdout)["labels"]
+    assert labels == {"team": "blue", "io.cri-containerd.pinned": "pinned"}
+    p = hold("images", "rm", ref, check=False)
+    assert p.returncode == 1 and b"pinned" in p.stderr
 
 
 def test_seed_push_then_containerd_pulls_through_the_default_mirror(hold, src, dst, tmp_path):
