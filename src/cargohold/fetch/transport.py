@@ -224,7 +224,7 @@ class Transport:
         target = url or (ep.url + path)
         where = ep.describe()
         session = self.session(ep)
-        hdrs = {k: v for k, v in ep.headers}
+        hdrs = ep.header_dict()
         hdrs.update(headers or {})
         auth = self.authorizer.header(ep.host, scopes)
         challenges = 0
