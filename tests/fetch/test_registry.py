@@ -279,7 +279,10 @@ def test_client_certificate_from_hosts_toml(hold, tmp_path, layout):
         (hosts / "ca.pem").write_bytes(open(certs["ca"], "rb").read())
         (hosts / "hosts.toml").write_text(f'server = "https://{reg.host}"\nca = "ca.pem"\n')
         p = hold("images", "pull", "--hosts-dir", str(tmp_path / "hosts"), ref, check=False)
-        assert p.returncode == 1 and f"server https://{reg.host}/v2".encode() in p.stderr
+        assert p.returncode == 1
+        assert f"server https://{reg.host}/v2: TLS handshake failed: the registry wants a " \
+               "client certificate it trusts" in p.stderr.decode()
+        assert b'client = [["CERT", "KEY"]]' in p.stderr
         (hosts / "hosts.toml").write_text(
             f'server = "https://{reg.host}"\nca = "ca.pem"\n'
             f'client = [["{certs["client_cert"]}", "{certs["client_key"]}"]]\n')

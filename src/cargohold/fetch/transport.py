@@ -55,8 +55,18 @@ def connection_error(what: str, exc: Exception) -> CargoholdError:
 
     text = str(exc)
     if isinstance(exc, requests.exceptions.SSLError):
+        import re
+
+        # urllib3 wraps OpenSSL's "[SSL: CODE] reason (_ssl.c:N)" in its retry text.
+        m = re.search(r"\[SSL: ([A-Z0-9_]+)\] ([^(']+)", text)
+        code = m.group(1) if m else ""
+        if code in _CLIENT_CERT_ALERTS:
+            return TLSFailure(f"{what}: TLS handshake failed: the registry wants a client "
+                              "certificate it trusts", hint='give one with client = [["CERT", '
+                              '"KEY"]] in its hosts.toml (--hosts-dir); \'hold hosts explain '
+                              'REF\' shows the TLS files used')
         reason = "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in text else \
-            _short(text)
+            (m.group(2).strip() if m else _short(text))
         return TLSFailure(f"{what}: TLS handshake failed: {reason}",
                           hint="give the registry's CA with ca = \"FILE\" in its hosts.toml "
                                "(--hosts-dir), or skip_verify = true for a test registry; "
@@ -80,6 +90,11 @@ def connection_error(what: str, exc: Exception) -> CargoholdError:
                            hint="try again; the registry or the network is overloaded")
     return Unreachable(f"{what}: connection failed: {_short(text)}",
                        hint="check the network and the endpoint ('hold hosts explain REF')")
+
+
+#: alerts a server sends when it wants a client certificate, or refused the one we showed
+_CLIENT_CERT_ALERTS = ("SSLV3_ALERT_BAD_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+                       "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_CERTIFICATE_UNKNOWN")
 
 
 def _short(text: str) -> str:
