@@ -236,6 +236,13 @@ def test_bearer_token_flow(client, tmp_path, layout):
 
         with Registry() as r, pytest.raises((Unauthorized, Forbidden)):
             Pusher(client, r).push(f"{reg.host}/team/app:1", f"{reg.host}/team/copy:1")
+        # A wrong password: the token server refuses it, and the hint names the host.
+        with Registry(credentials=Credentials(Secret("bob", "nope", source="--user"))) as r, \
+                pytest.raises(Unauthorized) as ei:
+            Puller(client, r).pull(f"{reg.host}/team/app:1")
+        assert f"token server {tokens.realm} (for server http://{reg.host}/v2): 401: user " \
+               "'bob' (--user) refused" in ei.value.message and "nope" not in ei.value.message
+        assert f"credentials for {reg.host} with --user" in ei.value.hint
         tokens.requests.clear()
         with Registry(credentials=Credentials(Secret("bob", "pw"))) as r:
             res = Pusher(client, r).push(f"{reg.host}/team/app:1", f"{reg.host}/team/copy:1")

@@ -151,7 +151,7 @@ class Authorizer:
                 key = self._key(bearer, scopes)
                 if sent and sent.startswith("Bearer "):
                     self._tokens.pop(key, None)  # refused: renew it
-            token, lifetime = self._fetch_token(bearer, merged, secret, where, session)
+            token, lifetime = self._fetch_token(bearer, merged, secret, where, host, session)
             with self._mu:
                 self._tokens[key] = (token, self._clock() + max(lifetime - EXPIRY_MARGIN,
                                                                  1.0))
@@ -177,7 +177,7 @@ class Authorizer:
                 tuple(sorted(scopes)))
 
     def _fetch_token(self, ch: Challenge, scopes: tuple[str, ...], secret: Secret | None,
-                     where: str, session: requests.Session | None = None
+                     where: str, host: str, session: requests.Session | None = None
                      ) -> tuple[str, float]:
         import requests
 
@@ -208,7 +208,7 @@ class Authorizer:
             who = f"user {secret.username!r} ({secret.source})" if secret else "anonymous"
             cls = Unauthorized if r.status_code == 401 else Forbidden
             raise cls(f"{what}: {r.status_code}: {who} refused for {' '.join(scopes) or '-'}",
-                      hint=_login_hint(where.split()[0]))
+                      hint=_login_hint(host))
         if r.status_code != 200:
             raise RegistryError(f"{what}: unexpected status {r.status_code}")
         try:
