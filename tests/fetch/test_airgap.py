@@ -182,7 +182,10 @@ def test_seed_push_then_containerd_pulls_through_the_default_mirror(hold, src, d
         ctd.ctr("images", "pull", "--hosts-dir", hosts, "example.com/team/app:1")
         assert "example.com/team/app:1" in ctd.ctr("images", "ls", "-q").stdout.decode()
     # A second mirror-config leaves our own file replaceable, another file is protected.
+    # Without --plain-http, a loopback registry is still plain HTTP (where seed pushed).
     hold("airgap", "mirror-config", "--hosts-dir", hosts, dst.host)
+    with open(f"{hosts}/_default/hosts.toml") as f:
+        assert f'[host."http://{dst.host}"]' in f.read()
     os.makedirs(f"{hosts}/mine")
     with open(f"{hosts}/_default/hosts.toml", "w") as f:
         f.write('server = "https://elsewhere"\n')

@@ -88,8 +88,13 @@ def test_pull_plain_http_unpacks_the_image(hold, root, plain, layout):
 
 def test_content_fetch_does_not_unpack(hold, root, plain, layout):
     ref = f"{plain.host}/team/app:1"
-    out = hold("content", "fetch", ref).stdout.decode()
+    p = hold("content", "fetch", "--progress", "json", ref)
+    out = p.stdout.decode()
     assert out.startswith(f"{ref}  {layout['manifest']}")
+    events = [json.loads(line) for line in p.stderr.decode().splitlines()]
+    done = {e["key"]: e for e in events if e["event"] == "done"}
+    assert done["total"]["status"] == "done" and done["total"]["total"] == sum(layout["sizes"])
+    assert {done[d]["status"] for d in layout["layers"]} == {"done"}
     assert hold("snapshots", "ls", "-q").stdout.decode().strip() == ""
     assert hold("images", "ls", "-q").stdout.decode().split() == [ref]
     check = json.loads(hold("images", "check", "--format", "json").stdout)
