@@ -115,6 +115,13 @@ def test_seed_a_directory_once_then_skip_it(hold, root, src, tmp_path, monkeypat
     status = {os.path.basename(i["source"]): i["status"] for i in res["items"]}
     assert {status[k] for k in status if k != "README.md"} == {"unchanged"}
     assert b"clean" in hold("fsck").stdout
+    # A bad line names its file and line (one of many in a directory).
+    (d / "typo.txt").write_text("# ok\nnot a ref!!\n")
+    p = hold("airgap", "seed", str(d), check=False)
+    assert p.returncode == 2
+    assert f"reference list {d}/typo.txt line 2: image reference 'not a ref!!'" in \
+        p.stderr.decode()
+    (d / "typo.txt").unlink()
     # Proof that "unchanged" is not read: an importer that fails if called.
     from cargohold.fetch.registry import Registry
     from cargohold.fetch.seed import Seeder

@@ -102,7 +102,9 @@ def expand(sources: list[str]) -> list[tuple[str, str]]:
         elif os.path.exists(s):
             out.append((s, "list" if s.endswith(".txt") else "archive"))
         else:
-            raise NotFound(f"seed source {s}: no such file or directory")
+            raise NotFound(f"seed source {s}: no such file or directory",
+                           hint="give bundles, image archives, .txt reference lists, or "
+                                "directories of them")
     return out
 
 
@@ -264,7 +266,16 @@ class Seeder:
 
         with open(item.source, encoding="utf-8") as f:
             wanted = [line.split("#", 1)[0].strip() for line in f]
-        names = [refs.normalize(w) for w in wanted if w]
+        names = []
+        for lineno, w in enumerate(wanted, 1):
+            if not w:
+                continue
+            try:
+                names.append(refs.normalize(w))
+            except InvalidArgument as exc:  # which of many files, and where
+                exc.message = f"reference list {item.source} line {lineno}: {exc.message}"
+                exc.args = (exc.message,)
+                raise
         have = self._current(names)
         self._pin([n for n in names if n in have])
         puller = Puller(self.client, self.registry, progress=self.progress)
