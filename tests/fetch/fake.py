@@ -51,6 +51,7 @@ class FakeRegistry(BaseAdapter):
         self.drop: dict[str, int] = {}  # digest -> cut the next GET body after N bytes
         self.head_digest = True
         self.log: list[tuple[str, str, dict]] = []
+        self.timeouts: list[object] = []  # the timeout requests gave each send
         self.uploads: dict[str, bytearray] = {}
 
     # --- content -------------------------------------------------------------------------
@@ -89,6 +90,7 @@ class FakeRegistry(BaseAdapter):
         from urllib.parse import parse_qs, urlsplit
 
         self.log.append((req.method, req.url, dict(req.headers)))
+        self.timeouts.append(kw.get("timeout"))
         u = urlsplit(req.url)
         for i, (method, pat, status, hdrs) in enumerate(self.queued):
             if method == req.method and re.search(pat, u.path):
@@ -96,7 +98,12 @@ class FakeRegistry(BaseAdapter):
                 return self._resp(req, status, b'{"errors":[{"code":"X","message":"queued"}]}',
                                   {"Content-Type": "application/json", **hdrs})
         if u.netloc == "auth.fake.test":
-            return self._token(req, parse_qs(u.query))
+            q = parse_qs(u.query)
+            if req.method == "POST":  # OAuth2 form: grant_type, refresh_token, scope, ...
+                body = req.body.decode() if isinstance(req.body, bytes) else req.body or ""
+                q.update({k: v if k != "scope" else v[0].split(" ")
+                          for k, v in parse_qs(body).items()})
+            return self._token(req, q)
         if self.auth and not self._authorized(req):
             ch = ('Basic realm="fake"' if self.auth == "basic" else
                   'Bearer realm="https://auth.fake.test/token",service="fake.test"')
@@ -127,7 +134,9 @@ class FakeRegistry(BaseAdapter):
                 return self._resp(req, 401)
         tok = f"tok-{len(self.token_log)}"
         self.token_log.append({"user": user, "scope": q.get("scope", []),
-                               "service": q.get("service", [""])[0]})
+                               "service": q.get("service", [""])[0],
+                               "method": req.method,
+                               "refresh_token": q.get("refresh_token", [""])[0]})
         self.tokens.add(tok)
         return self._resp(req, 200, json.dumps({"token": tok, "expires_in": 300}).encode(),
                           {"Content-Type": "application/json"})

@@ -52,11 +52,12 @@ class DockerRegistry:
     """A private docker-registry process (see the module docstring)."""
 
     def __init__(self, workdir: str, *, tls: tuple[str, str] | None = None,
-                 htpasswd: str = "", token: dict | None = None) -> None:
+                 client_ca: str = "", htpasswd: str = "", token: dict | None = None) -> None:
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.port = free_port()
         self.tls = tls
+        self.client_ca = client_ca  # with tls: clients must show a certificate it signed
         self.htpasswd = htpasswd
         self.token = token
         self.proc: subprocess.Popen | None = None
@@ -78,6 +79,8 @@ class DockerRegistry:
                  "  secret: cargohold-test-secret"]
         if self.tls:
             lines += ["  tls:", f"    certificate: {self.tls[0]}", f"    key: {self.tls[1]}"]
+            if self.client_ca:
+                lines += ["    clientcas:", f"      - {self.client_ca}"]
         if self.htpasswd:
             lines += ["auth:", "  htpasswd:", "    realm: cargohold-test",
                       f"    path: {self.htpasswd}"]
@@ -105,6 +108,9 @@ class DockerRegistry:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"docker-registry exited: {self.log_tail()}")
             try:
+                if self.client_ca:  # no certificate to show here: a listening port will do
+                    socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
+                    return self
                 urllib.request.urlopen(f"{self.url}/v2/", timeout=2, context=ctx)
                 return self
             except urllib.error.HTTPError:
@@ -287,7 +293,9 @@ def push_layout(layout: str, tag: str, dest: str, *, creds: str = "",
 # --- TLS ---------------------------------------------------------------------------------
 
 def make_ca(d: str, names: tuple[str, ...] = ("127.0.0.1", "localhost")) -> dict:
-    """A self-signed CA and a server certificate for ``names`` signed by it (PEM files)."""
+    """A self-signed CA, a server certificate for ``names`` and a client certificate, both
+    signed by it (PEM files: ``ca``, ``cert``/``key``, ``client_cert``/``client_key``).
+    """
     import ipaddress
 
     from cryptography import x509
@@ -322,16 +330,29 @@ def make_ca(d: str, names: tuple[str, ...] = ("127.0.0.1", "localhost")) -> dict
             .not_valid_after(now + datetime.timedelta(days=7))
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .sign(ca_key, hashes.SHA256()))
+    ckey = ec.generate_private_key(ec.SECP256R1())
+    ccert = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client")]))
+             .issuer_name(ca_name).public_key(ckey.public_key())
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(days=1))
+             .not_valid_after(now + datetime.timedelta(days=7))
+             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
+                            critical=False)
+             .sign(ca_key, hashes.SHA256()))
     out = {"ca": os.path.join(d, "ca.pem"), "cert": os.path.join(d, "server.pem"),
-           "key": os.path.join(d, "server.key")}
+           "key": os.path.join(d, "server.key"), "client_cert": os.path.join(d, "client.cert"),
+           "client_key": os.path.join(d, "client.key")}
     with open(out["ca"], "wb") as f:
         f.write(ca.public_bytes(serialization.Encoding.PEM))
-    with open(out["cert"], "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(out["key"], "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
+    for c, k, cpath, kpath in ((cert, key, "cert", "key"),
+                               (ccert, ckey, "client_cert", "client_key")):
+        with open(out[cpath], "wb") as f:
+            f.write(c.public_bytes(serialization.Encoding.PEM))
+        with open(out[kpath], "wb") as f:
+            f.write(k.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
     return out
 
 
@@ -358,7 +379,8 @@ class TokenServer:
     """
 
     def __init__(self, d: str, *, users: dict[str, str] | None = None,
-                 anonymous: bool = True, lifetime: int = 300) -> None:
+                 anonymous: bool = True, lifetime: int = 300,
+                 tls: tuple[str, str] | None = None) -> None:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
@@ -394,13 +416,21 @@ class TokenServer:
                 server._handle(self)
 
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.scheme = "http"
+        if tls:  # (cert, key): the realm is https://, as a private registry's usually is
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
 
     @property
     def realm(self) -> str:
-        return f"http://127.0.0.1:{self.port}/token"
+        return f"{self.scheme}://127.0.0.1:{self.port}/token"
 
     def registry_config(self) -> dict:
         return {"realm": self.realm, "service": self.service, "issuer": self.issuer,

@@ -66,7 +66,19 @@ def test_bundle_is_read_by_ctr_and_seeded_by_hold(hold, src, tmp_path):
     out = str(tmp_path / "bundle.tar")
     res = jhold(hold, "airgap", "bundle", out, ref)
     assert res["pulled"] == [ref] and res["images"][0]["digest"] == src["a"]["manifest"]
+    assert res["notes"] == []
+    # Compressed: containerd 1.6 reads it only through the pipe the note gives.
+    zout = str(tmp_path / "bundle.tar.zst")
+    p = hold("airgap", "bundle", zout, ref)
+    note = f"note: {zout} is zstd compressed: for containerd's ctr, decompress it on the " \
+           f"way: zstd -dc {zout} | ctr images import -"
+    assert note in p.stderr.decode()
     with containerd_daemon() as ctd:
+        assert ctd.ctr("images", "import", zout, check=False).returncode != 0
+        plain = subprocess.run(["zstd", "-dc", zout], check=True, capture_output=True).stdout
+        ctd.ctr("images", "import", "-", input=plain)
+        assert ref in ctd.ctr("images", "ls", "-q").stdout.decode().split()
+        ctd.ctr("images", "rm", ref)
         ctd.ctr("images", "import", out)
         assert ref in ctd.ctr("images", "ls", "-q").stdout.decode().split()
         ctd.ctr("images", "check")
@@ -103,6 +115,13 @@ def test_seed_a_directory_once_then_skip_it(hold, root, src, tmp_path, monkeypat
     status = {os.path.basename(i["source"]): i["status"] for i in res["items"]}
     assert {status[k] for k in status if k != "README.md"} == {"unchanged"}
     assert b"clean" in hold("fsck").stdout
+    # A bad line names its file and line (one of many in a directory).
+    (d / "typo.txt").write_text("# ok\nnot a ref!!\n")
+    p = hold("airgap", "seed", str(d), check=False)
+    assert p.returncode == 2
+    assert f"reference list {d}/typo.txt line 2: image reference 'not a ref!!'" in \
+        p.stderr.decode()
+    (d / "typo.txt").unlink()
     # Proof that "unchanged" is not read: an importer that fails if called.
     from cargohold.fetch.registry import Registry
     from cargohold.fetch.seed import Seeder
@@ -136,6 +155,17 @@ def test_seeded_images_are_pinned(hold, src, tmp_path):
     assert p.returncode == 1 and b"pinned" in p.stderr and b"--force" in p.stderr
     hold("images", "rm", "--force", ref)
     assert hold("images", "ls", "-q").stdout.decode().strip() == ""
+    # A reference list pins what it names even when the store had it already (pulled by
+    # hand, so not pinned): nothing is fetched, but cleanup may no longer take it.
+    hold("images", "pull", "--label", "team=blue", ref)
+    listing = tmp_path / "refs.txt"
+    listing.write_text(f"{ref}\n")
+    res = jhold(hold, "airgap", "seed", str(listing))
+    assert res["items"][0]["status"] == "unchanged" and res["items"][0]["new"] == []
+    labels = json.loads(hold("images", "inspect", ref).stdout)["labels"]
+    assert labels == {"team": "blue", "io.cri-containerd.pinned": "pinned"}
+    p = hold("images", "rm", ref, check=False)
+    assert p.returncode == 1 and b"pinned" in p.stderr
 
 
 def test_seed_push_then_containerd_pulls_through_the_default_mirror(hold, src, dst, tmp_path):
@@ -159,7 +189,10 @@ def test_seed_push_then_containerd_pulls_through_the_default_mirror(hold, src, d
         ctd.ctr("images", "pull", "--hosts-dir", hosts, "example.com/team/app:1")
         assert "example.com/team/app:1" in ctd.ctr("images", "ls", "-q").stdout.decode()
     # A second mirror-config leaves our own file replaceable, another file is protected.
+    # Without --plain-http, a loopback registry is still plain HTTP (where seed pushed).
     hold("airgap", "mirror-config", "--hosts-dir", hosts, dst.host)
+    with open(f"{hosts}/_default/hosts.toml") as f:
+        assert f'[host."http://{dst.host}"]' in f.read()
     os.makedirs(f"{hosts}/mine")
     with open(f"{hosts}/_default/hosts.toml", "w") as f:
         f.write('server = "https://elsewhere"\n')

@@ -81,6 +81,40 @@ def test_5xx_and_429_are_retried(client, fake):
     assert res.fetched == 1 and not fake.queued
 
 
+def test_retries_back_off_and_honour_retry_after(client, fake):
+    fake_image(fake, "team/app", "1", [{"x": b"x"}])
+    fake.queued.extend([("HEAD", "manifests", 503, {}), ("HEAD", "manifests", 502, {}),
+                        ("HEAD", "manifests", 429, {"Retry-After": "7"})])
+    slept = []
+    with registry(fake) as reg:  # backoff 0.001 s
+        reg.transport.sleep = slept.append
+        Puller(client, reg).pull(REF)
+    assert slept == [0.001, 0.002, 7.0]  # doubling; Retry-After when it is longer
+
+
+def test_a_reset_before_any_answer_is_retried(client, fake):
+    import requests
+
+    fake_image(fake, "team/app", "1", [{"x": b"x"}])
+
+    class Resetting(FakeRegistry):
+        """Drops the first connection, as a registry behind a restarting proxy does."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.resets = inner, 0
+
+        def send(self, req, **kw):  # noqa: ANN001, ANN003
+            if self.resets == 0:
+                self.resets += 1
+                raise requests.ConnectionError(ConnectionResetError(104, "reset by peer"))
+            return self.inner.send(req, **kw)
+
+    r = Resetting(fake)
+    res = pull(client, fake, mounts={"https://fake.test": r})
+    assert r.resets == 1 and res.fetched == 1
+
+
 def test_5xx_that_persists_names_the_endpoint(client, fake):
     fake_image(fake, "team/app", "1", [{"x": b"x"}])
     fake.queued.extend([("HEAD", "manifests", 500, {})] * 10)
@@ -215,6 +249,46 @@ def test_docker_config_auths_and_credential_helper(client, fake, tmp_path, monke
         b"alice:secret").decode()
 
 
+def test_docker_config_creds_store_and_identity_token(client, fake, tmp_path, monkeypatch):
+    import json
+
+    fake_image(fake, "team/app", "1", [{"x": b"x"}])
+    fake.auth = "bearer"
+    conf = tmp_path / "docker"
+    conf.mkdir()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    helper = bindir / "docker-credential-store"  # `docker login` with credsStore = "store"
+    helper.write_text("#!/bin/sh\nread server\n[ \"$1\" = get ] && [ \"$server\" = fake.test ] "
+                      "&& echo '{\"Username\":\"alice\",\"Secret\":\"secret\"}' && exit 0\n"
+                      "echo 'credentials not found in native keychain'; exit 1\n")
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("DOCKER_CONFIG", str(conf))
+    (conf / "config.json").write_text(json.dumps({"credsStore": "store"}))
+    pull(client, fake)
+    assert fake.token_log[-1]["user"] == "alice"
+    # A host the store has nothing for is asked anonymously (docker's behaviour).
+    from cargohold.fetch.credentials import Credentials
+
+    assert Credentials().get("elsewhere.test") is None
+    # An identity token (docker login to an OAuth2 registry) is exchanged with a POST.
+    (conf / "config.json").write_text(json.dumps(
+        {"auths": {"fake.test": {"identitytoken": "refresh-me"}}}))
+    with registry(fake) as reg:
+        Puller(client, reg).pull(REF)
+    tok = fake.token_log[-1]
+    assert tok["method"] == "POST" and tok["refresh_token"] == "refresh-me"
+    assert tok["scope"] == ["repository:team/app:pull"]
+    # A helper named in the file but missing is an error that names it.
+    (conf / "config.json").write_text(json.dumps({"credHelpers": {"fake.test": "gone"}}))
+    from cargohold.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument) as ei:
+        pull(client, fake)
+    assert "docker-credential-gone" in ei.value.message
+
+
 def test_a_mirror_that_is_down_falls_back_and_mirrors_get_ns(client, fake, tmp_path):
     img = fake_image(fake, "team/app", "1", [{"x": b"x"}])
     mirror = FakeRegistry()
@@ -245,6 +319,47 @@ def test_every_endpoint_failing_lists_each_answer(client, fake, tmp_path):
     msg = ei.value.message
     assert f"mirror http://127.0.0.1:{dead}/v2: connection refused" in msg
     assert "server https://fake.test/v2" in msg
+
+
+def test_unknown_host_is_clear_and_not_retried(client, fake, monkeypatch):
+    import socket
+
+    real = socket.getaddrinfo
+    asked = []
+
+    def getaddrinfo(host, *a, **kw):  # noqa: ANN002, ANN003 - DNS without the network
+        if host == "registry.invalid":
+            asked.append(host)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *a, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(Unreachable) as ei:
+        pull(client, fake, "registry.invalid/team/app:1")
+    assert ei.value.message == "server https://registry.invalid/v2: unknown host"
+    assert "hosts explain" in ei.value.hint
+    assert asked == ["registry.invalid"]  # no retries: the next endpoint, or the error
+
+
+def test_hosts_toml_headers_and_dial_timeout_are_used(client, fake, tmp_path):
+    fake_image(fake, "team/app", "1", [{"x": b"x"}])
+    mirror = FakeRegistry()
+    mirror.blobs = fake.blobs
+    hosts = tmp_path / "hosts" / "fake.test"
+    hosts.mkdir(parents=True)
+    (hosts / "hosts.toml").write_text(
+        'server = "https://fake.test"\ndial_timeout = "250ms"\n'
+        '[header]\n  x-team = "blue"\n'
+        '[host."https://mirror.fake.test"]\n  capabilities = ["pull"]\n'
+        '  dial_timeout = "1500ms"\n'
+        '  [host."https://mirror.fake.test".header]\n    x-mirror = ["a", "b"]\n')
+    pull(client, fake, hosts_dir=str(tmp_path / "hosts"),
+         mounts={"https://mirror.fake.test": mirror})
+    assert fake.log and all(h.get("x-team") == "blue" for _m, _u, h in fake.log)
+    assert {t[0] for t in fake.timeouts} == {0.25}  # (connect, read)
+    assert mirror.log and all(h.get("x-mirror") == "a, b" and "x-team" not in h
+                              for _m, _u, h in mirror.log)
+    assert {t[0] for t in mirror.timeouts} == {1.5}
 
 
 def test_refused_connection_is_clear(client, fake):

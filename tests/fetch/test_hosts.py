@@ -123,6 +123,7 @@ def test_hosts_explain(hold, tmp_path):
   ca = "ca.pem"
   [host."https://mirror.example".header]
     x-team = "blue"
+    x-many = ["a", "b"]
 ''', files=("ca.pem",))
     out = hold("hosts", "explain", "--hosts-dir", root, "alpine").stdout.decode()
     lines = out.splitlines()
@@ -132,6 +133,7 @@ def test_hosts_explain(hold, tmp_path):
     assert ("resolve: HEAD https://mirror.example/v2/library/alpine/manifests/latest"
             "?ns=docker.io") in out
     assert f"tls: ca {root}/docker.io/ca.pem" in out and "header: x-team: blue" in out
+    assert "header: x-many: a, b" in out  # every value, as they are sent
     assert f'from: {root}/docker.io/hosts.toml host."https://mirror.example"' in out
     doc = json.loads(hold("hosts", "explain", "--hosts-dir", root, "--format", "json",
                           "alpine:3").stdout)

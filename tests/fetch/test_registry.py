@@ -88,8 +88,13 @@ def test_pull_plain_http_unpacks_the_image(hold, root, plain, layout):
 
 def test_content_fetch_does_not_unpack(hold, root, plain, layout):
     ref = f"{plain.host}/team/app:1"
-    out = hold("content", "fetch", ref).stdout.decode()
+    p = hold("content", "fetch", "--progress", "json", ref)
+    out = p.stdout.decode()
     assert out.startswith(f"{ref}  {layout['manifest']}")
+    events = [json.loads(line) for line in p.stderr.decode().splitlines()]
+    done = {e["key"]: e for e in events if e["event"] == "done"}
+    assert done["total"]["status"] == "done" and done["total"]["total"] == sum(layout["sizes"])
+    assert {done[d]["status"] for d in layout["layers"]} == {"done"}
     assert hold("snapshots", "ls", "-q").stdout.decode().strip() == ""
     assert hold("images", "ls", "-q").stdout.decode().split() == [ref]
     check = json.loads(hold("images", "check", "--format", "json").stdout)
@@ -117,8 +122,24 @@ def test_tls_with_a_ca_from_hosts_toml(hold, tmp_path, layout):
         push_layout(layout["dir"], "1", f"{reg.host}/team/app:1", tls_verify=True,
                     cert_dir=str(cert_dir))
         ref = f"{reg.host}/team/app:1"
+        # No hosts.toml: a loopback registry is asked over plain HTTP (as containerd 1.6);
+        # the answer says to ask it over HTTPS, and where.
+        p = hold("images", "pull", ref, check=False)
+        err = p.stderr.decode()
+        assert p.returncode == 1
+        assert f"server http://{reg.host}/v2: manifest team/app:1: the endpoint speaks " \
+               "HTTPS, not plain HTTP" in err
+        assert f'server = "https://{reg.host}" in {reg.host}/hosts.toml' in err
         hosts = tmp_path / "hosts" / reg.host
         hosts.mkdir(parents=True)
+        # skip_verify: pulled, and nothing on stderr (no urllib3 warning per request).
+        (hosts / "hosts.toml").write_text(f'server = "https://{reg.host}"\n'
+                                          "skip_verify = true\n")
+        p = hold("images", "pull", "--hosts-dir", str(tmp_path / "hosts"), "--no-unpack",
+                 "--format", "json", ref)
+        assert json.loads(p.stdout)["target"]["digest"] == layout["manifest"]
+        assert p.stderr == b""
+        hold("images", "rm", ref)
         # Without the CA: a clear TLS error that says where to put it.
         (hosts / "hosts.toml").write_text(f'server = "https://{reg.host}"\n')
         p = hold("images", "pull", "--hosts-dir", str(tmp_path / "hosts"), ref, check=False)
@@ -220,6 +241,13 @@ def test_bearer_token_flow(client, tmp_path, layout):
 
         with Registry() as r, pytest.raises((Unauthorized, Forbidden)):
             Pusher(client, r).push(f"{reg.host}/team/app:1", f"{reg.host}/team/copy:1")
+        # A wrong password: the token server refuses it, and the hint names the host.
+        with Registry(credentials=Credentials(Secret("bob", "nope", source="--user"))) as r, \
+                pytest.raises(Unauthorized) as ei:
+            Puller(client, r).pull(f"{reg.host}/team/app:1")
+        assert f"token server {tokens.realm} (for server http://{reg.host}/v2): 401: user " \
+               "'bob' (--user) refused" in ei.value.message and "nope" not in ei.value.message
+        assert f"credentials for {reg.host} with --user" in ei.value.hint
         tokens.requests.clear()
         with Registry(credentials=Credentials(Secret("bob", "pw"))) as r:
             res = Pusher(client, r).push(f"{reg.host}/team/app:1", f"{reg.host}/team/copy:1")
@@ -243,3 +271,62 @@ def test_a_mirror_that_is_down_falls_back_to_the_next(hold, tmp_path, plain, lay
                           "--format", "json", f"{plain.host}/team/app:1").stdout)
     assert res["endpoint"] == f"http://{plain.host}/v2"
     assert res["target"]["digest"] == layout["manifest"]
+
+
+def test_client_certificate_from_hosts_toml(hold, tmp_path, layout):
+    certs = make_ca(str(tmp_path / "pki"))
+    reg = DockerRegistry(str(tmp_path / "reg"), tls=(certs["cert"], certs["key"]),
+                         client_ca=certs["ca"]).start()
+    try:
+        cert_dir = tmp_path / "skopeo-certs"
+        cert_dir.mkdir()
+        for src, name in (("ca", "ca.crt"), ("client_cert", "client.cert"),
+                          ("client_key", "client.key")):
+            (cert_dir / name).write_bytes(open(certs[src], "rb").read())
+        push_layout(layout["dir"], "1", f"{reg.host}/team/app:1", tls_verify=True,
+                    cert_dir=str(cert_dir))
+        ref = f"{reg.host}/team/app:1"
+        hosts = tmp_path / "hosts" / reg.host
+        hosts.mkdir(parents=True)
+        (hosts / "ca.pem").write_bytes(open(certs["ca"], "rb").read())
+        (hosts / "hosts.toml").write_text(f'server = "https://{reg.host}"\nca = "ca.pem"\n')
+        p = hold("images", "pull", "--hosts-dir", str(tmp_path / "hosts"), ref, check=False)
+        assert p.returncode == 1
+        assert f"server https://{reg.host}/v2: TLS handshake failed: the registry wants a " \
+               "client certificate it trusts" in p.stderr.decode()
+        assert b'client = [["CERT", "KEY"]]' in p.stderr
+        (hosts / "hosts.toml").write_text(
+            f'server = "https://{reg.host}"\nca = "ca.pem"\n'
+            f'client = [["{certs["client_cert"]}", "{certs["client_key"]}"]]\n')
+        res = json.loads(hold("images", "pull", "--hosts-dir", str(tmp_path / "hosts"),
+                              "--format", "json", ref).stdout)
+        assert res["endpoint"] == f"https://{reg.host}/v2" and res["fetched"] == 2
+    finally:
+        reg.stop()
+
+
+def test_token_realm_over_https_uses_the_hosts_toml_ca(hold, tmp_path, layout):
+    """A private registry's token realm sits behind the same private CA: the token request
+    goes out with the endpoint's TLS settings, not only the system's CAs.
+    """
+    certs = make_ca(str(tmp_path / "pki"))
+    tokens = TokenServer(str(tmp_path / "tok"), users={"bob": "pw"},
+                         tls=(certs["cert"], certs["key"]))
+    reg = DockerRegistry(str(tmp_path / "reg"), tls=(certs["cert"], certs["key"]),
+                         token=tokens.registry_config()).start()
+    try:
+        push_layout(layout["dir"], "1", f"{reg.host}/team/app:1", creds="bob:pw")
+        assert tokens.realm.startswith("https://")
+        tokens.requests.clear()
+        hosts = tmp_path / "hosts" / reg.host
+        hosts.mkdir(parents=True)
+        (hosts / "ca.pem").write_bytes(open(certs["ca"], "rb").read())
+        (hosts / "hosts.toml").write_text(f'server = "https://{reg.host}"\nca = "ca.pem"\n')
+        res = json.loads(hold("images", "pull", "--hosts-dir", str(tmp_path / "hosts"),
+                              "--user", "bob:pw", "--format", "json",
+                              f"{reg.host}/team/app:1").stdout)
+        assert res["fetched"] == 2 and res["target"]["digest"] == layout["manifest"]
+        assert tokens.requests == [("bob", ["repository:team/app:pull"])]
+    finally:
+        reg.stop()
+        tokens.close()

@@ -37,8 +37,8 @@ def bundle_cmd(app: App, platform_: tuple[str, ...], all_platforms: bool, progre
                fmt: str, out: str, refs: tuple[str, ...], hosts_dir: str | None,
                plain_http: bool, user: str) -> None:
     """Write REFS to the archive OUT (an OCI layout tar that 'hold airgap seed', 'hold images
-    import' and 'ctr images import' read; .gz/.tgz/.zst compress it). Images the store lacks
-    are pulled first.
+    import' and 'ctr images import' read; .gz/.tgz/.zst compress it, and ctr then reads it
+    through 'zstd -dc OUT | ctr images import -'). Images the store lacks are pulled first.
     """
     from cargohold.cli.progress import open_progress
     from cargohold.fetch.bundle import bundle

@@ -38,7 +38,7 @@ def explain(app: App, hosts_dir: str | None, plain_http: bool, fmt: str, ref: st
         rows.append({"url": ep.url, "kind": "mirror" if ep.mirror else "server",
                      "capabilities": list(ep.capabilities), "skip_verify": ep.skip_verify,
                      "ca": list(ep.ca), "client": [list(c) for c in ep.client],
-                     "headers": {k: v for k, v in ep.headers},
+                     "headers": ep.header_dict(),
                      "dial_timeout": ep.dial_timeout, "source": ep.source,
                      "manifest_url": f"{ep.url}/{r.repository}/manifests/{r.object}{query}"})
     if fmt == "json":

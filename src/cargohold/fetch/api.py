@@ -82,6 +82,15 @@ class Endpoint:
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
 
+    def header_dict(self) -> dict[str, str]:
+        """The hosts.toml headers to send; a header given several values is sent once with
+        them comma-joined (HTTP's own way to combine them; containerd sends each).
+        """
+        out: dict[str, str] = {}
+        for k, v in self.headers:
+            out[k] = f"{out[k]}, {v}" if k in out else v
+        return out
+
     def describe(self) -> str:
         kind = "mirror" if self.mirror else "server"
         return f"{kind} {self.url}"

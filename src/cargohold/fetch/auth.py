@@ -130,11 +130,15 @@ class Authorizer:
 
     # --- after a 401 -------------------------------------------------------------------
     def challenge(self, host: str, response: requests.Response, scopes: tuple[str, ...],
-                  sent: str | None, where: str) -> str:
+                  sent: str | None, where: str, *,
+                  session: requests.Session | None = None) -> str:
         """A new Authorization value after ``response`` (a 401) from ``host``.
 
-        ``sent`` is what the failed request carried. Raises Unauthorized when there is
-        nothing new to try (no credentials, or these were refused).
+        ``sent`` is what the failed request carried. ``session`` is the endpoint's: its
+        token realm is asked through it, with the endpoint's TLS settings (``ca``,
+        ``client``, ``skip_verify`` of hosts.toml), as containerd does — a private registry's
+        realm is usually on the same host, behind the same private CA. Raises Unauthorized
+        when there is nothing new to try (no credentials, or these were refused).
         """
         chs = parse_challenges(response.headers.get("WWW-Authenticate", ""))
         bearer = next((c for c in chs if c.scheme == "bearer"), None)
@@ -147,7 +151,7 @@ class Authorizer:
                 key = self._key(bearer, scopes)
                 if sent and sent.startswith("Bearer "):
                     self._tokens.pop(key, None)  # refused: renew it
-            token, lifetime = self._fetch_token(bearer, merged, secret, where)
+            token, lifetime = self._fetch_token(bearer, merged, secret, where, host, session)
             with self._mu:
                 self._tokens[key] = (token, self._clock() + max(lifetime - EXPIRY_MARGIN,
                                                                  1.0))
@@ -173,12 +177,14 @@ class Authorizer:
                 tuple(sorted(scopes)))
 
     def _fetch_token(self, ch: Challenge, scopes: tuple[str, ...], secret: Secret | None,
-                     where: str) -> tuple[str, float]:
+                     where: str, host: str, session: requests.Session | None = None
+                     ) -> tuple[str, float]:
         import requests
 
         realm = ch.params["realm"]
         service = ch.params.get("service", "")
-        session = self._session_for(realm) if self._session_for else requests.Session()
+        if session is None:
+            session = self._session_for(realm) if self._session_for else requests.Session()
         what = f"token server {realm} (for {where})"
         try:
             if secret is not None and secret.identity_token:
@@ -202,7 +208,7 @@ class Authorizer:
             who = f"user {secret.username!r} ({secret.source})" if secret else "anonymous"
             cls = Unauthorized if r.status_code == 401 else Forbidden
             raise cls(f"{what}: {r.status_code}: {who} refused for {' '.join(scopes) or '-'}",
-                      hint=_login_hint(where.split()[0]))
+                      hint=_login_hint(host))
         if r.status_code != 200:
             raise RegistryError(f"{what}: unexpected status {r.status_code}")
         try:

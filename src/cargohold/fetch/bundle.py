@@ -5,7 +5,9 @@ The bundle is an OCI image-layout tar — ``index.json`` lists every image by na
 (``blobs/sha256/<hex>``, re-hashed while written) — plus docker's ``manifest.json``, so
 ``hold airgap seed``, ``hold images import``, ``ctr images import`` and ``docker load`` all read
 it. ``OUT`` ending in ``.gz``/``.tgz`` or ``.zst`` is compressed (see
-:mod:`cargohold.images.exporter`, which writes it: deterministic, never half-written).
+:mod:`cargohold.images.exporter`, which writes it: deterministic, never half-written); hold
+and k3s read those as they are, containerd 1.6's ``ctr images import`` only through a pipe
+from ``gzip -dc``/``zstd -dc`` (the result's notes say so).
 
 An image the store lacks — or lacks the asked-for platforms of — is pulled first (content
 only, no unpack) through the given :class:`~.registry.Registry`.
@@ -82,6 +84,11 @@ def bundle(client: Client, registry: Registry, out: str, refs: list[str], *,
     res.blobs = len(done.plan.blobs)
     res.bytes = done.plan.total
     res.notes = list(done.plan.notes)
+    comp = exporter.compression_of(out)
+    if comp != "none":
+        # containerd 1.6's importer reads a plain tar only ("invalid tar header" otherwise).
+        res.notes.append(f"{out} is {comp} compressed: for containerd's ctr, decompress it on "
+                         f"the way: {comp} -dc {out} | ctr images import -")
     return res
 
 

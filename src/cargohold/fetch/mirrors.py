@@ -65,8 +65,14 @@ def destinations(images: dict[str, str], registry: str, *, prefix_host: bool = F
 def write_mirror_config(hosts_dir: str, registry: str, *, plain_http: bool = False,
                         prefix_hosts: list[str] | None = None, force: bool = False
                         ) -> list[str]:
-    """Write the hosts.toml files (see the module docstring); return their paths."""
-    scheme = "http" if plain_http else "https"
+    """Write the hosts.toml files (see the module docstring); return their paths.
+
+    The scheme is the one hold pushed with: ``http`` with ``plain_http`` and for a loopback
+    or ``localhost`` REGISTRY (containerd's default, and seed --push's), else ``https``.
+    """
+    from cargohold.fetch.hosts import default_endpoint
+
+    scheme = default_endpoint(registry, plain_http=plain_http).scheme
     files = {os.path.join(hosts_dir, "_default", "hosts.toml"):
              f'{MARKER}: every registry is served by {registry}.\n'
              f'[host."{scheme}://{registry}"]\n'

@@ -3,8 +3,8 @@
 Sources: bundle or image archives, and directories read as k3s reads its images directory —
 every ``.tar``, ``.tar.gz``/``.tgz``, ``.tar.zst``/``.tzst``, ``.tar.lz4``, ``.tar.bz2``/``.tbz``
 file (imported with all platforms, verified, idempotent), and every ``.txt`` file (one image
-reference per line, ``#`` comments; each pulled unless the store has it). Other files are
-reported and left alone.
+reference per line, ``#`` comments; each pulled unless the store has it, and pinned either
+way). Other files are reported and left alone.
 
 Archives are imported ``jobs`` at a time (2 by default), reference lists after them.
 Unchanged archives are skipped without being read: each seeded archive is recorded in
@@ -102,7 +102,9 @@ def expand(sources: list[str]) -> list[tuple[str, str]]:
         elif os.path.exists(s):
             out.append((s, "list" if s.endswith(".txt") else "archive"))
         else:
-            raise NotFound(f"seed source {s}: no such file or directory")
+            raise NotFound(f"seed source {s}: no such file or directory",
+                           hint="give bundles, image archives, .txt reference lists, or "
+                                "directories of them")
     return out
 
 
@@ -264,8 +266,18 @@ class Seeder:
 
         with open(item.source, encoding="utf-8") as f:
             wanted = [line.split("#", 1)[0].strip() for line in f]
-        names = [refs.normalize(w) for w in wanted if w]
+        names = []
+        for lineno, w in enumerate(wanted, 1):
+            if not w:
+                continue
+            try:
+                names.append(refs.normalize(w))
+            except InvalidArgument as exc:  # which of many files, and where
+                exc.message = f"reference list {item.source} line {lineno}: {exc.message}"
+                exc.args = (exc.message,)
+                raise
         have = self._current(names)
+        self._pin([n for n in names if n in have])
         puller = Puller(self.client, self.registry, progress=self.progress)
         for n in names:
             if n in have:
@@ -277,6 +289,21 @@ class Seeder:
             item.new.append(n)
         item.images = self._current(names)
         item.status = "seeded" if item.new else "unchanged"
+
+    def _pin(self, names: list[str]) -> None:
+        """Pin images a reference list names that were in the store before (pulled by hand,
+        say): they are seeded now, and cleanup must not take them either.
+        """
+        from cargohold.metadata import images as records
+        from cargohold.metadata.images import Image
+
+        with self.client.db.update() as tx:
+            for n in names:
+                img = records.get(tx, self.client.namespace, n)
+                if img.labels.get(PINNED) != "pinned":
+                    records.update(tx, self.client.namespace,
+                                   Image(n, img.target, {PINNED: "pinned"}),
+                                   [f"labels.{PINNED}"])
 
     def _push(self, res: SeedResult, opts: SeedOptions) -> None:
         images: dict[str, str] = {}

@@ -55,8 +55,18 @@ def connection_error(what: str, exc: Exception) -> CargoholdError:
 
     text = str(exc)
     if isinstance(exc, requests.exceptions.SSLError):
+        import re
+
+        # urllib3 wraps OpenSSL's "[SSL: CODE] reason (_ssl.c:N)" in its retry text.
+        m = re.search(r"\[SSL: ([A-Z0-9_]+)\] ([^(']+)", text)
+        code = m.group(1) if m else ""
+        if code in _CLIENT_CERT_ALERTS:
+            return TLSFailure(f"{what}: TLS handshake failed: the registry wants a client "
+                              "certificate it trusts", hint='give one with client = [["CERT", '
+                              '"KEY"]] in its hosts.toml (--hosts-dir); \'hold hosts explain '
+                              'REF\' shows the TLS files used')
         reason = "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in text else \
-            _short(text)
+            (m.group(2).strip() if m else _short(text))
         return TLSFailure(f"{what}: TLS handshake failed: {reason}",
                           hint="give the registry's CA with ca = \"FILE\" in its hosts.toml "
                                "(--hosts-dir), or skip_verify = true for a test registry; "
@@ -82,6 +92,11 @@ def connection_error(what: str, exc: Exception) -> CargoholdError:
                        hint="check the network and the endpoint ('hold hosts explain REF')")
 
 
+#: alerts a server sends when it wants a client certificate, or refused the one we showed
+_CLIENT_CERT_ALERTS = ("SSLV3_ALERT_BAD_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+                       "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_CERTIFICATE_UNKNOWN")
+
+
 def _short(text: str) -> str:
     return text if len(text) < 200 else text[:200] + "…"
 
@@ -96,6 +111,11 @@ def is_final_connection_error(err: CargoholdError) -> bool:
 def status_error(where: str, r: requests.Response, what: str) -> CargoholdError:
     """The error for an unexpected answer ``r`` to a request for ``what`` at ``where``."""
     detail = _registry_message(r)
+    if r.status_code == 400 and b"HTTP request to an HTTPS server" in _body_head(r):
+        host = r.url.split("://", 1)[-1].split("/", 1)[0] if r.url else "HOST"
+        return RegistryError(f"{where}: {what}: the endpoint speaks HTTPS, not plain HTTP",
+                             hint=f'ask it over HTTPS: server = "https://{host}" in '
+                                  f"{host}/hosts.toml under the hosts directory (--hosts-dir)")
     if r.status_code == 404:
         return RegistryNotFound(f"{where}: {what}: not found{detail}",
                                 hint="check the repository and tag (or digest); on a mirror, "
@@ -114,6 +134,14 @@ def status_error(where: str, r: requests.Response, what: str) -> CargoholdError:
                              "(hosts.toml) avoids the rate limit")
     return RegistryError(f"{where}: {what}: unexpected status {r.status_code}{detail}",
                          hint="try again later; if it persists, the registry is broken")
+
+
+def _body_head(r: requests.Response) -> bytes:
+    """The start of an error answer's body; b"" when it was streamed away or is unreadable."""
+    try:
+        return (r.content or b"")[:512]
+    except Exception:  # noqa: BLE001 - a consumed or closed stream: no body to show
+        return b""
 
 
 def _registry_message(r: requests.Response) -> str:
@@ -165,6 +193,12 @@ class Transport:
         from requests.adapters import HTTPAdapter
 
         ctx = _ssl_context(skip_verify, ca, client)
+        if skip_verify:
+            import urllib3
+
+            # Asked for in hosts.toml (and shown by 'hold hosts explain'): urllib3 would
+            # otherwise print a warning on stderr for every request, pipes included.
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
         class _Adapter(HTTPAdapter):
             def init_poolmanager(self, *a: Any, **kw: Any) -> None:
@@ -205,7 +239,7 @@ class Transport:
         target = url or (ep.url + path)
         where = ep.describe()
         session = self.session(ep)
-        hdrs = {k: v for k, v in ep.headers}
+        hdrs = ep.header_dict()
         hdrs.update(headers or {})
         auth = self.authorizer.header(ep.host, scopes)
         challenges = 0
@@ -229,7 +263,8 @@ class Transport:
             if r.status_code == 401 and challenges < 2:
                 challenges += 1
                 sent = auth
-                auth = self.authorizer.challenge(ep.host, r, scopes, sent, where)
+                auth = self.authorizer.challenge(ep.host, r, scopes, sent, where,
+                                                 session=session)
                 r.close()
                 if auth == sent:
                     raise Unauthorized(f"{where}: {what or target}: credentials refused",
