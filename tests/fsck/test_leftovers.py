@@ -117,3 +117,69 @@ def test_an_expired_ingest_record_held_by_a_live_lease_is_not_a_problem(c):
     assert p.kind == "expired-ingest"
     with c.db.view() as tx:
         assert tx.get_int(ingest_path(c.namespace, "slow", "expireat"))
+
+
+CRASH_BETWEEN_RENAME_AND_RECORD = r"""
+import os, sys
+from tests.peers import open_client
+from cargohold.metadata import content as mc
+
+c = open_client(sys.argv[1])
+def hook_factory(self, ref, size, labels):
+    def killed(digest, existed):
+        os._exit(9)  # as kill -9 between the rename into blobs/ and the namespace record
+    return killed
+mc.NamespacedStore._commit_hook = hook_factory
+w = c.content.writer("upload-1")  # opened without a digest, as a registry upload is
+w.write(b"x" * 200000)
+w.commit(200000, "")
+"""
+
+
+def _killed_mid_commit(root: str) -> None:
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", CRASH_BETWEEN_RENAME_AND_RECORD, root],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 9, p.stderr.decode()
+
+
+def test_a_commit_killed_before_its_record_is_a_note_and_the_retry_records_it(tmp_path):
+    """A blob renamed into blobs/ whose record never got written is no garbage while its
+    ingest lives: fsck notes the interrupted commit (clean), GC keeps it, the next commit of
+    the same ref records it."""
+    import hashlib
+
+    root = str(tmp_path)
+    _killed_mid_commit(root)
+    digest = "sha256:" + hashlib.sha256(b"x" * 200000).hexdigest()
+    c = open_client(root)
+    try:
+        assert os.path.exists(c.store.blob_path(digest))
+        rep = _fsck(c)
+        assert rep.problems == []
+        [note] = [n for n in rep.notes if "interrupted commit" in n]
+        assert f"ingest upload-1 (namespace default) stored blob {digest} (200000 bytes)" in note
+        assert c.collector.collect().removed == [] and os.path.exists(c.store.blob_path(digest))
+        w = c.content.writer("upload-1")
+        w.write(b"x" * 200000)
+        assert w.commit(200000, "") == digest
+        assert c.content.info(digest).size == 200000
+        assert [n for n in _fsck(c).notes if "interrupted commit" in n] == []
+    finally:
+        c.close()
+
+
+def test_an_interrupted_commit_goes_with_its_expired_ingest(tmp_path):
+    root = str(tmp_path)
+    _killed_mid_commit(root)
+    c = open_client(root)
+    try:
+        with c.db.update() as tx:
+            tx.put(ingest_path("default", "upload-1", "expireat"), 1)
+        res = c.collector.collect()
+        assert not os.listdir(os.path.join(c.store.root, "blobs", "sha256")), res
+        assert _fsck(c).problems == []
+    finally:
+        c.close()

@@ -20,6 +20,7 @@ Leases without an owner (``hold leases create``) are never reported here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from cargohold.leases import owner as owners
 from cargohold.metadata import leases as lease_records
 from cargohold.metadata import namespaces
 from cargohold.metadata import snapshot_records as snaprec
+from cargohold.metadata.content import blob_path as content_key
 from cargohold.metadata.content import ingest_records
 from cargohold.metadata.db import DB
 from cargohold.metadata.leases import Lease, Resource
@@ -182,14 +184,27 @@ def _delete_if_dead(db: DB, v: _LeaseView, check: owners.OwnerCheck) -> bool:
 def _partial_ingests(db: DB, store: Any, dead: dict[tuple[str, str], str]) -> list[str]:
     """A note per ingest nobody writes now: how far it got and until when it is kept."""
     recs = []
+    stored: set[tuple[str, str]] = set()  # (ns, ref) whose expected blob is in, unrecorded
     with db.view() as tx:
         for ns in namespaces.list_all(tx):
-            recs += [(ns, r.ref, r.bref, r.expire_at) for r in ingest_records(tx, ns)]
+            for r in ingest_records(tx, ns):
+                recs.append((ns, r.ref, r.bref, r.expire_at, r.expected))
+                if r.expected and os.path.exists(store.blob_path(r.expected)) \
+                        and not tx.exists(content_key(ns, r.expected, "size")):
+                    stored.add((ns, r.ref))
     notes = []
     now = now_ns()
-    for ns, ref, bref, exp in recs:
+    for ns, ref, bref, exp, expected in recs:
         if exp and exp < now:
             continue  # expired: a problem of the ingest check, not a resumable ingest
+        if (ns, ref) in stored:
+            size = os.path.getsize(store.blob_path(expected))
+            until = f" once the ingest expires ({format_time(exp)})" if exp else ""
+            notes.append(f"note: interrupted commit: ingest {ref} (namespace {ns}) stored blob "
+                         f"{expected} ({size} bytes) but its record was not written (the "
+                         f"process was stopped between the two); the next commit of {ref} "
+                         f"records it, and GC removes it{until}")
+            continue
         try:
             st = store.status(bref)
         except NotFound:

@@ -376,6 +376,7 @@ class _NamespacedWriter:
     def commit(self, size: int = 0, expected: str = "", labels: dict[str, str] | None = None,
                *, then: CommitHook | None = None) -> str:
         hook = self.store._commit_hook(self.ref, size, labels)
+        self._expect(expected)
 
         def both(digest: str, existed: bool) -> None:
             # As the contract says: with a ``then`` the caller decides about an existing
@@ -396,6 +397,24 @@ class _NamespacedWriter:
             exc.message = exc.message.replace(self.store._bref(self.ref), self.ref)
             exc.args = (exc.message,)
             raise
+
+    def _expect(self, expected: str) -> None:
+        """Before the backend moves the data into ``blobs/``, make the ingest record expect
+        its digest (when it was opened without one): a crash between that rename and the
+        record leaves a blob the ingest still claims, so fsck reports an interrupted commit
+        (not garbage), GC keeps it while the ingest lives, and the next commit of the same
+        ref records it.
+        """
+        digest = self.inner.digest()
+        if expected and expected != digest:
+            return  # the commit fails the check; nothing will be renamed
+        path = ingest_path(self.store.ns, self.ref, "expected")
+        with self.store.db.view() as tx:
+            if tx.get_str(path):
+                return
+        with self.store.db.update() as tx:
+            if tx.exists(ingest_path(self.store.ns, self.ref, "ref")):
+                tx.put(path, digest)
 
     def close(self) -> None:
         self.inner.close()
