@@ -138,6 +138,7 @@ class Collector:
         # Per collection: open backends and what kernel mounts use (backend names).
         self._backends: dict[str, Any] = {}
         self._mounted: dict[str, dict[str, list[str]]] = {}
+        self._unopened: dict[str, str] = {}  # snapshotter -> why it cannot be opened
 
     # --- marking -------------------------------------------------------------------------
     def graph(self, tx: Tx) -> tuple[Graph, set[Node]]:
@@ -165,10 +166,19 @@ class Collector:
             for target in self._mounted.get(sn, {}).get(bname, ()):
                 g.roots.append((n, f"mounted at {target}"))
 
-    def _open_backends(self, res: Result) -> None:
+    def unopenable(self) -> dict[str, str]:
+        """Snapshotter -> why it cannot be opened, for each one that records or directories
+        name: what :meth:`collect` would report as errors (and ``hold gc`` exit 1 for); empty
+        when GC reaches every backend. Reads no mounts and removes nothing.
+        """
+        self._open_backends(Result(), mounts=False)
+        return dict(self._unopened)
+
+    def _open_backends(self, res: Result, *, mounts: bool = True) -> None:
         """Open every snapshotter that records or directories name; read what is mounted."""
         self._backends.clear()
         self._mounted.clear()
+        self._unopened.clear()
         with self.db.view() as tx:
             names = set(_snapshot_names(tx))
         sdir = os.path.join(self.root, "snapshots")
@@ -178,16 +188,18 @@ class Collector:
             return
         from cargohold.mount import MountUsers
 
-        users = MountUsers()
+        users = MountUsers() if mounts else None
         for sn in sorted(names):
             try:
                 backend = self.snapshotters(sn)
             except CargoholdError as exc:
+                self._unopened[sn] = str(exc)
                 res.errors.append(f"snapshotter {sn}: cannot open it, so its snapshots were "
                                   f"not collected: {exc}")
                 continue
             self._backends[sn] = backend
-            self._mounted[sn] = backend.mounted(users)
+            if users is not None:
+                self._mounted[sn] = backend.mounted(users)
 
     def why(self, obj: str) -> list[list[tuple[Node, str]]]:
         """For each namespace where ``obj`` is alive: the chain from a root to it.
