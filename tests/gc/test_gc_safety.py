@@ -205,14 +205,23 @@ def test_dry_run_lists_exactly_what_gc_removes_with_the_same_bytes(root, tmp_pat
     run_hold(root, "--lease", "L", "snapshots", "prepare", "top", "bigc")
     run_hold(root, "--lease", "L", "content", "ingest", "r1", input=os.urandom(1 << 20))
     run_hold(root, "leases", "rm", "L")
+    # An interrupted ingest past its expiry: its 2 MiB of data count too.
+    cfg = os.path.join(root, "expire-now.toml")
+    with open(cfg, "w") as f:
+        f.write('[gc]\ningest_expiry = "0s"\n')
+    p = run_hold(root, "content", "ingest", "--expected-size", str(4 << 20), "partial",
+                 input=os.urandom(2 << 20), check=False, env={"HOLD_CONFIG": cfg})
+    assert p.returncode == 1 and b"kept" in p.stderr
     dry = gc_json(root, "--dry-run")
     real = gc_json(root)
     seen = {(r["kind"], r["key"], r["size"]) for r in dry["removed"]}
     assert seen == {(r["kind"], r["key"], r["size"]) for r in real["removed"]}
     assert dry["bytes_freed"] == real["bytes_freed"]
-    # The snapshot's 3 MiB counts, not only the 1 MiB blob.
-    assert real["bytes_freed"] >= (4 << 20)
-    assert {r["kind"] for r in real["removed"]} >= {"snapshot", "backend-snapshot", "blob-file"}
+    # The snapshot's 3 MiB counts, and the ingest's 2 MiB, not only the 1 MiB blob.
+    assert real["bytes_freed"] >= (6 << 20)
+    assert {r["kind"] for r in real["removed"]} >= {"snapshot", "backend-snapshot", "blob-file",
+                                                     "ingest-dir"}
+    assert [r["size"] for r in real["removed"] if r["kind"] == "ingest-dir"] == [2 << 20]
     assert gc_json(root)["removed"] == []
 
 

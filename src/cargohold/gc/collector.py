@@ -109,7 +109,7 @@ class Plan:
     """What is on disk with nothing left to keep it, for one graph (records come apart)."""
 
     files: list[tuple[str, int]] = field(default_factory=list)  # digest, size
-    ingests: list[str] = field(default_factory=list)  # backend ingest refs
+    ingests: list[tuple[str, int]] = field(default_factory=list)  # backend ref, bytes
     # snapshotter -> [(backend name, size)], children before parents
     backend: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
 
@@ -331,7 +331,7 @@ class Collector:
         live_brefs = {g.ingest_bref[n] for n in g.ingest_bref if n in live}
         for st in self.store.list_statuses():
             if st.ref not in live_brefs and not st.holder:
-                plan.ingests.append(st.ref)
+                plan.ingests.append((st.ref, st.offset))
         kept_names: dict[str, set[str]] = {}
         for n, bname in g.snapshot_name.items():
             if n in live:
@@ -353,8 +353,8 @@ class Collector:
     def _report(self, plan: Plan, res: Result) -> None:
         for d, size in plan.files:
             res.add(Removed("blob-file", "", d, size))
-        for ref in plan.ingests:
-            res.add(Removed("ingest-dir", "", ref))
+        for ref, size in plan.ingests:
+            res.add(Removed("ingest-dir", "", ref, size))
         for sn, items in plan.backend.items():
             for name, size in items:
                 res.add(Removed("backend-snapshot", "", f"{sn}/{name}", size))
@@ -383,10 +383,10 @@ class Collector:
                 elif size >= 0:
                     res.add(Removed("blob-file", "", d, size))
         # Backend ingests nobody records (expired, aborted, or a crash before the record).
-        for ref in plan.ingests:
+        for ref, size in plan.ingests:
             try:
                 self.store.abort(ref)
-                res.add(Removed("ingest-dir", "", ref))
+                res.add(Removed("ingest-dir", "", ref, size))
             except (NotFound, Unavailable):
                 continue  # finished meanwhile, or a writer is still on it
         for sn, items in plan.backend.items():
