@@ -68,6 +68,9 @@ CASES = [
      "1048576-byte limit"),
     ("truncated-inside-a-header", OCI + block("index.json")[:300],
      "truncated tar stream inside a header (at byte 1024)"),
+    # JSON nested past Python's recursion limit ended in "internal error: RecursionError"
+    ("deeply-nested-index-json", OCI + member("index.json", b"[" * 200_000) + end(),
+     "index.json is not valid JSON (nested too deeply)"),
 ]
 
 
@@ -96,3 +99,27 @@ def test_hostile_archive_header(hold, tmp_path, case_id, data, expected, compres
 
 def test_the_zero_length_pax_archive_is_2_kib():
     assert len(CASES[0][1]) == 2048
+
+
+def test_a_deeply_nested_manifest_blob(hold, tmp_path):
+    """A manifest blob (reached through a well-formed index) nested past the recursion
+    limit: one clear line naming the blob, exit 1, nothing left visible."""
+    import hashlib
+    import json
+
+    man = b"[" * 200_000
+    digest = "sha256:" + hashlib.sha256(man).hexdigest()
+    index = json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
+        "size": len(man), "annotations": {"io.containerd.image.name": "x.io/deep:1"}}]})
+    path = tmp_path / "a.tar"
+    path.write_bytes(OCI + member("index.json", index.encode())
+                     + member(f"blobs/sha256/{digest[7:]}", man) + end())
+    p = hold("images", "import", "--progress", "none", str(path), check=False, timeout=60)
+    err = p.stderr.decode()
+    assert p.returncode == 1, err
+    assert err.splitlines()[0].endswith(f"blob {digest}: not valid JSON (nested too deeply)"), \
+        err
+    assert "Traceback" not in err and "internal error" not in err
+    assert hold("images", "ls", "-q").stdout == b""
+    assert hold("leases", "ls", "-q").stdout == b""

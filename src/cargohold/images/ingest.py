@@ -35,7 +35,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
-import json
 import os
 import re
 import stat
@@ -54,7 +53,7 @@ from cargohold.errors import (
 from cargohold.images import mediatypes as mt
 from cargohold.images import refs
 from cargohold.images.archive import ArchiveError, Member
-from cargohold.images.manifest import MAX_JSON
+from cargohold.images.manifest import MAX_JSON, loads
 from cargohold.images.progress import Progress
 from cargohold.store.api import ResumeMismatch, Writer, copy_into
 from cargohold.types import Descriptor, Platform
@@ -236,7 +235,7 @@ def _resolve_dots(path: str) -> str:
 
 def load_json(data: bytes, what: str, label: str) -> Any:
     try:
-        return json.loads(data)
+        return loads(data)
     except ValueError as exc:
         raise ArchiveError(f"archive {label}: {what} is not valid JSON ({exc})",
                            hint="the archive is damaged; export it again") from exc

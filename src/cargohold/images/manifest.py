@@ -21,6 +21,17 @@ from cargohold.types import LABEL_GC_REF_CONTENT, LABEL_GC_REF_SNAPSHOT, Descrip
 MAX_JSON = 20 << 20  # manifests and configs are small; refuse to buffer a giant "JSON" blob
 
 
+def loads(data: bytes | str) -> Any:
+    """``json.loads`` for bytes from outside (archives, registries, pushes): a document nested
+    deeper than Python's recursion limit (``[[[[...``, a few hundred KB) raises ValueError
+    like any other malformed JSON, instead of RecursionError.
+    """
+    try:
+        return json.loads(data)
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+
+
 def read_json(store: Store, desc: Descriptor, what: str = "") -> dict[str, Any]:
     """The parsed JSON of a blob; errors name ``what`` (e.g. the image) and the digest."""
     label = f"{what} " if what else ""
@@ -34,7 +45,7 @@ def read_json(store: Store, desc: Descriptor, what: str = "") -> dict[str, Any]:
         raise NotFound(f"{label}content {desc.digest} ({desc.media_type}): not found",
                        hint=exc.hint) from exc
     try:
-        doc = json.loads(data)
+        doc = loads(data)
     except ValueError as exc:
         raise MalformedData(f"{label}blob {desc.digest}: not valid JSON ({exc})") from exc
     if not isinstance(doc, dict):
