@@ -123,3 +123,39 @@ def test_a_deeply_nested_manifest_blob(hold, tmp_path):
     assert "Traceback" not in err and "internal error" not in err
     assert hold("images", "ls", "-q").stdout == b""
     assert hold("leases", "ls", "-q").stdout == b""
+
+
+# Docker archives whose manifest.json or config has the wrong JSON types: (id, members,
+# what the first line ends with). Each ended in "internal error" (TypeError, AttributeError)
+# or, for a tag that is not a reference, in exit 2 as if the user had typed it.
+_CFG = member("c.json", b'{"rootfs": {"diff_ids": []}}')
+DOCKER_CASES = [
+    ("config-not-a-string", member("manifest.json", b'[{"Config": 5}]'),
+     "manifest.json entry 0: Config is not a string"),
+    ("repotags-not-a-list", member("manifest.json", b'[{"Config": "c.json", "RepoTags": 7}]')
+     + _CFG, "manifest.json entry 0: RepoTags is not a list of strings"),
+    ("layers-not-strings", member("manifest.json", b'[{"Config": "c.json", "Layers": [1]}]')
+     + _CFG, "manifest.json entry 0: Layers is not a list of strings"),
+    ("rootfs-not-an-object", member("manifest.json", b'[{"Config": "c.json"}]')
+     + member("c.json", b'{"rootfs": 5}'), ": rootfs is not an object"),
+    ("diff-ids-not-a-list", member("manifest.json", b'[{"Config": "c.json"}]')
+     + member("c.json", b'{"rootfs": {"diff_ids": 5}}'), ": diff_ids is not a list of strings"),
+    ("repotag-not-a-reference",
+     member("manifest.json", b'[{"Config": "c.json", "RepoTags": ["::bad::"]}]') + _CFG,
+     "manifest.json entry 0: RepoTags: image reference '::bad::': not a valid reference"),
+]
+
+
+@pytest.mark.parametrize("case_id, data, expected", DOCKER_CASES,
+                         ids=[c[0] for c in DOCKER_CASES])
+def test_malformed_docker_manifest_json(hold, tmp_path, case_id, data, expected):
+    path = tmp_path / "d.tar"
+    path.write_bytes(data + end())
+    p = hold("images", "import", "--progress", "none", str(path), check=False, timeout=60)
+    err = p.stderr.decode()
+    assert p.returncode == 1, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert err.splitlines()[0].startswith("hold: ") and err.splitlines()[0].endswith(expected), \
+        err
+    assert hold("images", "ls", "-q").stdout == b""
+    assert hold("leases", "ls", "-q").stdout == b""
