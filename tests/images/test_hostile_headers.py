@@ -159,3 +159,39 @@ def test_malformed_docker_manifest_json(hold, tmp_path, case_id, data, expected)
         err
     assert hold("images", "ls", "-q").stdout == b""
     assert hold("leases", "ls", "-q").stdout == b""
+
+
+def test_an_oci_config_whose_rootfs_is_not_an_object(hold, tmp_path):
+    """It ended in "internal error: AttributeError"; imported without unpacking, inspect
+    shows it."""
+    import hashlib
+    import json
+
+    blobs = {}
+
+    def put(data: bytes) -> str:
+        blobs[hashlib.sha256(data).hexdigest()] = data
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": 7}).encode()
+    man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                      "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                 "digest": put(cfg), "size": len(cfg)}, "layers": []}).encode()
+    md = put(man)
+    index = json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
+        "size": len(man), "annotations": {"io.containerd.image.name": "x.io/r:1"},
+        "platform": {"os": "linux", "architecture": "amd64"}}]})
+    path = tmp_path / "a.tar"
+    path.write_bytes(OCI + member("index.json", index.encode()) + b"".join(
+        member(f"blobs/sha256/{h}", d) for h, d in blobs.items()) + end())
+    p = hold("images", "import", "--progress", "none", "--platform", "linux/amd64", str(path),
+             check=False, timeout=60)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "internal error" not in err, err
+    assert err.splitlines()[0].endswith(f"config {put(cfg)}: no rootfs.diff_ids"), err
+    assert hold("images", "ls", "-q").stdout == b""
+    hold("images", "import", "--progress", "none", "--no-unpack", "--platform", "linux/amd64",
+         str(path))
+    doc = json.loads(hold("images", "inspect", "x.io/r:1").stdout)
+    assert doc["manifests"][0]["diff_ids"] == []

@@ -127,13 +127,20 @@ def config_platform(store: Store, m: Manifest) -> Platform | None:
                     str(cfg.get("variant", "")), str(cfg.get("os.version", "")))
 
 
+def rootfs_diff_ids(cfg: dict[str, Any]) -> list[str] | None:
+    """``rootfs.diff_ids`` of a parsed image config, or None when it has no such list (a
+    ``rootfs`` that is not an object included: the config comes from outside).
+    """
+    rootfs = cfg.get("rootfs")
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    return [str(i) for i in ids] if isinstance(ids, list) else None
+
+
 def diff_ids(store: Store, config: Descriptor, what: str = "") -> list[str]:
-    cfg = read_json(store, config, what)
-    rootfs = cfg.get("rootfs") or {}
-    ids = rootfs.get("diff_ids")
-    if not isinstance(ids, list):
+    ids = rootfs_diff_ids(read_json(store, config, what))
+    if ids is None:
         raise MalformedData(f"{what} config {config.digest}: no rootfs.diff_ids")
-    return [str(i) for i in ids]
+    return ids
 
 
 def chain_ids(ids: list[str]) -> list[str]:
