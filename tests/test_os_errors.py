@@ -238,3 +238,83 @@ def test_every_lmdb_error_class_is_translated(cls):
                 lmdb.LockError: Unavailable, lmdb.ReadonlyError: PermissionDenied}
     if cls in expected:
         assert isinstance(err, expected[cls]), (cls, err)
+
+
+# --- output the user asked for, and a root that is not a directory ---------------------------
+def _image(root: str) -> str:
+    return run_hold(root, "images", "ls", "-q").stdout.decode().split()[0]
+
+
+def _hold_to(root: str, argv: list[str], out_path: str) -> subprocess.CompletedProcess:
+    """``hold ARGV > out_path``, standard output opened as a shell redirect would."""
+    env = dict(os.environ, PYTHONPATH=SRC, HOLD_ROOT=root,
+               HOLD_STATE=os.path.join(root, "_state"),
+               HOLD_CONFIG=os.path.join(root, "_no_config.toml"))
+    with open(out_path, "wb") as out:
+        return subprocess.run([sys.executable, "-m", "cargohold", *argv], stdout=out,
+                              stderr=subprocess.PIPE, env=env, timeout=120)
+
+
+def test_output_to_a_full_filesystem_names_it_and_the_way_out(tmp_path, populated):
+    """An archive or a blob written where there is no room (a file on a full filesystem,
+    standard output redirected there or to /dev/full) is one clear error, exit 1."""
+    image, layer = _image(populated), _layer(populated)
+    with tmpfs(str(tmp_path / "fs"), "1m") as fs:
+        p = run_hold(populated, "images", "export", os.path.join(fs, "x.tar"), image,
+                     check=False)
+        lines = _one_error(p)
+        assert lines[0].startswith(f"hold: export {fs}/x.tar: no space left on filesystem "
+                                   f"{fs} "), lines
+        assert lines[1] == (f"hint: free space on {fs} (with 'hold gc' when the root shares "
+                            "it), or write the output to another filesystem")
+        assert os.listdir(fs) == []  # no partial archive, no temporary file
+        for argv in (["images", "export", "-", image], ["content", "get", layer]):
+            p = _hold_to(populated, argv, os.path.join(fs, "out"))
+            lines = _one_error(p)
+            assert f"to standard output ({fs}/out): no space left on filesystem {fs} " \
+                   in lines[0], lines
+            os.unlink(os.path.join(fs, "out"))
+    for argv in (["images", "export", "-", image], ["content", "get", layer]):
+        lines = _one_error(_hold_to(populated, argv, "/dev/full"))
+        assert lines[0].endswith("to standard output (/dev/full): No space left on device")
+        assert lines[1].startswith("hint: send the output somewhere that takes it")
+    # A closed pipe is not an error worth a message (`hold content get D | head -c1`).
+    p = subprocess.run(f"{sys.executable} -m cargohold content get {layer} | head -c 1",
+                       shell=True, capture_output=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=SRC, HOLD_ROOT=populated,
+                                HOLD_STATE=os.path.join(populated, "_state"),
+                                HOLD_CONFIG=os.path.join(populated, "_no_config.toml")))
+    assert len(p.stdout) == 1 and p.stderr == b""
+
+
+def test_export_to_a_read_only_filesystem(tmp_path, populated):
+    out = tmp_path / "out"
+    out.mkdir()
+    ro = str(tmp_path / "ro")
+    with ro_bind(str(out), ro):
+        lines = _one_error(run_hold(populated, "images", "export", f"{ro}/x.tar",
+                                    _image(populated), check=False))
+    assert lines == [f"hold: export {ro}/x.tar: filesystem {ro} is read-only",
+                     "hint: write the output to a writable directory"]
+
+
+def test_a_root_or_state_that_is_a_file(tmp_path, populated, archive):
+    f = tmp_path / "afile"
+    f.write_text("not a directory")
+    for root in (str(f), str(f / "sub")):
+        lines = _one_error(run_hold(root, "images", "ls", check=False))
+        assert lines == [f"hold: directory {root}: {f} exists and is not a directory",
+                         f"hint: move {f} out of the way, or choose another directory "
+                         "(--root, --state)"]
+    # A state directory that is a file: GC and the mount list read no records from it, a
+    # mount that must write one says why it cannot.
+    p = run_hold(populated, "gc", check=False, env={"HOLD_STATE": str(f)})
+    assert p.returncode == 0, p.stderr.decode()
+    p = run_hold(populated, "images", "mount", _image(populated), str(tmp_path / "t"),
+                 check=False, env={"HOLD_STATE": str(f)})
+    lines = _one_error(p)
+    assert lines[0] == f"hold: directory {f}/mounts: {f} exists and is not a directory"
+    from cargohold.mount import is_mountpoint
+
+    assert not is_mountpoint(str(tmp_path / "t"))
+    assert run_hold(populated, "leases", "ls", "-q").stdout == b""

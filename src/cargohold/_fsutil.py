@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 from cargohold import _reserve
 from cargohold._oserror import check_writable, is_env_errno, read_only_root, translate
-from cargohold.errors import CargoholdError, Unavailable
+from cargohold.errors import CargoholdError, FailedPrecondition, Unavailable
 from cargohold.notices import notice
 
 _FLOCK = "hhqqi4x"  # struct flock on Linux x86_64/aarch64: type, whence, start, len, pid
@@ -125,6 +125,14 @@ def makedirs(path: str, mode: int = 0o755, *, sync: bool = False) -> str:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(d, mode)
             fsync_dir(os.path.dirname(d))
+    except (FileExistsError, NotADirectoryError) as exc:
+        # ``path`` or a parent on the way is a file (a --root given a file's name).
+        blocker = os.path.abspath(path)
+        while not os.path.lexists(blocker) and os.path.dirname(blocker) != blocker:
+            blocker = os.path.dirname(blocker)
+        raise FailedPrecondition(f"directory {path}: {blocker} exists and is not a directory",
+                                 hint=f"move {blocker} out of the way, or choose another "
+                                      "directory (--root, --state)") from exc
     except OSError as exc:
         if is_env_errno(exc.errno):
             raise translate(exc, path, f"directory {path}") from exc

@@ -218,6 +218,54 @@ def translate(exc: OSError, path: str, what: str = "", *, needed: int = 0
     return FailedPrecondition(f"{what}: {reason}")
 
 
+def output_error(exc: OSError, path: str, what: str) -> CargoholdError:
+    """The error for a failed write of output the user asked for (an exported archive, a blob
+    sent to standard output) to ``path``, which is not under the root: the hints name that
+    path's filesystem, not the root's.
+
+    Errnos outside the module docstring's table are :class:`FailedPrecondition` with the OS's
+    own words.
+    """
+    reason = exc.strerror or str(exc)
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        err = translate(exc, path, what)
+        err.hint = (f"free space on {mount_point(path)} (with 'hold gc' when the root shares "
+                    "it), or write the output to another filesystem")
+        return err
+    if code == errno.EROFS:
+        return FailedPrecondition(f"{what}: filesystem {mount_point(path)} is read-only",
+                                  hint="write the output to a writable directory")
+    if code in (errno.EACCES, errno.EPERM):
+        owner = _owner(path)
+        return PermissionDenied(f"{what}: permission denied",
+                                hint=f"{owner}: write the output somewhere you may write"
+                                if owner else "write the output somewhere you may write")
+    if code in (errno.EIO, errno.EMFILE, errno.ENFILE):
+        return translate(exc, path, what)
+    return FailedPrecondition(f"{what}: {reason}")
+
+
+def stream_error(exc: OSError, fd: int | None, what: str) -> CargoholdError:
+    """:func:`output_error` for a write to the open descriptor ``fd`` (standard output): a
+    file is named by its path; a pipe, a terminal or a device by what it is.
+    """
+    import stat
+
+    target = ""
+    try:
+        if fd is not None:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if stat.S_ISREG(os.fstat(fd).st_mode) and target.startswith("/"):
+                return output_error(exc, target, f"{what} ({target})")
+    except OSError:
+        pass  # no /proc or a closed descriptor: the message names no file, nothing more
+    where = f" ({target})" if target else ""
+    return FailedPrecondition(f"{what}{where}: {exc.strerror or exc}",
+                              hint="send the output somewhere that takes it (a file on a "
+                                   "filesystem with room, a pipe)")
+
+
 def is_env_errno(code: int | None) -> bool:
     """Whether ``code`` is one :func:`translate` explains (the environment, not a bug)."""
     return code in _ENV

@@ -2,7 +2,8 @@
 
 Each probe does something real with its component and reports what it saw: the metadata
 database is opened and its schema version and key count read; the blob store's directory is
-listed and checked for writing; GC's lock is asked who holds it; leases are listed; gzip and
+listed and checked for writing; GC opens every snapshotter it would collect and its
+lock is asked who holds it; leases are listed; gzip and
 zstd each compress and decompress a buffer; runc prints its version and lists the namespace's
 containers under the state directory, which must be writable; every snapshotter runs its own
 support check. A status is ``ok`` only when the probe succeeded, ``skip`` when the component
@@ -88,6 +89,11 @@ def _gc(client: Client) -> tuple[str, str]:
 
     if client.read_only:
         return "skip", "the root is read-only: 'hold gc --dry-run' and '--why' still work"
+    # A snapshotter GC cannot open makes every 'hold gc' fail: the collector is in error.
+    bad = client.collector.unopenable()
+    if bad:
+        return "error", "; ".join(f"cannot open snapshotter {sn} ({why}): 'hold gc' collects "
+                                  "none of its snapshots and exits 1" for sn, why in bad.items())
     holder = lock_holder(os.path.join(client.root, "gc.lock"))
     return "ok", f"running now: {holder}" if holder else "idle"
 

@@ -127,6 +127,22 @@ def test_plugins_gc_probe_sees_a_running_collection(hold, root):
     assert gc["status"] == "skip" and "read-only" in gc["reason"]
 
 
+def test_plugins_gc_probe_fails_when_gc_cannot_open_a_snapshotter(hold, root):
+    """The probe opens what a collection opens: a snapshotter that 'hold gc' cannot open (and
+    exits 1 for) puts the collector in error, naming it; fixed, the collector is ok again."""
+    hold("content", "ls")
+    os.makedirs(os.path.join(root, "snapshots", "btrfs"))  # made once; not on btrfs here
+    assert hold("gc", check=False).returncode == 1
+    [gc] = [r for r in json.loads(hold("plugins", "ls", "--format", "json").stdout)
+            if r["type"] == "gc"]
+    assert gc["status"] == "error", gc
+    assert gc["reason"].startswith("cannot open snapshotter btrfs (") and "exits 1" in gc["reason"]
+    os.rmdir(os.path.join(root, "snapshots", "btrfs"))
+    [gc] = [r for r in json.loads(hold("plugins", "ls", "--format", "json").stdout)
+            if r["type"] == "gc"]
+    assert (gc["status"], gc["reason"]) == ("ok", "idle")
+
+
 def test_usage_error_exit_code_2(hold):
     assert hold("content", "nope", check=False).returncode == 2
     assert hold("content", "get", "not-a-digest", check=False).returncode == 2

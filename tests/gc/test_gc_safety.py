@@ -133,6 +133,46 @@ def test_bind_mounted_committed_layer_is_kept(root, mnt):
     assert keys(root) == [] and [e for e in os.listdir(objs) if e.isdigit()] == []
 
 
+@pytest.mark.parametrize("alias", ["symlink", "bind-mount", "read-only-bind-mount"])
+def test_a_mount_made_through_one_name_of_the_root_is_seen_through_another(root, mnt,
+                                                                          tmp_path, alias):
+    """The overlay shows its layers as the mounter spelled them; GC run through another name
+    of the same root (a symlink, a bind mount, a read-only export) must still see them."""
+    run_hold(root, "leases", "create", "--id", "L")
+    run_hold(root, "--lease", "L", "snapshots", "prepare", "b-a")
+    run_hold(root, "--lease", "L", "snapshots", "commit", "base", "b-a")
+    out = run_hold(root, "--lease", "L", "snapshots", "prepare", "top", "base").stdout.decode()
+    target = mnt()
+    paste(out, target)  # upper and lower spelled under ``root``
+    with open(os.path.join(target, "f"), "w") as f:
+        f.write("mine")
+    run_hold(root, "leases", "rm", "L")
+    other = str(tmp_path / "other")
+    if alias == "symlink":
+        os.symlink(root, other)
+    else:
+        os.makedirs(other)
+        subprocess.run(["mount", "--bind", root, other], check=True)
+        if alias == "read-only-bind-mount":
+            subprocess.run(["mount", "-o", "remount,bind,ro", other], check=True)
+    try:
+        dry = gc_json(other, "--dry-run")
+        assert not [r for r in dry["removed"] if "snapshot" in r["kind"]], dry
+        for k in ("top", "base"):
+            why = run_hold(other, "gc", "--why", f"snapshot/{SN}/{k}").stdout.decode()
+            assert f"mounted at {target}" in why, why
+        if alias != "read-only-bind-mount":
+            gc_json(other)
+            p = run_hold(other, "snapshots", "rm", "top", check=False)
+            assert p.returncode == 1 and f"mounted at {target}" in p.stderr.decode()
+    finally:
+        if alias != "symlink":
+            unmount_all(other)
+    assert keys(root) == ["base", "top"]
+    with open(os.path.join(target, "f")) as f:
+        assert f.read() == "mine"
+
+
 def test_image_mount_record_keeps_the_snapshot_without_its_lease(root, mnt, tmp_path):
     src = tmp_path / "tree"
     (src / "etc").mkdir(parents=True)
@@ -165,14 +205,23 @@ def test_dry_run_lists_exactly_what_gc_removes_with_the_same_bytes(root, tmp_pat
     run_hold(root, "--lease", "L", "snapshots", "prepare", "top", "bigc")
     run_hold(root, "--lease", "L", "content", "ingest", "r1", input=os.urandom(1 << 20))
     run_hold(root, "leases", "rm", "L")
+    # An interrupted ingest past its expiry: its 2 MiB of data count too.
+    cfg = os.path.join(root, "expire-now.toml")
+    with open(cfg, "w") as f:
+        f.write('[gc]\ningest_expiry = "0s"\n')
+    p = run_hold(root, "content", "ingest", "--expected-size", str(4 << 20), "partial",
+                 input=os.urandom(2 << 20), check=False, env={"HOLD_CONFIG": cfg})
+    assert p.returncode == 1 and b"kept" in p.stderr
     dry = gc_json(root, "--dry-run")
     real = gc_json(root)
     seen = {(r["kind"], r["key"], r["size"]) for r in dry["removed"]}
     assert seen == {(r["kind"], r["key"], r["size"]) for r in real["removed"]}
     assert dry["bytes_freed"] == real["bytes_freed"]
-    # The snapshot's 3 MiB counts, not only the 1 MiB blob.
-    assert real["bytes_freed"] >= (4 << 20)
-    assert {r["kind"] for r in real["removed"]} >= {"snapshot", "backend-snapshot", "blob-file"}
+    # The snapshot's 3 MiB counts, and the ingest's 2 MiB, not only the 1 MiB blob.
+    assert real["bytes_freed"] >= (6 << 20)
+    assert {r["kind"] for r in real["removed"]} >= {"snapshot", "backend-snapshot", "blob-file",
+                                                     "ingest-dir"}
+    assert [r["size"] for r in real["removed"] if r["kind"] == "ingest-dir"] == [2 << 20]
     assert gc_json(root)["removed"] == []
 
 

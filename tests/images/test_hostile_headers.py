@@ -68,6 +68,9 @@ CASES = [
      "1048576-byte limit"),
     ("truncated-inside-a-header", OCI + block("index.json")[:300],
      "truncated tar stream inside a header (at byte 1024)"),
+    # JSON nested past Python's recursion limit ended in "internal error: RecursionError"
+    ("deeply-nested-index-json", OCI + member("index.json", b"[" * 200_000) + end(),
+     "index.json is not valid JSON (nested too deeply)"),
 ]
 
 
@@ -96,3 +99,99 @@ def test_hostile_archive_header(hold, tmp_path, case_id, data, expected, compres
 
 def test_the_zero_length_pax_archive_is_2_kib():
     assert len(CASES[0][1]) == 2048
+
+
+def test_a_deeply_nested_manifest_blob(hold, tmp_path):
+    """A manifest blob (reached through a well-formed index) nested past the recursion
+    limit: one clear line naming the blob, exit 1, nothing left visible."""
+    import hashlib
+    import json
+
+    man = b"[" * 200_000
+    digest = "sha256:" + hashlib.sha256(man).hexdigest()
+    index = json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
+        "size": len(man), "annotations": {"io.containerd.image.name": "x.io/deep:1"}}]})
+    path = tmp_path / "a.tar"
+    path.write_bytes(OCI + member("index.json", index.encode())
+                     + member(f"blobs/sha256/{digest[7:]}", man) + end())
+    p = hold("images", "import", "--progress", "none", str(path), check=False, timeout=60)
+    err = p.stderr.decode()
+    assert p.returncode == 1, err
+    assert err.splitlines()[0].endswith(f"blob {digest}: not valid JSON (nested too deeply)"), \
+        err
+    assert "Traceback" not in err and "internal error" not in err
+    assert hold("images", "ls", "-q").stdout == b""
+    assert hold("leases", "ls", "-q").stdout == b""
+
+
+# Docker archives whose manifest.json or config has the wrong JSON types: (id, members,
+# what the first line ends with). Each ended in "internal error" (TypeError, AttributeError)
+# or, for a tag that is not a reference, in exit 2 as if the user had typed it.
+_CFG = member("c.json", b'{"rootfs": {"diff_ids": []}}')
+DOCKER_CASES = [
+    ("config-not-a-string", member("manifest.json", b'[{"Config": 5}]'),
+     "manifest.json entry 0: Config is not a string"),
+    ("repotags-not-a-list", member("manifest.json", b'[{"Config": "c.json", "RepoTags": 7}]')
+     + _CFG, "manifest.json entry 0: RepoTags is not a list of strings"),
+    ("layers-not-strings", member("manifest.json", b'[{"Config": "c.json", "Layers": [1]}]')
+     + _CFG, "manifest.json entry 0: Layers is not a list of strings"),
+    ("rootfs-not-an-object", member("manifest.json", b'[{"Config": "c.json"}]')
+     + member("c.json", b'{"rootfs": 5}'), ": rootfs is not an object"),
+    ("diff-ids-not-a-list", member("manifest.json", b'[{"Config": "c.json"}]')
+     + member("c.json", b'{"rootfs": {"diff_ids": 5}}'), ": diff_ids is not a list of strings"),
+    ("repotag-not-a-reference",
+     member("manifest.json", b'[{"Config": "c.json", "RepoTags": ["::bad::"]}]') + _CFG,
+     "manifest.json entry 0: RepoTags: image reference '::bad::': not a valid reference"),
+]
+
+
+@pytest.mark.parametrize("case_id, data, expected", DOCKER_CASES,
+                         ids=[c[0] for c in DOCKER_CASES])
+def test_malformed_docker_manifest_json(hold, tmp_path, case_id, data, expected):
+    path = tmp_path / "d.tar"
+    path.write_bytes(data + end())
+    p = hold("images", "import", "--progress", "none", str(path), check=False, timeout=60)
+    err = p.stderr.decode()
+    assert p.returncode == 1, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert err.splitlines()[0].startswith("hold: ") and err.splitlines()[0].endswith(expected), \
+        err
+    assert hold("images", "ls", "-q").stdout == b""
+    assert hold("leases", "ls", "-q").stdout == b""
+
+
+def test_an_oci_config_whose_rootfs_is_not_an_object(hold, tmp_path):
+    """It ended in "internal error: AttributeError"; imported without unpacking, inspect
+    shows it."""
+    import hashlib
+    import json
+
+    blobs = {}
+
+    def put(data: bytes) -> str:
+        blobs[hashlib.sha256(data).hexdigest()] = data
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": 7}).encode()
+    man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                      "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                 "digest": put(cfg), "size": len(cfg)}, "layers": []}).encode()
+    md = put(man)
+    index = json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
+        "size": len(man), "annotations": {"io.containerd.image.name": "x.io/r:1"},
+        "platform": {"os": "linux", "architecture": "amd64"}}]})
+    path = tmp_path / "a.tar"
+    path.write_bytes(OCI + member("index.json", index.encode()) + b"".join(
+        member(f"blobs/sha256/{h}", d) for h, d in blobs.items()) + end())
+    p = hold("images", "import", "--progress", "none", "--platform", "linux/amd64", str(path),
+             check=False, timeout=60)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "internal error" not in err, err
+    assert err.splitlines()[0].endswith(f"config {put(cfg)}: no rootfs.diff_ids"), err
+    assert hold("images", "ls", "-q").stdout == b""
+    hold("images", "import", "--progress", "none", "--no-unpack", "--platform", "linux/amd64",
+         str(path))
+    doc = json.loads(hold("images", "inspect", "x.io/r:1").stdout)
+    assert doc["manifests"][0]["diff_ids"] == []

@@ -38,14 +38,18 @@ def ls(app: App, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
 @click.pass_obj
 def get(app: App, digest: str) -> None:
     """Write the blob DIGEST to standard output."""
+    from cargohold._oserror import is_env_errno, stream_error
+
     out = sys.stdout.buffer
     with app.client.content.reader(digest) as r:
-        while True:
-            chunk = r.read(1 << 20)
-            if not chunk:
-                break
-            out.write(chunk)
-    out.flush()
+        while chunk := r.read(1 << 20):
+            try:
+                out.write(chunk)
+                out.flush()
+            except OSError as exc:  # the output is full or failing; EPIPE goes on to main
+                if not is_env_errno(exc.errno):
+                    raise
+                raise stream_error(exc, 1, f"content get {digest} to standard output") from exc
 
 
 @content.command("ingest")

@@ -31,7 +31,6 @@ caused.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +49,7 @@ from cargohold.fetch.registry import Registry
 from cargohold.fetch.remote import Remote
 from cargohold.images import mediatypes as mt
 from cargohold.images import platforms as plat
-from cargohold.images.manifest import child_gc_labels, config_platform, parse_manifest
+from cargohold.images.manifest import child_gc_labels, config_platform, loads, parse_manifest
 from cargohold.images.progress import Progress
 from cargohold.leases.manager import DEFAULT_EXPIRY
 from cargohold.metadata.leases import Resource
@@ -371,7 +370,7 @@ class _Walk:
     def _doc(self, desc: Descriptor) -> tuple[bytes, dict[str, Any]]:
         data = self._have(desc) or self.remote.fetch_bytes(desc, manifest=True)
         try:
-            doc = json.loads(data)
+            doc = loads(data)
         except ValueError as exc:
             from cargohold.fetch.api import RegistryError
 

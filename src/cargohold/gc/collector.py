@@ -109,7 +109,7 @@ class Plan:
     """What is on disk with nothing left to keep it, for one graph (records come apart)."""
 
     files: list[tuple[str, int]] = field(default_factory=list)  # digest, size
-    ingests: list[str] = field(default_factory=list)  # backend ingest refs
+    ingests: list[tuple[str, int]] = field(default_factory=list)  # backend ref, bytes
     # snapshotter -> [(backend name, size)], children before parents
     backend: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
 
@@ -138,6 +138,7 @@ class Collector:
         # Per collection: open backends and what kernel mounts use (backend names).
         self._backends: dict[str, Any] = {}
         self._mounted: dict[str, dict[str, list[str]]] = {}
+        self._unopened: dict[str, str] = {}  # snapshotter -> why it cannot be opened
 
     # --- marking -------------------------------------------------------------------------
     def graph(self, tx: Tx) -> tuple[Graph, set[Node]]:
@@ -165,10 +166,19 @@ class Collector:
             for target in self._mounted.get(sn, {}).get(bname, ()):
                 g.roots.append((n, f"mounted at {target}"))
 
-    def _open_backends(self, res: Result) -> None:
+    def unopenable(self) -> dict[str, str]:
+        """Snapshotter -> why it cannot be opened, for each one that records or directories
+        name: what :meth:`collect` would report as errors (and ``hold gc`` exit 1 for); empty
+        when GC reaches every backend. Reads no mounts and removes nothing.
+        """
+        self._open_backends(Result(), mounts=False)
+        return dict(self._unopened)
+
+    def _open_backends(self, res: Result, *, mounts: bool = True) -> None:
         """Open every snapshotter that records or directories name; read what is mounted."""
         self._backends.clear()
         self._mounted.clear()
+        self._unopened.clear()
         with self.db.view() as tx:
             names = set(_snapshot_names(tx))
         sdir = os.path.join(self.root, "snapshots")
@@ -178,16 +188,18 @@ class Collector:
             return
         from cargohold.mount import MountUsers
 
-        users = MountUsers()
+        users = MountUsers() if mounts else None
         for sn in sorted(names):
             try:
                 backend = self.snapshotters(sn)
             except CargoholdError as exc:
+                self._unopened[sn] = str(exc)
                 res.errors.append(f"snapshotter {sn}: cannot open it, so its snapshots were "
                                   f"not collected: {exc}")
                 continue
             self._backends[sn] = backend
-            self._mounted[sn] = backend.mounted(users)
+            if users is not None:
+                self._mounted[sn] = backend.mounted(users)
 
     def why(self, obj: str) -> list[list[tuple[Node, str]]]:
         """For each namespace where ``obj`` is alive: the chain from a root to it.
@@ -319,7 +331,7 @@ class Collector:
         live_brefs = {g.ingest_bref[n] for n in g.ingest_bref if n in live}
         for st in self.store.list_statuses():
             if st.ref not in live_brefs and not st.holder:
-                plan.ingests.append(st.ref)
+                plan.ingests.append((st.ref, st.offset))
         kept_names: dict[str, set[str]] = {}
         for n, bname in g.snapshot_name.items():
             if n in live:
@@ -341,8 +353,8 @@ class Collector:
     def _report(self, plan: Plan, res: Result) -> None:
         for d, size in plan.files:
             res.add(Removed("blob-file", "", d, size))
-        for ref in plan.ingests:
-            res.add(Removed("ingest-dir", "", ref))
+        for ref, size in plan.ingests:
+            res.add(Removed("ingest-dir", "", ref, size))
         for sn, items in plan.backend.items():
             for name, size in items:
                 res.add(Removed("backend-snapshot", "", f"{sn}/{name}", size))
@@ -371,10 +383,10 @@ class Collector:
                 elif size >= 0:
                     res.add(Removed("blob-file", "", d, size))
         # Backend ingests nobody records (expired, aborted, or a crash before the record).
-        for ref in plan.ingests:
+        for ref, size in plan.ingests:
             try:
                 self.store.abort(ref)
-                res.add(Removed("ingest-dir", "", ref))
+                res.add(Removed("ingest-dir", "", ref, size))
             except (NotFound, Unavailable):
                 continue  # finished meanwhile, or a writer is still on it
         for sn, items in plan.backend.items():

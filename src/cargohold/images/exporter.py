@@ -466,17 +466,23 @@ def export(client: Client, dest: str, refs: Sequence[str], opts: ExportOptions |
     :func:`compression_of`, which refuses ``*.bz2`` and other suffixes it cannot write); a
     stream is not.
     Raises what :func:`plan_export` raises (before anything is written), IntegrityError when
-    a blob does not hash to its digest, and FailedPrecondition for an unwritable ``dest``.
+    a blob does not hash to its digest, and FailedPrecondition for an unwritable ``dest`` or a
+    full stream (:func:`cargohold._oserror.output_error`: the filesystem, the space free).
     """
-    from cargohold.errors import FailedPrecondition
+    from cargohold._oserror import is_env_errno, output_error, stream_error
 
     compression = "none" if dest == "-" else compression_of(dest)
     plan = plan_export(client.content, resolve(client, refs), opts)
     if dest == "-":
         if stream is None:
             raise InvalidArgument("export -: no stream to write to")
-        n = write_archive(client.content, plan, stream, progress=progress)
-        stream.flush()
+        try:
+            n = write_archive(client.content, plan, stream, progress=progress)
+            stream.flush()
+        except OSError as exc:
+            if not is_env_errno(exc.errno):
+                raise  # a closed pipe (EPIPE) among them: the CLI says nothing of it
+            raise stream_error(exc, _fileno(stream), "export to standard output") from exc
         return ExportResult(plan, n, "-")
     full = os.path.abspath(dest)
     tmp = os.path.join(os.path.dirname(full), f".{os.path.basename(full)}.{os.getpid()}.tmp")
@@ -488,9 +494,16 @@ def export(client: Client, dest: str, refs: Sequence[str], opts: ExportOptions |
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise FailedPrecondition(f"export {dest}: {exc.strerror or exc}") from exc
+        raise output_error(exc, full, f"export {dest}") from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return ExportResult(plan, n, full)
+
+
+def _fileno(stream: BinaryIO) -> int | None:
+    try:
+        return stream.fileno()
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is an OSError
+        return None

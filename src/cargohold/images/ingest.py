@@ -35,7 +35,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
-import json
 import os
 import re
 import stat
@@ -47,6 +46,7 @@ from cargohold.errors import (
     AlreadyExists,
     FailedPrecondition,
     IntegrityError,
+    InvalidArgument,
     NotFound,
     Unavailable,
     Unsupported,
@@ -54,7 +54,7 @@ from cargohold.errors import (
 from cargohold.images import mediatypes as mt
 from cargohold.images import refs
 from cargohold.images.archive import ArchiveError, Member
-from cargohold.images.manifest import MAX_JSON
+from cargohold.images.manifest import MAX_JSON, loads
 from cargohold.images.progress import Progress
 from cargohold.store.api import ResumeMismatch, Writer, copy_into
 from cargohold.types import Descriptor, Platform
@@ -236,7 +236,7 @@ def _resolve_dots(path: str) -> str:
 
 def load_json(data: bytes, what: str, label: str) -> Any:
     try:
-        return json.loads(data)
+        return loads(data)
     except ValueError as exc:
         raise ArchiveError(f"archive {label}: {what} is not valid JSON ({exc})",
                            hint="the archive is damaged; export it again") from exc
@@ -359,12 +359,18 @@ def docker_entries(store: NamespacedStore, r: ArchiveIngest, lease: str, label: 
     for i, ent in enumerate(doc):
         if not isinstance(ent, dict) or "Config" not in ent:
             raise ArchiveError(f"archive {label}: manifest.json entry {i} has no Config")
-        tags = [str(t) for t in ent.get("RepoTags") or []]
+        where = f"archive {label}: manifest.json entry {i}"
+        if not isinstance(ent["Config"], str):
+            raise ArchiveError(f"{where}: Config is not a string")
+        tags = _strings(ent.get("RepoTags"), f"{where}: RepoTags")
         what = f"image {tags[0]}" if tags else f"manifest.json entry {i}"
-        config = _docker_blob(r, str(ent["Config"]), what, "config", label)
+        config = _docker_blob(r, ent["Config"], what, "config", label)
         cfg = _config(store, config.digest)
-        ids = (cfg.get("rootfs") or {}).get("diff_ids") or []
-        names_in = [str(x) for x in ent.get("Layers") or []]
+        rootfs = cfg.get("rootfs") or {}
+        if not isinstance(rootfs, dict):
+            raise ArchiveError(f"{what}: config {config.digest}: rootfs is not an object")
+        ids = _strings(rootfs.get("diff_ids"), f"{what}: config {config.digest}: diff_ids")
+        names_in = _strings(ent.get("Layers"), f"{where}: Layers")
         if len(ids) != len(names_in):
             raise IntegrityError(f"{what}: config {config.digest} lists {len(ids)} diff IDs "
                                  f"for {len(names_in)} layers",
@@ -387,7 +393,11 @@ def docker_entries(store: NamespacedStore, r: ArchiveIngest, lease: str, label: 
                "layers": layers}
         data = go_json(man)
         digest = put_blob(store, data, lease)
-        names = [refs.normalize(t) for t in tags]
+        try:
+            names = [refs.normalize(t) for t in tags]
+        except InvalidArgument as exc:  # damaged data, not a usage error (exit 1, not 2)
+            raise ArchiveError(f"{where}: RepoTags: {exc.message}",
+                               hint="the archive is damaged; save or export it again") from exc
         desc = Descriptor(mt.DOCKER_MANIFEST, digest, len(data), platform=_platform(cfg))
         out.append(Entry(desc, names))
         for n in names or [""]:
@@ -403,6 +413,16 @@ def docker_entries(store: NamespacedStore, r: ArchiveIngest, lease: str, label: 
         data = go_json({"schemaVersion": 2, "manifests": index_entries or None})
         index_desc = Descriptor(mt.OCI_INDEX, put_blob(store, data, lease), len(data))
     return out, index_desc
+
+
+def _strings(value: Any, what: str) -> list[str]:
+    """A JSON list of strings (null or absent: none); anything else is a damaged archive."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise ArchiveError(f"{what} is not a list of strings",
+                           hint="the archive is damaged; save or export it again")
+    return value
 
 
 #: containerd 1.6 ``platforms.normalizeArch`` for an empty variant (all it is ever given here)

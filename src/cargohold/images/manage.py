@@ -27,6 +27,7 @@ from cargohold.images.manifest import (
     chain_ids,
     children,
     read_json,
+    rootfs_diff_ids,
 )
 from cargohold.metadata import images as records
 from cargohold.metadata.images import Image
@@ -250,7 +251,7 @@ class ImageService:
                     try:
                         cfg = read_json(self.store, cdesc, what)
                         entry["config"] = cfg
-                        ids = [str(i) for i in (cfg.get("rootfs") or {}).get("diff_ids") or []]
+                        ids = rootfs_diff_ids(cfg) or []
                         entry["diff_ids"] = ids
                         entry["chain_ids"] = chain_ids(ids)
                     except CargoholdError as exc:

@@ -25,6 +25,17 @@ if TYPE_CHECKING:
 MAX_JSON = 20 << 20  # manifests and configs are small; refuse to buffer a giant "JSON" blob
 
 
+def loads(data: bytes | str) -> Any:
+    """``json.loads`` for bytes from outside (archives, registries, pushes): a document nested
+    deeper than Python's recursion limit (``[[[[...``, a few hundred KB) raises ValueError
+    like any other malformed JSON, instead of RecursionError.
+    """
+    try:
+        return json.loads(data)
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+
+
 def read_json(store: Store, desc: Descriptor, what: str = "") -> dict[str, Any]:
     """The parsed JSON of a blob; errors name ``what`` (e.g. the image) and the digest."""
     label = f"{what} " if what else ""
@@ -38,7 +49,7 @@ def read_json(store: Store, desc: Descriptor, what: str = "") -> dict[str, Any]:
         raise NotFound(f"{label}content {desc.digest} ({desc.media_type}): not found",
                        hint=exc.hint) from exc
     try:
-        doc = json.loads(data)
+        doc = loads(data)
     except ValueError as exc:
         raise MalformedData(f"{label}blob {desc.digest}: not valid JSON ({exc})") from exc
     if not isinstance(doc, dict):
@@ -120,13 +131,20 @@ def config_platform(store: Store, m: Manifest) -> Platform | None:
                     str(cfg.get("variant", "")), str(cfg.get("os.version", "")))
 
 
+def rootfs_diff_ids(cfg: dict[str, Any]) -> list[str] | None:
+    """``rootfs.diff_ids`` of a parsed image config, or None when it has no such list (a
+    ``rootfs`` that is not an object included: the config comes from outside).
+    """
+    rootfs = cfg.get("rootfs")
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    return [str(i) for i in ids] if isinstance(ids, list) else None
+
+
 def diff_ids(store: Store, config: Descriptor, what: str = "") -> list[str]:
-    cfg = read_json(store, config, what)
-    rootfs = cfg.get("rootfs") or {}
-    ids = rootfs.get("diff_ids")
-    if not isinstance(ids, list):
+    ids = rootfs_diff_ids(read_json(store, config, what))
+    if ids is None:
         raise MalformedData(f"{what} config {config.digest}: no rootfs.diff_ids")
-    return [str(i) for i in ids]
+    return ids
 
 
 def chain_ids(ids: list[str]) -> list[str]:

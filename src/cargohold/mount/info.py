@@ -88,6 +88,12 @@ class MountUsers:
     kernel shows relative (a mount made after ``cd``) are resolved against ``bases``; a
     relative path cannot be pinned down exactly, so it counts for every base it fits: when in
     doubt, a directory counts as used.
+
+    A directory has many names: the root through a symlink, or through a bind mount of it (a
+    read-only export, a second ``--root`` spelling). An overlay shows its layers as the
+    mounter spelled them, so paths are compared both as written and as the filesystem sees
+    them (symlinks resolved, then the device and the path inside it): a mount made through
+    one name is seen through every other.
     """
 
     def __init__(self, entries: list[MountEntry] | None = None) -> None:
@@ -95,6 +101,31 @@ class MountUsers:
         self._overlay: list[tuple[str, str]] = []  # (directory as shown, target)
         for e in self.entries:
             self._overlay += [(d, e.target) for d in e.overlay_dirs()]
+        self._real_dirs: dict[str, str] = {}
+        # bases -> (dev, path inside the filesystem, target) of every overlay layer
+        self._overlay_fs: dict[tuple[str, ...], list[tuple[str, str, str]]] = {}
+
+    def _real(self, path: str) -> str:
+        """``path`` with symlinks resolved; the parent's resolution is cached, since callers
+        ask about many entries of one directory (a backend's snapshot objects).
+        """
+        head, tail = os.path.split(os.path.normpath(path))
+        if head not in self._real_dirs:
+            self._real_dirs[head] = os.path.realpath(head)
+        joined = os.path.join(self._real_dirs[head], tail)
+        return os.path.realpath(joined) if os.path.islink(joined) else joined
+
+    def _overlay_layers(self, bases: tuple[str, ...]) -> list[tuple[str, str, str]]:
+        if bases not in self._overlay_fs:
+            out = []
+            for shown, target in self._overlay:
+                for p in [shown] if shown.startswith("/") else [os.path.join(b, shown)
+                                                                for b in bases]:
+                    where = self._fs_path(self._real(p))
+                    if where is not None:
+                        out.append((*where, target))
+            self._overlay_fs[bases] = out
+        return self._overlay_fs[bases]
 
     def _fs_path(self, path: str) -> tuple[str, str] | None:
         """(dev, path inside its filesystem) of an absolute path, from the mount holding it."""
@@ -113,14 +144,17 @@ class MountUsers:
     def targets(self, directory: str, bases: tuple[str, ...] = ()) -> list[str]:
         """Mount points that use ``directory`` (an absolute path) or anything inside it."""
         directory = os.path.normpath(directory)
+        real = self._real(directory)
         out: list[str] = []
-        where = self._fs_path(directory)
+        where = self._fs_path(real)
         if where is not None:
             dev, inner = where
             for e in self.entries:
                 if e.dev == dev and e.fstype != "overlay" and _within(e.root, inner) \
-                        and e.target != directory:
+                        and e.target not in (directory, real):
                     out.append(e.target)
+            out += [t for d, shown, t in self._overlay_layers(bases)
+                    if d == dev and _within(shown, inner)]
         for shown, target in self._overlay:
             paths = [shown] if shown.startswith("/") else [os.path.join(b, shown) for b in bases]
             if any(_within(os.path.normpath(p), directory) for p in paths):

@@ -70,8 +70,8 @@ def read_record(state: str, target: str) -> MountRecord | None:
     try:
         with open(record_path(state, mount_id(os.path.abspath(target)))) as f:
             return MountRecord(**json.load(f))
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):  # no record (a state path that is a file
+        return None  # holds none: writing one says so)
     except (ValueError, TypeError) as exc:
         raise FailedPrecondition(f"mount record of {target}: unreadable ({exc})",
                                  hint="unmount it with 'hold images unmount' to clean up") \
@@ -93,7 +93,7 @@ def read_records(state: str) -> list[MountRecord]:
     d = os.path.join(state, "mounts")
     try:
         names = sorted(os.listdir(d))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     out = []
     for n in names:

@@ -67,7 +67,13 @@ def image_config(client: Client, ref: str, platform: Platform | None
                  ) -> tuple[dict[str, Any], list[str]]:
     """``(image config, chain IDs)`` of image ``ref`` for ``platform`` (this host)."""
     from cargohold.images import platforms
-    from cargohold.images.manifest import chain_ids, manifests, parse_manifest, read_json
+    from cargohold.images.manifest import (
+        chain_ids,
+        manifests,
+        parse_manifest,
+        read_json,
+        rootfs_diff_ids,
+    )
     from cargohold.images.platforms import Matcher
     from cargohold.metadata import images as image_records
 
@@ -85,7 +91,7 @@ def image_config(client: Client, ref: str, platform: Platform | None
                        hint="list its platforms with 'hold images inspect'")
     m = parse_manifest(client.content, found[0], f"image {ref}")
     cfg = read_json(client.content, m.config, f"image {ref}")
-    ids = [str(i) for i in ((cfg.get("rootfs") or {}).get("diff_ids") or [])]
+    ids = rootfs_diff_ids(cfg) or []
     if not ids:
         raise FailedPrecondition(f"image {ref}: has no layers to run")
     return cfg, chain_ids(ids)

@@ -22,7 +22,6 @@ and cached (content never changes under a digest).
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections import OrderedDict
@@ -31,6 +30,7 @@ from typing import Any
 from cargohold._record import record
 from cargohold.errors import InvalidArgument, NotFound
 from cargohold.images import mediatypes as mt
+from cargohold.images.manifest import loads
 from cargohold.metadata import images as image_records
 from cargohold.metadata.db import DB, epoch
 from cargohold.types import Descriptor, is_digest
@@ -234,7 +234,7 @@ class Catalog:
             return None
         try:
             with self.content.reader(d.digest) as r:
-                doc = json.loads(r.read(MAX_WALK_JSON + 1))
+                doc = loads(r.read(MAX_WALK_JSON + 1))
         except (NotFound, ValueError):
             return None  # not in the store (a platform not pulled): nothing below it here
         return doc if isinstance(doc, dict) else None
@@ -242,7 +242,7 @@ class Catalog:
     def manifest_type(self, digest: str, data: bytes) -> str:
         """The media type of manifest bytes: their ``mediaType`` field, else by shape."""
         try:
-            doc = json.loads(data)
+            doc = loads(data)
         except ValueError:
             return "application/octet-stream"
         m = doc.get("mediaType") if isinstance(doc, dict) else None

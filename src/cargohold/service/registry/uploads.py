@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import re
 import threading
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from cargohold.errors import AlreadyExists, CargoholdError, NotFound
 from cargohold.images import mediatypes as mt
+from cargohold.images.manifest import loads
 from cargohold.service.registry.catalog import check_digest, check_repository, check_tag
 from cargohold.service.registry.handler import RegistryError
 from cargohold.types import Descriptor, is_digest
@@ -319,7 +319,7 @@ def _put_manifest(h: Handler, name: str, ref: str) -> None:
     if want and want != digest:
         raise RegistryError(400, "DIGEST_INVALID", f"manifest: hashes to {digest}, not {want}")
     try:
-        doc = json.loads(data)
+        doc = loads(data)
         assert isinstance(doc, dict)
     except (ValueError, AssertionError) as exc:
         raise RegistryError(400, "MANIFEST_INVALID", "manifest: not a JSON object") from exc
