@@ -94,7 +94,8 @@ def test_a_200_layer_view_prints_a_command_that_pastes_and_gc_sees_it(root, mnt)
     out = run_hold(root, "snapshots", "mounts", "TARGET", "v").stdout.decode()
     sdir = os.path.join(root, "snapshots", SN, "snapshots")
     assert out.startswith(f"(cd {sdir} && mount -t overlay -o ")
-    assert out.rstrip().endswith(" overlay TARGET)") and len(out) < 4000
+    # the source names the directory the lowers are relative to (mountinfo shows it)
+    assert out.rstrip().endswith(f" {sdir} TARGET)") and len(out) < 4000
     assert "lowerdir=" in out and f"{sdir}/" not in out.split("&&", 1)[1]
     target = mnt()
     paste(out, target)
@@ -110,6 +111,11 @@ def test_a_200_layer_view_prints_a_command_that_pastes_and_gc_sees_it(root, mnt)
     assert f"mounted at {target}" in why, why
     dry = json.loads(run_hold(root, "gc", "--dry-run", "--format", "json").stdout)
     assert [r for r in dry["removed"] if "snapshot" in r["kind"]] == []
+    # ... and only there: another root's snapshots with the same ids are not in use.
+    other = os.path.join(os.path.dirname(root), "other-root")
+    run_hold(other, "snapshots", "prepare", "w")
+    assert "mounted at" not in run_hold(other, "gc", "--why", f"snapshot/{SN}/w").stdout.decode()
+    run_hold(other, "snapshots", "rm", "w")  # no --force needed: nothing mounts it
     # The same with a real target given to `mounts`: made absolute, pasted from anywhere.
     t2 = mnt("again")
     out2 = run_hold(root, "snapshots", "mounts", os.path.relpath(t2), "v").stdout.decode()

@@ -98,7 +98,9 @@ def mount_command(m, target: str) -> str:  # noqa: ANN001 - a types.Mount
                    "mount' mounts them (fsconfig lowerdir+)", err=True)
     if target != "TARGET":  # the placeholder stays as it is, for the user to fill in
         target = os.path.abspath(target)
-    line = " ".join(shlex.quote(p) for p in ("mount", "-t", m.type, "-o", short, m.source,
+    # The source is the directory the lowers are relative to: mountinfo shows it, which is how
+    # hold's GC tells which root's snapshots such a mount uses (mount.info.MountUsers).
+    line = " ".join(shlex.quote(p) for p in ("mount", "-t", m.type, "-o", short, common,
                                               target))
     return f"(cd {shlex.quote(common)} && {line})"
 

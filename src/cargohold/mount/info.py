@@ -85,9 +85,11 @@ class MountUsers:
     Built once from :func:`mountinfo` (pass ``entries`` to reuse a reading). A directory is
     used when a bind mount shows it (or something inside it) as its root, or when an overlay
     names it (or something inside it) as a lower, upper or work directory. Overlay paths the
-    kernel shows relative (a mount made after ``cd``) are resolved against ``bases``; a
-    relative path cannot be pinned down exactly, so it counts for every base it fits: when in
-    doubt, a directory counts as used.
+    kernel shows relative (a mount made after ``cd``) are resolved against the mount's source
+    when that is an absolute directory: hold names the directory it mounts from as the
+    source, in its own mounts and in the command it prints (``(cd DIR && mount -t overlay -o
+    lowerdir=1/fs:... DIR TARGET)``). Any other relative path cannot be pinned down, so it
+    counts for every one of ``bases`` it fits: when in doubt, a directory counts as used.
 
     A directory has many names: the root through a symlink, or through a bind mount of it (a
     read-only export, a second ``--root`` spelling). An overlay shows its layers as the
@@ -98,9 +100,11 @@ class MountUsers:
 
     def __init__(self, entries: list[MountEntry] | None = None) -> None:
         self.entries = mountinfo() if entries is None else entries
-        self._overlay: list[tuple[str, str]] = []  # (directory as shown, target)
+        # (directory as shown, target, the directory relative ones are relative to or "")
+        self._overlay: list[tuple[str, str, str]] = []
         for e in self.entries:
-            self._overlay += [(d, e.target) for d in e.overlay_dirs()]
+            anchor = e.source if e.source.startswith("/") else ""
+            self._overlay += [(d, e.target, anchor) for d in e.overlay_dirs()]
         self._real_dirs: dict[str, str] = {}
         # bases -> (dev, path inside the filesystem, target) of every overlay layer
         self._overlay_fs: dict[tuple[str, ...], list[tuple[str, str, str]]] = {}
@@ -118,9 +122,8 @@ class MountUsers:
     def _overlay_layers(self, bases: tuple[str, ...]) -> list[tuple[str, str, str]]:
         if bases not in self._overlay_fs:
             out = []
-            for shown, target in self._overlay:
-                for p in [shown] if shown.startswith("/") else [os.path.join(b, shown)
-                                                                for b in bases]:
+            for shown, target, anchor in self._overlay:
+                for p in _resolved(shown, anchor, bases):
                     where = self._fs_path(self._real(p))
                     if where is not None:
                         out.append((*where, target))
@@ -155,11 +158,22 @@ class MountUsers:
                     out.append(e.target)
             out += [t for d, shown, t in self._overlay_layers(bases)
                     if d == dev and _within(shown, inner)]
-        for shown, target in self._overlay:
-            paths = [shown] if shown.startswith("/") else [os.path.join(b, shown) for b in bases]
-            if any(_within(os.path.normpath(p), directory) for p in paths):
+        for shown, target, anchor in self._overlay:
+            if any(_within(os.path.normpath(p), directory)
+                   for p in _resolved(shown, anchor, bases)):
                 out.append(target)
         return sorted(set(out))
+
+
+def _resolved(shown: str, anchor: str, bases: tuple[str, ...]) -> list[str]:
+    """Where an overlay layer shown as ``shown`` may be: itself when absolute, else under the
+    mount's directory source (``anchor``), else under each of ``bases``.
+    """
+    if shown.startswith("/"):
+        return [shown]
+    if anchor:
+        return [os.path.join(anchor, shown)]
+    return [os.path.join(b, shown) for b in bases]
 
 
 def _within(path: str, directory: str) -> bool:

@@ -162,7 +162,9 @@ def _mount_from(cwd: str, target: str, flags: int, data: str) -> None:
                 e = ctypes.get_errno()
                 raise MountError(f"mount overlay on {target}: unshare: {os.strerror(e)}")
             os.chdir(cwd)
-            _sys_mount("overlay", target, "overlay", flags, data)
+            # The source names the directory the lowers are relative to, so that a reader of
+            # mountinfo (GC, mount.info.MountUsers) knows which layers this mount uses.
+            _sys_mount(cwd, target, "overlay", flags, data)
         except BaseException as exc:  # handed to the caller's thread
             result.append(exc)
 
