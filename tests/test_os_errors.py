@@ -11,6 +11,7 @@ every other ``lmdb.Error`` class is checked against the translation table.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -285,6 +286,25 @@ def test_output_to_a_full_filesystem_names_it_and_the_way_out(tmp_path, populate
                                 HOLD_STATE=os.path.join(populated, "_state"),
                                 HOLD_CONFIG=os.path.join(populated, "_no_config.toml")))
     assert len(p.stdout) == 1 and p.stderr == b""
+
+
+def test_a_listing_standard_output_will_not_take_is_one_clear_error(tmp_path, populated):
+    """Tables and JSON (the fast hot commands and click's alike) to a full filesystem or to
+    /dev/full: one error naming standard output, exit 1, not an internal error."""
+    lines_of = ["images", "ls"], ["content", "ls", "--format", "json"], ["leases", "ls"], \
+        ["namespaces", "ls"], ["version"]
+    for argv in lines_of:
+        lines = _one_error(_hold_to(populated, list(argv), "/dev/full"))
+        assert lines == ["hold: standard output (/dev/full): No space left on device",
+                         "hint: send the output somewhere that takes it (a file on a "
+                         "filesystem with room, a pipe)"], (argv, lines)
+    with tmpfs(str(tmp_path / "fs"), "64k") as fs:
+        with open(os.path.join(fs, "filler"), "wb") as f:
+            with contextlib.suppress(OSError):
+                f.write(b"\0" * (1 << 20))
+        lines = _one_error(_hold_to(populated, ["images", "ls"], os.path.join(fs, "out")))
+        assert lines[0].startswith(f"hold: standard output ({fs}/out): no space left on "
+                                   f"filesystem {fs} "), lines
 
 
 def test_export_to_a_read_only_filesystem(tmp_path, populated):

@@ -9,6 +9,7 @@ error asks for it).
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     # What the library wants a user to know while it works (a long lock wait, say).
     notices.set_notice(lambda msg: _say(f"hold: {msg}"))
     signals.install()
+    _own_stdout()
     try:
         _run(argv)
     except CargoholdError as exc:
@@ -85,13 +87,80 @@ def main(argv: list[str] | None = None) -> None:
     except signals.Terminated:
         _say("hold: terminated")
         sys.exit(signals.EXIT_CODE)
-    except Exception as exc:  # noqa: BLE001 - a bug: say so plainly, trace on request
+    except OutputError as exc:
+        # What standard output would not take (a full disk, /dev/full): said as such, once.
+        from cargohold._oserror import stream_error
+
+        err = stream_error(exc.oserror, 1, "standard output")
         _trace()
-        _say(f"hold: internal error: {type(exc).__name__}: {exc}")
-        if not _debug:
-            _say("hint: run it again with 'hold --debug' for the traceback, and report it")
+        _say(f"hold: {err.message}")
+        if err.hint:
+            _say(f"hint: {err.hint}")
         sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - a bug: say so plainly, trace on request
+        _internal(exc)
     sys.exit(0)
+
+
+def _internal(exc: BaseException) -> None:
+    _trace()
+    _say(f"hold: internal error: {type(exc).__name__}: {exc}")
+    if not _debug:
+        _say("hint: run it again with 'hold --debug' for the traceback, and report it")
+    sys.exit(1)
+
+
+class OutputError(OSError):
+    """A write to standard output failed (``oserror`` says why): the user's output, not a
+    bug. A command that writes its own output may catch it as the OSError it is (``images
+    export -`` names what it was exporting); otherwise ``main`` reports it.
+    """
+
+    def __init__(self, oserror: OSError) -> None:
+        super().__init__(oserror.errno, oserror.strerror)
+        self.oserror = oserror
+
+
+class _Stdout(io.RawIOBase):
+    """Descriptor 1 under ``sys.stdout``, whose write errors say they are the output's (an
+    OSError there carries no path, and would read as an internal error).
+    """
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return 1
+
+    def isatty(self) -> bool:
+        return os.isatty(1)
+
+    failed = False
+
+    def write(self, b: bytes | memoryview) -> int:  # type: ignore[override]
+        if self.failed:
+            return len(b)  # reported once already; the interpreter's last flush says nothing
+        try:
+            return os.write(1, b)
+        except (BrokenPipeError, InterruptedError, BlockingIOError):
+            raise  # a closed pipe is main's quiet exit; the others io retries itself
+        except OSError as exc:
+            self.failed = True
+            raise OutputError(exc) from exc
+
+
+def _own_stdout() -> None:
+    """Put :class:`_Stdout` under ``sys.stdout`` (same encoding and buffering)."""
+    out = sys.stdout
+    try:
+        if out is None or out.fileno() != 1:
+            return
+    except (OSError, ValueError, AttributeError):
+        return  # no real descriptor 1 (captured by a test, say): leave it
+    out.flush()
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(_Stdout()), encoding=out.encoding,
+                                  errors=out.errors, line_buffering=out.line_buffering,
+                                  write_through=getattr(out, "write_through", False))
 
 
 def _trace() -> None:
