@@ -138,6 +138,11 @@ def test_errors_a_user_understands(hold, image, root):
     assert "task t1: runc create failed:" in err and "/no/such/program" in err
     assert "runc --root" in err and " create " in err
     assert tasks_json(hold) == {} and hold("containers", "ls", "-q").stdout == b""
+    from cargohold.tasks import cgroups
+    from cargohold.tasks.api import cgroup_parent
+
+    # no cgroup left behind either, not even the namespace's parent
+    assert cgroups.exists_anywhere(cgroup_parent(os.path.join(root, "_state"))) == []
     # task not running / not found
     p = hold("tasks", "kill", "t1", check=False)
     assert p.returncode == 1 and b"task t1: not found" in p.stderr

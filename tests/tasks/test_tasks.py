@@ -315,3 +315,22 @@ def test_namespaces_keep_tasks_apart(hold, image):
     table = hold("tasks", "ls").stdout.decode().splitlines()
     assert table[0].split() == ["TASK", "PID", "STATUS", "EXIT"]
     assert table[1].split()[0] == "t1" and table[1].split()[2:] == ["RUNNING", "-"]
+
+
+def test_tty_with_piped_input_is_refused_before_anything_is_made(hold, image):
+    """A terminal's input never ends, so `-t` attached with piped input would wait for ever:
+    refused (as ctr does), with nothing created; detached, or without -t, it runs."""
+    for argv in (["run", "-t", IMAGE, "t1", "cat"], ["run", "--rm", "-t", IMAGE, "t1", "cat"]):
+        p = hold(*argv, input=b"x\n", check=False, timeout=30)
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.decode().splitlines()[0] == \
+            "hold: --tty: standard input is not a terminal"
+        assert hold("containers", "ls", "-q").stdout == b"" and tasks_json(hold) == {}
+    p = hold("run", "--rm", IMAGE, "t1", "cat", input=b"x\n", timeout=30)
+    assert p.stdout == b"x\n"
+    hold("run", "-d", IMAGE, "t2", "sh", "-c", f"echo ready; {LOOP}")
+    started(hold, "t2")
+    p = hold("tasks", "exec", "-t", "t2", "cat", input=b"x\n", check=False, timeout=30)
+    assert p.returncode == 2 and b"--tty: standard input is not a terminal" in p.stderr
+    hold("tasks", "rm", "--force", "t2")
+    hold("containers", "rm", "t2")

@@ -58,12 +58,16 @@ def _run(app: App, rm: bool, detach: bool, plain_http: bool, hosts_dir: str | No
                 open_progress("auto") as progress:
             return Puller(app.client, reg, progress=progress).pull(ref, popts).name
 
-    client = app.client
-    name = runner.find_image(client, image, pull)
     try:
         stdin: int | None = sys.stdin.fileno()
     except (AttributeError, ValueError, OSError):
         stdin = None
+    if opts.spec.tty and not detach:
+        from cargohold.cli.tasks import require_terminal
+
+        require_terminal(stdin)
+    client = app.client
+    name = runner.find_image(client, image, pull)
     res = runner.run(client, name, cid, opts, detach=detach, rm=rm, stdin=stdin, shim=shim)
     if res.status:
         raise SystemExit(res.status)

@@ -31,6 +31,20 @@ def _stdin() -> int | None:
         return None
 
 
+def require_terminal(stdin: int | None) -> None:
+    """``-t`` attached needs a terminal on standard input: a terminal's input never ends, so
+    piped input would leave the process waiting for ever (ctr refuses this too).
+    """
+    import os
+
+    from cargohold.errors import InvalidArgument
+
+    if stdin is not None and not os.isatty(stdin):
+        raise InvalidArgument("--tty: standard input is not a terminal",
+                              hint="drop -t to pipe input to the process, or run it from a "
+                                   "terminal (or detach with -d and attach from one)")
+
+
 def _exit(status: int) -> None:
     """Leave ``hold`` with the task's exit status (0 falls through to the usual exit)."""
     if status:
@@ -157,6 +171,8 @@ def exec_cmd(app: App, exec_id: str, tty: bool, tid: str, args: tuple[str, ...])
     """
     from cargohold.tasks.execs import run_exec
 
+    if tty:
+        require_terminal(_stdin())
     _exit(run_exec(_tasks(app), tid, list(args), exec_id=exec_id, tty=tty,
                    stdin=_stdin() if _stdin() is not None else 0))
 

@@ -222,6 +222,11 @@ def launch(client: Client, cid: str, *, start: bool,
         if shim.sent:
             with contextlib.suppress(CargoholdError):
                 rc.delete(cid, force=True)
+        # runc removes the container's own cgroup when create fails; the parents made for
+        # the namespace go too once empty (a failed `hold run` leaves no cgroup behind).
+        from cargohold.tasks import cgroups
+
+        cgroups.remove_empty_parents(spec["linux"]["cgroupsPath"])
         if mounted:
             with contextlib.suppress(CargoholdError):
                 kmount.unmount_all(paths.rootfs)
