@@ -214,6 +214,21 @@ def test_a_killed_shim_is_reported_and_its_task_still_killable(hold, image, root
     assert leftovers(hold, root, "t1") == []
 
 
+def test_the_log_is_capped_as_configured(hold, image, root):
+    with open(os.path.join(root, "_no_config.toml"), "w") as f:
+        f.write("[tasks]\nlog_size_max = 4096\n")
+    # Printed faster than the shim reads: each read holds many lines.
+    hold("run", "-d", IMAGE, "t1", "sh", "-c",
+         "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done")
+    wait_for(lambda: tasks_json(hold)["t1"]["status"] == "STOPPED", what="exit")
+    d = os.path.join(state_of(root), "tasks", "default", "t1")
+    assert os.path.getsize(os.path.join(d, "log")) <= 4096
+    assert os.path.getsize(os.path.join(d, "log.1")) <= 4096
+    kept = logs(hold, "t1").splitlines()
+    numbers = [int(line.split()[1]) for line in kept]
+    assert numbers[-1] == 1999 and numbers == list(range(numbers[0], 2000))
+
+
 def test_metrics_are_read_from_the_cgroup(hold, image):
     hold("run", "-d", IMAGE, "t1", "sh", "-c", f"echo ready; {LOOP}")
     started(hold, "t1")
