@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from tests.tasks.conftest import IMAGE, need_runc, tasks_json
+from tests.tasks.conftest import IMAGE, need_runc, state_of, tasks_json
 
 pytestmark = pytest.mark.peer
 
@@ -146,7 +146,12 @@ def test_errors_a_user_understands(hold, image, root):
     assert p.returncode == 1
     err = p.stderr.decode()
     assert "task t1: runc create failed:" in err and "/no/such/program" in err
+    assert "failed: runc create failed" not in err, "runc's words are not said twice"
     assert "runc --root" in err and " create " in err
+    # The command can be run again as shown: its files are named by full paths.
+    cmd = err.split("the command was: ", 1)[1].split()
+    for flag in ("--log", "--pid-file", "--bundle"):
+        assert cmd[cmd.index(flag) + 1].startswith(state_of(root) + "/"), (flag, cmd)
     assert tasks_json(hold) == {} and hold("containers", "ls", "-q").stdout == b""
     # task not running / not found
     p = hold("tasks", "kill", "t1", check=False)

@@ -101,7 +101,8 @@ def test_exec_status_output_and_id_in_ps(hold, hold_bg, image):
     assert g.wait(60) == 143
     nosuch = hold("tasks", "exec", "t1", "no-such-binary", check=False)
     assert nosuch.returncode == 1
-    assert b"exec failed" in nosuch.stderr and b"no-such-binary" in nosuch.stderr
+    assert b"task t1: exec failed: " in nosuch.stderr and b"no-such-binary" in nosuch.stderr
+    assert b"exec failed: exec failed" not in nosuch.stderr
     assert b"runc --root" in nosuch.stderr  # the command that failed
 
 
