@@ -108,6 +108,20 @@ def test_hold_killed_with_9_leaves_the_task_running(hold, hold_bg, image, root):
     assert leftovers(hold, root, "t1") == []
 
 
+def test_tasks_rm_force_while_run_rm_waits_both_succeed(hold, hold_bg, image, root):
+    p = hold_bg("run", "--rm", IMAGE, "t1", "sh", "-c",
+                "echo ready; while :; do sleep 0.05; done")
+    assert read_line(p.stdout) == b"ready\n"
+    r = hold("tasks", "rm", "--force", "t1", check=False)
+    # Either remover may finish first; neither fails, and only one of them may not have
+    # seen the exit recorded.
+    assert r.returncode == 0, r.stderr
+    assert r.stdout in (b"t1\t137\n", b"t1\t-\n")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 137, err
+    assert leftovers(hold, root, "t1") == []
+
+
 def test_detached_run_then_logs_after_the_detach(hold, image):
     hold("run", "-d", IMAGE, "t1", "sh", "-c", "echo one; echo two >&2; echo three")
     wait_for(lambda: tasks_json(hold)["t1"]["status"] == "STOPPED", what="the exit")

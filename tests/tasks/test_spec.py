@@ -146,6 +146,14 @@ def test_logs_round_trip_streams_partial_lines_and_rotation(tmp_path):
     assert os.path.getsize(tmp_path / "small.1") <= 300
     kept = [r.data for r in logs.read(str(tmp_path / "small"))]
     assert kept[-1] == b"line 99\n" and kept == sorted(kept, key=lambda d: int(d.split()[1]))
+    # One read of the task's output can hold many lines: the cap holds for each record.
+    w = logs.LogWriter(str(tmp_path / "burst"), 300)
+    w.write("stdout", b"".join(b"line %d\n" % i for i in range(100)))
+    w.close()
+    assert os.path.getsize(tmp_path / "burst") <= 300
+    assert os.path.getsize(tmp_path / "burst.1") <= 300
+    kept = [r.data for r in logs.read(str(tmp_path / "burst"))]
+    assert kept[-1] == b"line 99\n" and kept == sorted(kept, key=lambda d: int(d.split()[1]))
 
 
 def test_follow_reads_across_rotations_until_done(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -89,11 +90,19 @@ def test_exec_status_output_and_id_in_ps(hold, hold_bg, image):
     assert sum(p["init"] for p in procs) == 1
     again = hold("tasks", "exec", "--exec-id", "sleeper", "t1", "true", check=False)
     assert again.returncode == 1 and b"exec sleeper of task t1: is running" in again.stderr
+    g = hold_bg("tasks", "exec", "t1", "sh", "-c", "echo up; exec sleep 101")
+    assert read_line(g.stdout) == b"up\n"
+    procs = json.loads(hold("tasks", "ps", "--format", "json", "t1").stdout)
+    generated = [p["exec_id"] for p in procs if p["command"].startswith("sleep 101")]
+    assert len(generated) == 1 and re.fullmatch("[0-9a-f]{12}", generated[0]), generated
     e.send_signal(signal.SIGTERM)  # forwarded through runc to the exec'd sleep
     assert e.wait(60) == 143
+    g.send_signal(signal.SIGTERM)
+    assert g.wait(60) == 143
     nosuch = hold("tasks", "exec", "t1", "no-such-binary", check=False)
     assert nosuch.returncode == 1
-    assert b"exec failed" in nosuch.stderr and b"no-such-binary" in nosuch.stderr
+    assert b"task t1: exec failed: " in nosuch.stderr and b"no-such-binary" in nosuch.stderr
+    assert b"exec failed: exec failed" not in nosuch.stderr
     assert b"runc --root" in nosuch.stderr  # the command that failed
 
 
@@ -214,13 +223,44 @@ def test_a_killed_shim_is_reported_and_its_task_still_killable(hold, image, root
     assert leftovers(hold, root, "t1") == []
 
 
-def test_metrics_are_read_from_the_cgroup(hold, image):
-    hold("run", "-d", IMAGE, "t1", "sh", "-c", f"echo ready; {LOOP}")
+def test_the_log_is_capped_as_configured(hold, image, root):
+    with open(os.path.join(root, "_no_config.toml"), "w") as f:
+        f.write("[tasks]\nlog_size_max = 4096\n")
+    # Printed faster than the shim reads: each read holds many lines.
+    hold("run", "-d", IMAGE, "t1", "sh", "-c",
+         "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done")
+    wait_for(lambda: tasks_json(hold)["t1"]["status"] == "STOPPED", what="exit")
+    d = os.path.join(state_of(root), "tasks", "default", "t1")
+    assert os.path.getsize(os.path.join(d, "log")) <= 4096
+    assert os.path.getsize(os.path.join(d, "log.1")) <= 4096
+    kept = logs(hold, "t1").splitlines()
+    numbers = [int(line.split()[1]) for line in kept]
+    assert numbers[-1] == 1999 and numbers == list(range(numbers[0], 2000))
+
+
+def test_metrics_are_read_from_the_cgroup(hold, image, root):
+    from cargohold.tasks import cgroups
+    from cargohold.tasks.api import cgroups_path
+
+    # Three processes that stay: the figures can be checked against the kernel's.
+    hold("run", "-d", IMAGE, "t1", "sh", "-c",
+         "sleep 1000 & sleep 1000 & echo ready; i=0; while [ $i -lt 20000 ]; do "
+         "i=$((i+1)); done; wait")
     started(hold, "t1")
     m = json.loads(hold("tasks", "metrics", "--format", "json", "t1").stdout)
-    assert m["id"] == "t1" and m["cgroup_version"] in (1, 2)
-    assert m["memory_current"] > 0 and m["cpu_usage_usec"] >= 0
-    assert m["pids_current"] >= 1
+    cg = cgroups_path(state_of(root), "default", "t1")
+    assert m["id"] == "t1" and m["cgroup_version"] in (1, 2) and m["cgroup"].endswith(cg)
+    assert m["pids_current"] == len(json.loads(hold("tasks", "ps", "--format", "json",
+                                                    "t1").stdout)) == 3
+    assert 0 < m["memory_current"] <= m["memory_peak"]
+    # CPU time only grows: the kernel's own counter, read after, is at least as large.
+    if m["cgroup_version"] == 1:
+        acct = cgroups.cgroup_dirs(tasks_json(hold)["t1"]["pid"])[1]["cpuacct"]
+        later = int(open(f"{acct}/cpuacct.usage").read()) // 1000
+    else:
+        stat = open(f"{m['cgroup']}/cpu.stat").read().split()
+        later = int(stat[stat.index("usage_usec") + 1])
+    assert 0 < m["cpu_usage_usec"] <= later
     table = hold("tasks", "metrics", "t1").stdout.decode()
     assert "memory_current" in table and "pids_current" in table
 

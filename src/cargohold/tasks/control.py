@@ -13,7 +13,8 @@ again (timeout 0: SIGKILL at once, as CRI's StopContainer), and returns the even
 ``rm`` refuses a running task unless ``force`` (then runc kills it), unmounts the rootfs,
 waits for the shim (which deletes runc's container, and so its cgroup, once the exit is
 recorded; ``rm`` deletes it when the shim could not) and removes the directory; a repeat
-raises NotFound.
+raises NotFound. Two removals at once (``hold tasks rm --force`` while ``hold run --rm``
+waits for the exit) both succeed; the one that finds the exit recorded reports it.
 """
 
 from __future__ import annotations
@@ -352,7 +353,14 @@ class Tasks:
             raise FailedPrecondition(f"task {tid}: rootfs {p.rootfs} is still mounted",
                                      hint=f"unmount it (umount {p.rootfs}) and run "
                                           f"'hold tasks rm {tid}' again")
-        shutil.rmtree(p.dir)
+        try:
+            shutil.rmtree(p.dir)
+        except FileNotFoundError:
+            # Another remover got there too ('hold tasks rm --force' while 'hold run --rm'
+            # waits for the exit): what is left of the directory goes, and so it is removed.
+            shutil.rmtree(p.dir, ignore_errors=True)
+            if os.path.lexists(p.dir):
+                raise
         return info
 
     def _end_shim(self, p: TaskPaths, timeout: float = 5.0) -> None:

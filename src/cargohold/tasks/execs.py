@@ -27,7 +27,7 @@ from cargohold.tasks import spec as specs
 from cargohold.tasks.api import Status, read_json_file, read_pid, start_ticks
 from cargohold.tasks.attach import drain, forwarding
 from cargohold.tasks.control import Tasks
-from cargohold.tasks.runc import RuncFailed, runc_message
+from cargohold.tasks.runc import RuncFailed, join_message, runc_message
 from cargohold.types import validate_identifier
 
 
@@ -72,7 +72,7 @@ def run_exec(tasks: Tasks, tid: str, args: list[str], *, exec_id: str = "", tty:
         if rc != 0:
             err = _runc_error(log)
             if err:
-                raise RuncFailed(f"task {tid}: exec failed: {err}", argv)
+                raise RuncFailed(join_message(f"task {tid}: exec failed", err), argv)
         return rc if rc >= 0 else 128 - rc
     finally:
         for f in (proc_file, pid_file, log):

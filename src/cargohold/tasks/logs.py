@@ -7,7 +7,9 @@ newline after each ``F``, gives back exactly the bytes the task wrote.
 
 :class:`LogWriter` (the shim's) appends records to ``log``; when a record would take the file
 past ``max_bytes`` it renames ``log`` to ``log.1`` (replacing the older one) and starts a new
-``log``, so a task never holds more than about twice the cap on disk. A crash may leave the
+``log``, so a task never holds more than about twice the cap on disk (the cap is checked for
+each record, however many one read of the task's output makes; only a record longer than the
+cap by itself, a line of up to 64 KiB, goes past it). A crash may leave the
 last record cut short; readers skip a line that does not parse.
 
 :func:`read` yields the records of ``log.1`` then ``log``; :func:`follow` keeps yielding new
@@ -57,18 +59,30 @@ class LogWriter:
             return
         ts = _now_text()
         head = ts + b" " + stream.encode() + b" "
-        out = []
+        batch: list[bytes] = []
+        size = 0  # of the batch
         lines = data.split(b"\n")
         for i, line in enumerate(lines):
             last = i == len(lines) - 1
             if last and not line:
                 break  # the data ended with a newline
-            out.append(head + (b"P " if last else b"F ") + line + b"\n")
-        blob = b"".join(out)
-        if self.max_bytes and self._size and self._size + len(blob) > self.max_bytes:
-            self._rotate()
-        self._f.write(blob)
-        self._size += len(blob)
+            rec = head + (b"P " if last else b"F ") + line + b"\n"
+            # The cap is checked per record, not per read: one read of 64 KiB of short lines
+            # makes megabytes of records, which would all go past a small cap at once.
+            if self.max_bytes and self._size + size + len(rec) > self.max_bytes \
+                    and self._size + size:
+                self._flush(batch)
+                batch, size = [], 0
+                self._rotate()
+            batch.append(rec)
+            size += len(rec)
+        self._flush(batch)
+
+    def _flush(self, batch: list[bytes]) -> None:
+        if batch:
+            blob = b"".join(batch)
+            self._f.write(blob)
+            self._size += len(blob)
 
     def _rotate(self) -> None:
         self._f.close()

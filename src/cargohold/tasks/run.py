@@ -108,10 +108,18 @@ def run(client: Client, image: str, cid: str, opts: containers.CreateOptions, *,
     status = attach(paths, start=True, stdin=stdin, stdout=stdout, stderr=stderr,
                     close_stdin=True, tty=opts.spec.tty)
     if rm:
+        def drop_container() -> None:
+            # Gone already when someone else removed it meanwhile: as asked.
+            with contextlib.suppress(NotFound):
+                containers.remove(client, cid, task_going=True)
+
         tasks = Tasks.of(client.config, client.namespace)
-        # The container goes while the shim deletes runc's container (both are needed gone
-        # before the task's directory).
-        tasks.rm(cid, meanwhile=lambda: containers.remove(client, cid, task_going=True))
+        try:
+            # The container goes while the shim deletes runc's container (both are needed
+            # gone before the task's directory).
+            tasks.rm(cid, meanwhile=drop_container)
+        except NotFound:
+            drop_container()  # 'hold tasks rm' removed the task first: the container stays ours
     return RunResult(status, pid)
 
 

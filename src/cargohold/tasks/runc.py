@@ -78,6 +78,16 @@ def runc_message(text: str) -> str:
     return last
 
 
+def join_message(what: str, msg: str) -> str:
+    """``what: msg``, without saying twice what runc's message starts with itself
+    (``task t1: runc create failed`` + ``runc create failed: unable to start …``).
+    """
+    tail = what.rsplit(": ", 1)[-1]
+    if msg.startswith(tail + ": "):
+        msg = msg[len(tail) + 2:]
+    return f"{what}: {msg}"
+
+
 def raise_for(res: Result, what: str, stderr: str | None = None) -> None:
     """Raise the RuncError of a failed ``res`` (``what``: "task t1: kill")."""
     msg = runc_message(res.stderr if stderr is None else stderr) or res.stdout.strip() \
@@ -86,7 +96,7 @@ def raise_for(res: Result, what: str, stderr: str | None = None) -> None:
         raise RuncMissing(f"runtime {res.argv[0]}: not installed",
                           hint="install runc (the Debian package runc; tools/setup installs it)")
     cls = RuncNotFound if "does not exist" in msg else RuncFailed
-    raise cls(f"{what}: {msg}", res.argv)
+    raise cls(join_message(what, msg), res.argv)
 
 
 class RuncRunner(Runner):

@@ -144,8 +144,10 @@ class Shim:
         self.listener.setblocking(False)
 
     def _create_argv(self, console: str | None = None) -> list[str]:
-        return self.runc.create_argv(self.id, self.cfg["bundle"], pid_file="init.pid",
-                                     log="runc.log", console_socket=console)
+        # Full paths, so that the command an error shows can be run again from anywhere.
+        return self.runc.create_argv(self.id, self.cfg["bundle"],
+                                     pid_file=os.path.abspath("init.pid"),
+                                     log=os.path.abspath("runc.log"), console_socket=console)
 
     def _create_failed(self, argv: list[str], rc: int) -> None:
         """Raise runc's own error (from its JSON log: its stderr is the task's)."""
@@ -230,7 +232,7 @@ class Shim:
 
     def start(self) -> None:
         if not self.started:
-            self.runc.start(self.id, log="runc.log")
+            self.runc.start(self.id, log=os.path.abspath("runc.log"))
             self.started = True
 
     # --- serving -------------------------------------------------------------------------------
