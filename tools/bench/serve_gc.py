@@ -9,9 +9,9 @@ a collection is asked for on the control socket (POST /v1/gc). The writer times 
 transaction from begin to commit.
 
 Prints the collection (mark, sweep, batches, retries), the writer's longest wait before the
-collection (its own commit cost) and during it, and one sweep batch's duration (the sweep
-time over the number of batches). Goal: the longest wait during the collection is no more
-than one batch (plus the writer's own commit).
+collection (its own commit cost) and during it, the longest wait for the write lock during
+it (what the collection can make a writer wait for), and the longest sweep batch. Goal: that
+wait is no more than one batch.
 
 Usage: ``python3 tools/bench/serve_gc.py [--images 10000] [--pause 5] [--dir DIR]``
 """
@@ -45,11 +45,18 @@ i = 0
 while not os.path.exists(stop):
     name = f"registry.example/app{random.randrange(first, n_images)}:v1"
     t0 = time.monotonic()
-    with db.update() as tx:
+    txn = db.update()
+    tx = txn.__enter__()  # the wait: the write lock, which a sweep batch holds
+    t1 = time.monotonic()
+    try:
         img = images.get(tx, "default", name)
         images.update(tx, "default", images.Image(name, img.target, {"bench/n": str(i)}),
                       ["labels.bench/n"])
-    rows.append((time.time(), time.monotonic() - t0))
+    except BaseException:
+        txn.__exit__(*sys.exc_info())
+        raise
+    txn.__exit__(None, None, None)  # the commit: the writer's own fsync
+    rows.append((time.time(), t1 - t0, time.monotonic() - t0))
     i += 1
     time.sleep(pause)
 db.close()
@@ -124,8 +131,9 @@ def main() -> None:
         batch = 500
         batches = max(1, math.ceil(records / batch))
         per_batch = last["longest_batch_seconds"]
-        before = [dt for ts, dt in rows if ts < gc_start]
-        during = [dt for ts, dt in rows if gc_start <= ts <= gc_end]
+        before = [dt for ts, _, dt in rows if ts < gc_start]
+        during = [dt for ts, _, dt in rows if gc_start <= ts <= gc_end]
+        waits = [w for ts, w, _ in rows if gc_start <= ts <= gc_end]
         print(f"collection: {last['seconds']:.2f}s (mark {last['mark_seconds']:.2f}s, sweep "
               f"{last['sweep_seconds']:.3f}s in {batches} batches of {batch}, "
               f"{last['retries']} retries), removed {records} records and "
@@ -135,11 +143,14 @@ def main() -> None:
               f"{len(during)} writes during the collection, longest "
               f"{max(during) * 1000:.1f} ms, median "
               f"{sorted(during)[len(during) // 2] * 1000:.1f} ms", flush=True)
-        extra = max(during) - max(before)
-        print(f"longest wait on the collection: {max(0.0, extra) * 1000:.1f} ms beyond the "
-              f"writer's own longest commit before it (goal <= one batch, "
-              f"{per_batch * 1000:.1f} ms): {'met' if extra <= per_batch else 'NOT met'}",
-              flush=True)
+        # The wait on the collection is the time to get the write lock (a sweep batch holds
+        # it); the rest of a write is its own commit, whose fsync the collection's file
+        # deletions slow down through the disk, not through any lock.
+        print(f"longest wait for the write lock during the collection: "
+              f"{max(waits) * 1000:.1f} ms (goal <= one batch, {per_batch * 1000:.1f} ms): "
+              f"{'met' if max(waits) <= per_batch else 'NOT met'}; the longest whole write "
+              f"exceeded the longest before the collection by "
+              f"{max(0.0, max(during) - max(before)) * 1000:.1f} ms", flush=True)
     finally:
         if writer is not None and writer.poll() is None:
             writer.kill()

@@ -65,6 +65,7 @@ from cargohold.metadata.snapshotter import Pin, backend_lock
 from cargohold.snapshotters.api import children_first
 from cargohold.types import now_ns
 
+BATCH_PAUSE = 0.002  # seconds between sweep batches, for writers waiting on the lock
 BARRIER_TTL = 600 * 10**9  # a killed collector's barrier stops by itself after this (ns)
 
 SnapshotterLookup = Callable[[str], Any]
@@ -296,6 +297,11 @@ class Collector:
                 res.longest_batch_seconds = max(res.longest_batch_seconds,
                                                 time.monotonic() - b0)
                 i += len(batch)
+                if i < len(doomed):
+                    # LMDB's writer lock is no queue: taken again at once, the next batch
+                    # would win it before a woken writer runs, and a writer could wait
+                    # through several batches. A pause lets it in: one batch at most.
+                    time.sleep(BATCH_PAUSE)
             res.sweep_seconds += time.monotonic() - t
             return g, live
         finally:
