@@ -16,13 +16,14 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "cargohold"
 # (equal rank only within the same part).
 RANKS = {
     "errors": 0, "types": 0, "_fsutil": 0, "_lmdb": 0, "_oserror": 0, "_reserve": 0, "_record": 0,
+    "_sha": 0,
     "filters": 0, "config": 0, "mount": 0, "notices": 0, "__init__": 0, "__main__": 13,
     "store": 1, "snapshotters": 2, "differ": 2, "metadata": 3, "leases": 4, "gc": 5,
     "fsck": 6, "client": 7, "images": 8, "fetch": 9, "tasks": 10, "probes": 11,
     "service": 11, "cli": 12,
 }
-BASE = {"errors", "types", "_fsutil", "_lmdb", "_oserror", "_reserve", "_record", "filters",
-        "config", "mount", "notices", "__init__"}
+BASE = {"errors", "types", "_fsutil", "_lmdb", "_oserror", "_reserve", "_record", "_sha",
+        "filters", "config", "mount", "notices", "__init__"}
 
 
 def part_of(path: pathlib.Path) -> str:

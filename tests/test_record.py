@@ -114,3 +114,12 @@ def test_slots_and_identity_equality():
 
     i = Id(1)
     assert i != Id(1) and i == i and {i: 1}[i] == 1
+
+
+def test_the_small_sha256_is_hashlibs():
+    import hashlib
+
+    from cargohold._sha import sha256_hex
+
+    for data in (b"", b"abc", b"sha256:aa sha256:bb", bytes(range(256)) * 9):
+        assert sha256_hex(data) == hashlib.sha256(data).hexdigest()

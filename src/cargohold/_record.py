@@ -23,6 +23,8 @@ nothing silently goes unrun.
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -99,7 +101,7 @@ def _process(cls: type, *, frozen: bool, eq: bool, slots: bool) -> type:
         body["__slots__"] = tuple(names)
         cls = type(cls)(cls.__name__, cls.__bases__, body)
     cls.__record_fields__ = tuple(flds)  # type: ignore[attr-defined]
-    cls.__init__ = _make_init(cls, flds, frozen)  # type: ignore[misc]
+    cls.__init__ = _first_init(cls, flds, frozen)  # type: ignore[misc]
     if "__repr__" not in cls.__dict__:
         cls.__repr__ = _make_repr(names)  # type: ignore[method-assign]
     if eq:
@@ -113,6 +115,27 @@ def _process(cls: type, *, frozen: bool, eq: bool, slots: bool) -> type:
         cls.__setattr__ = _frozen_setattr  # type: ignore[method-assign]
         cls.__delattr__ = _frozen_delattr  # type: ignore[method-assign]
     return cls
+
+
+def _first_init(cls: type, flds: list[Field], frozen: bool) -> Callable[..., None]:
+    """An ``__init__`` that writes the real one on the first instance: compiling it costs
+    about as much as the rest of the class, and a command uses few of the records it imports.
+    The field order is checked now, as the class is made.
+    """
+    seen_default = False
+    for f in flds:
+        if f.default is not _MISSING or f.default_factory is not _MISSING:
+            seen_default = True
+        elif seen_default:
+            raise TypeError(f"{cls.__qualname__}: non-default field {f.name!r} follows a "
+                            "default one")
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        real = _make_init(cls, flds, frozen)
+        cls.__init__ = real  # type: ignore[misc]
+        real(self, *args, **kwargs)
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    return __init__
 
 
 def _make_init(cls: type, flds: list[Field], frozen: bool) -> Callable[..., None]:
@@ -151,20 +174,27 @@ def _make_repr(names: list[str]) -> Callable[[Any], str]:
 
 
 def _make_eq(names: tuple[str, ...]) -> Callable[[Any, Any], Any]:
-    mine = "".join(f"self.{n}," for n in names)
-    theirs = "".join(f"other.{n}," for n in names)
-    scope: dict[str, Any] = {}
-    exec("def __eq__(self, other):\n"  # noqa: S102 - generated, as dataclasses does
-         "    if other.__class__ is not self.__class__:\n        return NotImplemented\n"
-         f"    return ({mine}) == ({theirs})\n", scope)
-    return scope["__eq__"]
+    # attrgetter, not generated code: every record class costs a compile of its __init__
+    # only (the hot commands define a score of them at start-up).
+    get = attrgetter(*names) if names else _no_fields
+
+    def __eq__(self: Any, other: Any) -> Any:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return get(self) == get(other)
+    return __eq__
 
 
 def _make_hash(names: tuple[str, ...]) -> Callable[[Any], int]:
-    scope: dict[str, Any] = {}
-    mine = "".join(f"self.{n}," for n in names)
-    exec(f"def __hash__(self):\n    return hash(({mine}))\n", scope)  # noqa: S102
-    return scope["__hash__"]
+    get = attrgetter(*names) if names else _no_fields
+
+    def __hash__(self: Any) -> int:
+        return hash(get(self))
+    return __hash__
+
+
+def _no_fields(obj: Any) -> tuple[()]:
+    return ()
 
 
 def _frozen_setattr(self: Any, name: str, value: Any) -> None:

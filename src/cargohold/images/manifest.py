@@ -6,11 +6,11 @@ parses JSON defensively: a malformed blob raises an error naming the image and t
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 
 from cargohold._record import field, record
+from cargohold._sha import sha256_hex
 from cargohold.errors import CargoholdError, MalformedData, NotFound
 from cargohold.images import mediatypes as mt
 from cargohold.images.platforms import Matcher
@@ -154,7 +154,7 @@ def chain_ids(ids: list[str]) -> list[str]:
         if not out:
             out.append(d)
         else:
-            out.append("sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
+            out.append("sha256:" + sha256_hex(f"{out[-1]} {d}".encode()))
     return out
 
 

@@ -42,9 +42,6 @@ from cargohold import mount as kmount
 from cargohold._fsutil import makedirs
 from cargohold._record import record
 from cargohold.errors import AlreadyExists, CargoholdError, FailedPrecondition, NotFound
-from cargohold.images import platforms
-from cargohold.images.manifest import chain_ids, diff_ids, manifests, parse_manifest
-from cargohold.images.platforms import Matcher
 from cargohold.mount.records import (
     MountRecord,
     mount_id,
@@ -88,6 +85,10 @@ def _snapshotter(client: Client, ns: str, name: str, lease: str | None = None
 def resolve_chain(client: Client, ref: str, platform: Platform | None
                   ) -> tuple[str, list[str], list[str]]:
     """``(manifest digest, diff IDs, chain IDs)`` of ``ref`` for ``platform`` (host)."""
+    # Imported here: unmount and the mount listings need none of it.
+    from cargohold.images import platforms
+    from cargohold.images.manifest import chain_ids, diff_ids, manifests, parse_manifest
+    from cargohold.images.platforms import Matcher
     from cargohold.metadata import images as records
 
     with client.db.view() as tx:

@@ -9,13 +9,13 @@ alone (:func:`mount_id`), written atomically. Unreadable records are skipped by
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 
 from cargohold._fsutil import atomic_write, makedirs
 from cargohold._record import asdict, field, record
+from cargohold._sha import sha256_hex
 from cargohold.errors import FailedPrecondition
 
 TYPE_CHECKING = False
@@ -54,7 +54,7 @@ def mount_id(target: str) -> str:
     the 76 characters a lease id may have.
     """
     slug = re.sub(r"[^A-Za-z0-9]+", "-", target).strip("-")[-48:].strip("-") or "root"
-    return f"mount-{slug}-{hashlib.sha256(target.encode()).hexdigest()[:10]}"
+    return f"mount-{slug}-{sha256_hex(target.encode())[:10]}"
 
 
 def records_dir(state: str) -> str:

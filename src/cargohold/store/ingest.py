@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 
 from cargohold import _fsutil
 from cargohold._oserror import free_bytes, no_space, translate
+from cargohold._sha import sha256_hex
 from cargohold.errors import (
     AlreadyExists,
     CargoholdError,
@@ -49,7 +49,7 @@ REHASH_CHUNK = 4 << 20
 
 def ingest_key(ref: str) -> str:
     """The directory name of an ingest: the ref's sha256, so every path has the same length."""
-    return hashlib.sha256(ref.encode()).hexdigest()
+    return sha256_hex(ref.encode())
 
 
 def read_text(path: str) -> str | None:
@@ -85,6 +85,8 @@ def remove_ingest_dir(path: str) -> None:
 
 def rehash(fd: int, algorithm: str, size: int) -> Any:
     """Hash the first ``size`` bytes of ``fd`` with large preads; return the hash object."""
+    import hashlib  # here: loading OpenSSL is for those who hash data
+
     h = hashlib.new(algorithm)
     buf = bytearray(min(REHASH_CHUNK, max(size, 1)))
     view = memoryview(buf)
@@ -120,6 +122,8 @@ class IngestWriter:
         self._fd: int | None = os.open(data, flags, 0o644)
         try:
             offset = os.fstat(self._fd).st_size if resume else 0
+            import hashlib
+
             hasher = hashlib.new(self._algorithm)
             if offset:
                 rfd = os.open(data, os.O_RDONLY | os.O_CLOEXEC)
@@ -177,6 +181,8 @@ class IngestWriter:
         os.ftruncate(self._fd, 0)
         os.lseek(self._fd, 0, os.SEEK_SET)
         self._out.close()
+        import hashlib
+
         from cargohold.store._pipe import HashingAppender
 
         self._out = HashingAppender(self._fd, hashlib.new(self._algorithm), 0)
