@@ -450,6 +450,45 @@ def lock_holder(path: str) -> str:
 
 
 
+def remove_tree(path: str, *, ignore_errors: bool = False) -> None:
+    """Remove the directory tree ``path``, never following a symlink inside it (a link is
+    removed, not its target), as ``shutil.rmtree`` does: ``import shutil`` loads bz2 and lzma,
+    which ``hold images unmount`` would pay for at every removal of its snapshot.
+
+    ``ignore_errors``: go on past what cannot be removed (an ingest's cleanup); otherwise the
+    first OSError propagates and what is left stays for a later removal.
+    """
+    try:
+        for _, dirs, files, dfd in os.fwalk(path, topdown=False):
+            for name in files:
+                _remove_at(name, dfd, ignore_errors)
+            for name in dirs:  # a symlink to a directory is listed here, and not entered
+                try:
+                    os.rmdir(name, dir_fd=dfd)
+                except NotADirectoryError:
+                    _remove_at(name, dfd, ignore_errors)
+                except OSError:
+                    if not ignore_errors:
+                        raise
+        os.rmdir(path)
+    except FileNotFoundError:
+        if not ignore_errors and not os.path.lexists(path):
+            raise
+    except OSError:
+        if not ignore_errors:
+            raise
+
+
+def _remove_at(name: str, dfd: int, ignore_errors: bool) -> None:
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except FileNotFoundError:
+        pass  # gone meanwhile: what was asked for
+    except OSError:
+        if not ignore_errors:
+            raise
+
+
 def dir_size(path: str) -> tuple[int, int]:
     """(bytes allocated, inodes) under ``path``, counting each hardlinked inode once."""
     seen: set[tuple[int, int]] = set()

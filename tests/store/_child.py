@@ -89,9 +89,7 @@ def commit_crash(root: str, ref: str, src: str, step: str) -> int:
     elif step == "after-dir-fsync":
         crash_after(ingest_mod._fsutil, "fsync_dir", when=_blob_dir)
     elif step == "mid-ingest-removal":
-        import shutil  # store.ingest imports it when it removes an ingest
-
-        crash_after(shutil, "rmtree", before=True)
+        crash_after(ingest_mod._fsutil, "remove_tree", before=True)
     elif step == "after-ingest-removal":
         crash_after(ingest_mod, "remove_ingest_dir")
     elif step == "rename-fails":

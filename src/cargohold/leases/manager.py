@@ -11,7 +11,6 @@ owner and live until deleted or expired.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import time
@@ -29,6 +28,8 @@ DEFAULT_EXPIRY = 24 * 3600 * 10**9
 
 def random_id() -> str:
     """``<nanoseconds>-<4 random chars>``, unique enough and sortable by creation."""
+    import base64  # only a new lease's id needs it
+
     return f"{time.time_ns()}-{base64.b32encode(os.urandom(5)).decode().lower()[:8]}"
 
 

@@ -28,7 +28,7 @@ import errno
 import os
 import stat
 
-from cargohold._fsutil import makedirs
+from cargohold._fsutil import makedirs, remove_tree
 from cargohold._oserror import is_env_errno, translate
 from cargohold.errors import (
     AlreadyExists,
@@ -131,9 +131,7 @@ class DirSnapshotter(Bookkept):
 
     def _delete(self, path: str) -> None:
         """Delete one object (a snapshot, a ``new-*`` or an ``rm-*``) entirely."""
-        import shutil  # lazily: it imports bz2 and lzma; only removal needs it
-
-        shutil.rmtree(path)
+        remove_tree(path)
 
     # --- helpers -------------------------------------------------------------------------------
     def path(self, id: str) -> str:

@@ -78,9 +78,7 @@ def remove_ingest_dir(path: str) -> None:
     """
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(path, "ref"))
-    import shutil  # lazily: it imports bz2 and lzma, and only cleanup needs it
-
-    shutil.rmtree(path, ignore_errors=True)
+    _fsutil.remove_tree(path, ignore_errors=True)
 
 
 def rehash(fd: int, algorithm: str, size: int) -> Any:
