@@ -87,7 +87,9 @@ def _split_clauses(text: str) -> list[str]:
     return [c.strip() for c in out]
 
 
-_OP = re.compile(r'^((?:"[^"]*"|[^=!~"])+?)\s*(==|!=|~=)\s*(.*)$')
+# A pattern, not a compiled one: re compiles (and caches) it on the first filter, and a
+# command given none does not pay for it.
+_OP = r'^((?:"[^"]*"|[^=!~"])+?)\s*(==|!=|~=)\s*(.*)$'
 
 
 def parse(text: str) -> list[Clause]:
@@ -96,7 +98,7 @@ def parse(text: str) -> list[Clause]:
     for c in _split_clauses(text):
         if not c:
             raise InvalidArgument(f"filter {text!r}: empty clause")
-        m = _OP.match(c)
+        m = re.match(_OP, c)
         if not m:
             clauses.append(Clause(_split_path(c, text), ""))
             continue

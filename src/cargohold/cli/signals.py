@@ -10,10 +10,12 @@ snapshots removed, the lease deleted and collected, ingests closed for a resume)
 
 from __future__ import annotations
 
-import signal
+# The C module under ``signal``: importing ``signal`` itself builds three enums of signal
+# names, a millisecond of every command's start on the test VM, for nothing used here.
+import _signal
 from types import FrameType
 
-EXIT_CODE = 128 + signal.SIGTERM
+EXIT_CODE = 128 + _signal.SIGTERM
 
 
 class Terminated(BaseException):  # noqa: N818 - named like KeyboardInterrupt, its twin
@@ -27,6 +29,6 @@ def _raise(signum: int, frame: FrameType | None) -> None:
 def install() -> None:
     """Turn SIGTERM into :class:`Terminated` (only the main thread may set handlers)."""
     try:
-        signal.signal(signal.SIGTERM, _raise)
+        _signal.signal(_signal.SIGTERM, _raise)
     except ValueError:
         pass  # not the main thread (hold driven from a library's thread): keep the default
