@@ -128,16 +128,18 @@ def mount_point(path: str) -> str:
     """The mount point of the filesystem holding ``path`` (from /proc/self/mountinfo, so a
     bind mount is named by where it is mounted).
     """
+    from cargohold.mount.info import mountinfo  # an error's message only: not at start-up
+
     real = os.path.realpath(_existing(path))
     best = "/"
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                mp = line.split()[4].replace("\\040", " ")
-                if (real == mp or real.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
-                    best = mp
+        entries = mountinfo()
     except OSError:
-        pass
+        return best
+    for e in entries:
+        mp = e.target
+        if (real == mp or real.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
+            best = mp
     return best
 
 
