@@ -36,7 +36,7 @@ import _thread  # threading's Lock and get_ident, without importing threading (s
 import contextlib
 import os
 
-from cargohold._oserror import free_bytes
+from cargohold._oserror import _existing, free_bytes
 
 RESERVE_NAME = "reserve"
 RESERVE_BYTES = 8 << 20  # see the module docstring for the measurements
@@ -114,15 +114,10 @@ class Reserve:
 
 
 def _dev(path: str) -> int | None:
-    path = os.path.abspath(path)
-    while True:
-        try:
-            return os.stat(path).st_dev
-        except OSError:
-            parent = os.path.dirname(path)
-            if parent == path:
-                return None
-            path = parent
+    try:
+        return os.stat(_existing(path)).st_dev
+    except OSError:
+        return None
 
 
 def register(reserve: Reserve) -> None:
