@@ -281,9 +281,12 @@ class Fsck:
         from cargohold.fsck.leftovers import held_ingests
 
         now = now_ns()
-        held = held_ingests(self.db)  # a live lease keeps an ingest past its own expiry
-        for bref, (ns, ref, exp) in recs.items():
-            if exp and exp < now and (ns, ref) not in held:
+        expired = {bref: v for bref, v in recs.items() if v[2] and v[2] < now}
+        # A live lease keeps an ingest past its own expiry; the leases are read only when
+        # some ingest expired (fsck's leftovers check reads them again for its own report).
+        held = held_ingests(self.db) if expired else set()
+        for bref, (ns, ref, _exp) in expired.items():
+            if (ns, ref) not in held:
                 p = Problem("expired-ingest", f"namespace {ns} ingest {ref}",
                             "expired; nothing protects it", "drop the record and its data")
                 if self.repair:
