@@ -31,8 +31,7 @@ from cargohold.leases import owner as owners
 from cargohold.metadata import leases as lease_records
 from cargohold.metadata import namespaces
 from cargohold.metadata import snapshot_records as snaprec
-from cargohold.metadata.content import blob_path as content_key
-from cargohold.metadata.content import ingest_records
+from cargohold.metadata.content import has_record, ingest_records
 from cargohold.metadata.db import DB
 from cargohold.metadata.leases import Lease, Resource
 from cargohold.snapshotters.api import Kind
@@ -190,7 +189,7 @@ def _partial_ingests(db: DB, store: Any, dead: dict[tuple[str, str], str]) -> li
             for r in ingest_records(tx, ns):
                 recs.append((ns, r.ref, r.bref, r.expire_at, r.expected))
                 if r.expected and os.path.exists(store.blob_path(r.expected)) \
-                        and not tx.exists(content_key(ns, r.expected, "size")):
+                        and not has_record(tx, ns, r.expected):
                     stored.add((ns, r.ref))
     notes = []
     now = now_ns()
