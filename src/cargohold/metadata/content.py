@@ -131,7 +131,7 @@ def quarantine_records(tx: Tx, digest: str) -> list[str]:
             continue
         tx.put(_quarantine_key(digest, ns),
                json.dumps({"size": info.size, "labels": info.labels}, sort_keys=True))
-        tx.delete_tree(blob_path(ns, digest))
+        delete_record(tx, ns, digest)
         out.append(ns)
     return out
 
@@ -157,7 +157,7 @@ def restore_quarantined(tx: Tx, digest: str) -> list[str]:
     for k, v in list(tx.scan(prefix)):
         ns = k[len(prefix):].decode()
         rec = json.loads(v)
-        if not tx.exists(blob_path(ns, digest, "size")):
+        if not has_record(tx, ns, digest):
             write_record(tx, ns, digest, int(rec["size"]), dict(rec.get("labels") or {}))
             healed.append(ns)
     tx.delete_prefix(prefix)
