@@ -45,3 +45,21 @@ def hold(root):
     def _run(*args, **kw):
         return run_hold(root, *args, **kw)
     return _run
+
+
+@pytest.fixture
+def mnt(tmp_path):
+    """``mnt(name)`` makes a directory under tmp_path to mount on; whatever is still mounted
+    on one at teardown is unmounted, so a failed test leaves no mount behind."""
+    from cargohold.mount import is_mountpoint, unmount_all
+    made: list[str] = []
+
+    def _make(name: str = "mnt") -> str:
+        d = str(tmp_path / name)
+        os.makedirs(d, exist_ok=True)
+        made.append(d)
+        return d
+    yield _make
+    for d in made:
+        if is_mountpoint(d):
+            unmount_all(d)
