@@ -41,6 +41,16 @@ def run_hold(root: str, *args: str, input: bytes | None = None, check: bool = Tr
 
 
 @pytest.fixture
+def client(root):
+    """A library Client on ``root`` (open_client's default namespace), closed after the test."""
+    from tests.peers import open_client
+
+    c = open_client(root)
+    yield c
+    c.close()
+
+
+@pytest.fixture
 def hold(root):
     def _run(*args, **kw):
         return run_hold(root, *args, **kw)

@@ -28,15 +28,6 @@ def archives(tmp_path_factory):
 
 
 @pytest.fixture
-def client(root):
-    from tests.peers import open_client
-
-    c = open_client(root)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def hold_json(hold):
     """Run `hold ... --format json` and parse stdout."""
     def _run(*args, **kw):
