@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,6 +26,29 @@ def archives(tmp_path_factory):
     from tests.images.imagekit import build_all
 
     return build_all(str(tmp_path_factory.mktemp("archives")))
+
+
+@pytest.fixture(scope="module")
+def ctrd():
+    """A private containerd for the module's tests (needs root), stopped after them."""
+    from tests.peers import containerd_daemon, need_root
+
+    need_root()
+    with containerd_daemon() as d:
+        yield d
+
+
+@pytest.fixture
+def targets():
+    """A list the test appends its mount points to; each is unmounted at teardown, last
+    first, whatever the test left there."""
+    from cargohold import mount as kmount
+
+    made: list[str] = []
+    yield made
+    for t in reversed(made):
+        with contextlib.suppress(Exception):
+            kmount.unmount_all(t)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -22,15 +21,6 @@ from cargohold.types import Mount
 @pytest.fixture(autouse=True)
 def _root_only():
     need_root()
-
-
-@pytest.fixture
-def targets(tmp_path):
-    made: list[str] = []
-    yield made
-    for t in reversed(made):
-        with contextlib.suppress(Exception):
-            kmount.unmount_all(t)
 
 
 @pytest.fixture
