@@ -41,7 +41,35 @@ def run_hold(root: str, *args: str, input: bytes | None = None, check: bool = Tr
 
 
 @pytest.fixture
+def client(root):
+    """A library Client on ``root`` (open_client's default namespace), closed after the test."""
+    from tests.peers import open_client
+
+    c = open_client(root)
+    yield c
+    c.close()
+
+
+@pytest.fixture
 def hold(root):
     def _run(*args, **kw):
         return run_hold(root, *args, **kw)
     return _run
+
+
+@pytest.fixture
+def mnt(tmp_path):
+    """``mnt(name)`` makes a directory under tmp_path to mount on; whatever is still mounted
+    on one at teardown is unmounted, so a failed test leaves no mount behind."""
+    from cargohold.mount import is_mountpoint, unmount_all
+    made: list[str] = []
+
+    def _make(name: str = "mnt") -> str:
+        d = str(tmp_path / name)
+        os.makedirs(d, exist_ok=True)
+        made.append(d)
+        return d
+    yield _make
+    for d in made:
+        if is_mountpoint(d):
+            unmount_all(d)

@@ -189,16 +189,25 @@ def _assert_nothing_left(disk: Disk, before: tuple[set, set], name: str,
     assert disk.available() >= start_available - MIB
 
 
-def test_import_that_does_not_fit_during_blob_copy(disk, archives):
+def _import_that_does_not_fit(disk: Disk, archives: dict, free: int, name: str
+                              ) -> tuple[str, str, tuple[set, set], int]:
+    """Import ``b``, leave ``free`` bytes, then import ``archives[name]``, which must fail
+    for want of space: (its stderr, the first line, the files before it, the free space
+    before it)."""
     disk.hold("images", "import", archives["b"])
     before = (disk.blob_files(), disk.snapshot_dirs())
-    _leave_free(disk, 20 * MIB)
+    _leave_free(disk, free)
     start = disk.available()
-    p = disk.hold("images", "import", archives["big"], check=False)
+    p = disk.hold("images", "import", archives[name], check=False)
     err = p.stderr.decode()
     assert p.returncode == 1, err
     first = err.splitlines()[0]
     assert f"no space left on filesystem {disk.fs} " in first, err
+    return err, first, before, start
+
+
+def test_import_that_does_not_fit_during_blob_copy(disk, archives):
+    err, first, before, start = _import_that_does_not_fit(disk, archives, 20 * MIB, "big")
     # The blob being written (40 MiB of files plus tar headers) and what was free for it.
     m = re.search(r"needs ([\d.]+) MiB, ([\d.]+) MiB free", first)
     assert m and float(m.group(1)) >= 39.9 and 18.1 <= float(m.group(2)) <= 20.5, first
@@ -208,15 +217,7 @@ def test_import_that_does_not_fit_during_blob_copy(disk, archives):
 
 
 def test_import_whose_blobs_fit_but_unpack_does_not(disk, archives):
-    disk.hold("images", "import", archives["b"])
-    before = (disk.blob_files(), disk.snapshot_dirs())
-    _leave_free(disk, 30 * MIB)
-    start = disk.available()
-    p = disk.hold("images", "import", archives["c"], check=False)
-    err = p.stderr.decode()
-    assert p.returncode == 1, err
-    first = err.splitlines()[0]
-    assert f"no space left on filesystem {disk.fs} " in first, err
+    err, first, before, start = _import_that_does_not_fit(disk, archives, 30 * MIB, "c")
     assert "layer sha256:" in first and "entry 'data/f" in first, first
     m = re.search(r"needs at least ([\d.]+) MiB, ([\d.]+) MiB free when the layer started",
                   first)

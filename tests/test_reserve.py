@@ -49,57 +49,54 @@ def full(tmp_path):
             _reserve.unregister(res)
 
 
-def test_a_removal_on_a_full_disk_uses_one_chunk_and_commits(full):
+@pytest.fixture
+def filled(full):
+    """``full``'s (fs, db path, reserve) and the database opened as an ``_lmdb.Env``, with
+    the tmpfs then filled to the last byte; the Env is closed after the test."""
     fs, path, res = full
     env = _lmdb.Env(path)
     try:
         fill(fs)
-        with env.update() as tx:  # every 200th record: 100 pages all over the tree
-            for i in range(0, 20000, 200):
-                assert tx.delete(b"rec/%08d" % i)
-        assert res.allocated() == 3 * MIB, "one chunk given back"
-        with env.view() as tx:
-            assert tx.get(b"rec/%08d" % 0) is None and tx.get(b"rec/%08d" % 1) is not None
-            assert sum(1 for _ in tx.scan(b"rec/")) == 19900
+        yield fs, path, res, env
     finally:
         env.close()
 
 
-def test_a_larger_removal_takes_as_many_chunks_as_it_needs(full):
-    fs, path, res = full
-    env = _lmdb.Env(path)
-    try:
-        fill(fs)
-        with env.update() as tx:  # every 40th record: 500 pages, more than one chunk
-            for i in range(0, 20000, 40):
-                tx.delete(b"rec/%08d" % i)
-        assert res.allocated() <= 2 * MIB
-        with env.view() as tx:
-            assert sum(1 for _ in tx.scan(b"rec/")) == 19500
-    finally:
-        env.close()
+def test_a_removal_on_a_full_disk_uses_one_chunk_and_commits(filled):
+    fs, path, res, env = filled
+    with env.update() as tx:  # every 200th record: 100 pages all over the tree
+        for i in range(0, 20000, 200):
+            assert tx.delete(b"rec/%08d" % i)
+    assert res.allocated() == 3 * MIB, "one chunk given back"
+    with env.view() as tx:
+        assert tx.get(b"rec/%08d" % 0) is None and tx.get(b"rec/%08d" % 1) is not None
+        assert sum(1 for _ in tx.scan(b"rec/")) == 19900
 
 
-def test_a_write_that_grows_never_takes_the_reserve(full):
-    fs, path, res = full
-    env = _lmdb.Env(path)
-    try:
-        fill(fs)
-        with pytest.raises(NoSpace, match=f"no space left on filesystem {fs} ") as ei:
-            with env.update() as tx:
-                for i in range(2000):
-                    tx.put(b"new/%08d" % i, os.urandom(200))
-        assert "hold gc" in ei.value.hint
-        assert res.allocated() == 4 * MIB
-        with env.view() as tx:
-            assert tx.get(b"new/%08d" % 0) is None
-    finally:
-        env.close()
+def test_a_larger_removal_takes_as_many_chunks_as_it_needs(filled):
+    fs, path, res, env = filled
+    with env.update() as tx:  # every 40th record: 500 pages, more than one chunk
+        for i in range(0, 20000, 40):
+            tx.delete(b"rec/%08d" % i)
+    assert res.allocated() <= 2 * MIB
+    with env.view() as tx:
+        assert sum(1 for _ in tx.scan(b"rec/")) == 19500
 
 
-def test_a_commit_between_release_and_replay_makes_it_say_run_again(full, monkeypatch):
-    fs, path, res = full
-    env = _lmdb.Env(path)
+def test_a_write_that_grows_never_takes_the_reserve(filled):
+    fs, path, res, env = filled
+    with pytest.raises(NoSpace, match=f"no space left on filesystem {fs} ") as ei:
+        with env.update() as tx:
+            for i in range(2000):
+                tx.put(b"new/%08d" % i, os.urandom(200))
+    assert "hold gc" in ei.value.hint
+    assert res.allocated() == 4 * MIB
+    with env.view() as tx:
+        assert tx.get(b"new/%08d" % 0) is None
+
+
+def test_a_commit_between_release_and_replay_makes_it_say_run_again(filled, monkeypatch):
+    fs, path, res, env = filled
     real = _reserve.release_for
 
     def release_then_someone_writes(p: str) -> int:
@@ -110,16 +107,12 @@ def test_a_commit_between_release_and_replay_makes_it_say_run_again(full, monkey
         return n
 
     monkeypatch.setattr(_reserve, "release_for", release_then_someone_writes)
-    try:
-        fill(fs)
-        with pytest.raises(Unavailable, match="another process wrote while this removal"):
-            with env.update() as tx:
-                for i in range(0, 20000, 200):
-                    tx.delete(b"rec/%08d" % i)
-        with env.view() as tx:  # the other process's write, and none of ours
-            assert tx.get(b"rec/%08d" % 1) is None and tx.get(b"rec/%08d" % 0) is not None
-    finally:
-        env.close()
+    with pytest.raises(Unavailable, match="another process wrote while this removal"):
+        with env.update() as tx:
+            for i in range(0, 20000, 200):
+                tx.delete(b"rec/%08d" % i)
+    with env.view() as tx:  # the other process's write, and none of ours
+        assert tx.get(b"rec/%08d" % 1) is None and tx.get(b"rec/%08d" % 0) is not None
 
 
 def test_ensure_makes_and_tops_up_only_with_room_to_spare(tmp_path):

@@ -23,21 +23,6 @@ DEPTH = 200
 SN = "overlayfs"
 
 
-@pytest.fixture
-def mnt(tmp_path):
-    made: list[str] = []
-
-    def _make(name: str = "mnt") -> str:
-        d = str(tmp_path / name)
-        os.makedirs(d, exist_ok=True)
-        made.append(d)
-        return d
-    yield _make
-    for d in made:
-        if is_mountpoint(d):
-            unmount_all(d)
-
-
 def build_chain(root: str, depth: int = DEPTH, *, lease: str | None = None) -> None:
     """Committed l0 <- l1 <- ... <- l<depth-1>, with layer0.txt in the bottom layer and
     layer<depth-1>.txt in the top, made in-process (library calls, no GC-root labels: only

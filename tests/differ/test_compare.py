@@ -93,12 +93,18 @@ def _base(tmp_path, store):
     return compare([], bind(seed), store=store)
 
 
-def test_double_walk_diff_applies_onto_lower(tmp_path, store, as_root):
+def _base_copies(tmp_path, store, *names: str) -> list:
+    """A fresh dir tmp_path/<name> per name, each with ``_base``'s layer applied into it."""
     base = _base(tmp_path, store)
-    lower, upper, again = tmp_path / "lower", tmp_path / "upper", tmp_path / "again"
-    for p in (lower, upper, again):
+    dirs = [tmp_path / n for n in names]
+    for p in dirs:
         p.mkdir()
         _apply_blob(store, base, p)
+    return dirs
+
+
+def test_double_walk_diff_applies_onto_lower(tmp_path, store, as_root):
+    lower, upper, again = _base_copies(tmp_path, store, "lower", "upper", "again")
     shutil.rmtree(upper / "opq")
     _modify(upper)
     d = compare(bind(lower), bind(upper), store=store)
@@ -122,11 +128,7 @@ def _overlay(tmp_path, name, lowers, mounts_to_clean):
 
 
 def test_overlay_fast_path_reads_the_upper_dir(tmp_path, store, as_root, mounts_to_clean):
-    base = _base(tmp_path, store)
-    lower, again = tmp_path / "lower", tmp_path / "again"
-    for p in (lower, again):
-        p.mkdir()
-        _apply_blob(store, base, p)
+    lower, again = _base_copies(tmp_path, store, "lower", "again")
     m, up, merged = _overlay(tmp_path, "ov", [lower], mounts_to_clean)
     mount(m, str(merged))
     mounts_to_clean.append(str(merged))
@@ -149,11 +151,7 @@ def _nogroups(snap):
 
 
 def test_overlay_apply_into_upper_then_mount(tmp_path, store, as_root, mounts_to_clean):
-    base = _base(tmp_path, store)
-    lower, plain = tmp_path / "lower", tmp_path / "plain"
-    for p in (lower, plain):
-        p.mkdir()
-        _apply_blob(store, base, p)
+    lower, plain = _base_copies(tmp_path, store, "lower", "plain")
     (plain / "x").mkdir()
     shutil.rmtree(plain / "opq")
     _modify(plain)

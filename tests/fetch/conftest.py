@@ -17,15 +17,6 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 @pytest.fixture
-def client(root):
-    from tests.peers import open_client
-
-    c = open_client(root)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def fake():
     return FakeRegistry()
 

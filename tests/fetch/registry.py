@@ -275,9 +275,12 @@ def make_layout(layout: str, layers: list[dict[str, bytes]], *, tag: str = "1",
 
 
 def push_layout(layout: str, tag: str, dest: str, *, creds: str = "",
-                tls_verify: bool = False, cert_dir: str = "", fmt: str = "") -> None:
-    """``skopeo copy oci:LAYOUT:TAG docker://DEST``."""
+                tls_verify: bool = False, cert_dir: str = "", fmt: str = "",
+                all_platforms: bool = False) -> None:
+    """``skopeo copy oci:LAYOUT:TAG docker://DEST`` (``--all``: every image of an index)."""
     argv = ["skopeo", "copy", "-q", f"--dest-tls-verify={'true' if tls_verify else 'false'}"]
+    if all_platforms:
+        argv.append("--all")
     if creds:
         argv.append(f"--dest-creds={creds}")
     if cert_dir:
@@ -527,3 +530,15 @@ def make_index_layout(layout: str, tag: str, images: list[tuple[str, list[dict[s
     with open(os.path.join(layout, "oci-layout"), "w") as f:
         f.write('{"imageLayoutVersion":"1.0.0"}')
     return {"index": idesc["digest"], "manifests": [e["digest"] for e in entries]}
+
+
+def push_two_platform_index(layout: str, tag: str, dest: str) -> dict:
+    """An index of two one-layer images, this machine's platform first (file ``m``) and the
+    other of amd64/arm64 (file ``t``), made as an OCI layout and pushed whole to ``dest``;
+    returns make_index_layout's info.
+    """
+    host = "arm64" if os.uname().machine == "aarch64" else "amd64"
+    other = "amd64" if host == "arm64" else "arm64"
+    info = make_index_layout(layout, tag, [(host, [{"m": b"mine"}]), (other, [{"t": b"theirs"}])])
+    push_layout(layout, tag, dest, all_platforms=True)
+    return info

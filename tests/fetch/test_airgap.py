@@ -16,10 +16,10 @@ import pytest
 
 from tests.fetch.registry import (
     DockerRegistry,
-    make_index_layout,
     make_layout,
     need_registry,
     push_layout,
+    push_two_platform_index,
 )
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow]
@@ -35,13 +35,7 @@ def src(tmp_path_factory):
         b = make_layout(str(base / "b"), [{"etc/b": b"image b\n"}])
         push_layout(str(base / "a"), "1", f"{reg.host}/team/app:1")
         push_layout(str(base / "b"), "1", f"{reg.host}/team/other:1")
-        host = "arm64" if os.uname().machine == "aarch64" else "amd64"
-        other = "amd64" if host == "arm64" else "arm64"
-        multi = make_index_layout(str(base / "m"), "3", [(host, [{"m": b"mine"}]),
-                                                         (other, [{"t": b"theirs"}])])
-        subprocess.run(["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false",
-                        f"oci:{base / 'm'}:3", f"docker://{reg.host}/team/multi:3"],
-                       check=True, capture_output=True, timeout=120)
+        multi = push_two_platform_index(str(base / "m"), "3", f"{reg.host}/team/multi:3")
         yield {"reg": reg, "a": a, "b": b, "multi": multi}
     finally:
         reg.stop()

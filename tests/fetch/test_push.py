@@ -12,10 +12,10 @@ import pytest
 
 from tests.fetch.registry import (
     DockerRegistry,
-    make_index_layout,
     make_layout,
     need_registry,
     push_layout,
+    push_two_platform_index,
 )
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow]
@@ -32,14 +32,7 @@ def regs(tmp_path_factory):
         single = make_layout(lay, [{"etc/one": b"1" * 1000, "big": os.urandom(600_000)},
                                    {"etc/two": b"2"}])
         push_layout(lay, "1", f"{src.host}/team/app:1")
-        other = "arm64" if os.uname().machine != "aarch64" else "amd64"
-        host = "amd64" if other == "arm64" else "arm64"
-        multi_dir = str(base / "multi")
-        multi = make_index_layout(multi_dir, "2", [(host, [{"m": b"mine"}]),
-                                                   (other, [{"t": b"theirs"}])])
-        subprocess.run(["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false",
-                        f"oci:{multi_dir}:2", f"docker://{src.host}/team/multi:2"],
-                       check=True, capture_output=True, timeout=120)
+        multi = push_two_platform_index(str(base / "multi"), "2", f"{src.host}/team/multi:2")
         yield {"src": src, "dst": dst, "single": single, "multi": multi}
     finally:
         src.stop()

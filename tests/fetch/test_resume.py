@@ -7,6 +7,7 @@ remainder plus one chunk per layer (the bytes the killed process held in memory)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,20 +32,35 @@ LAYER = 12 << 20
 CHUNK = 8 << 20
 
 
-def test_kill_9_mid_pull_then_pull_again_resumes(tmp_path, root):
+@contextlib.contextmanager
+def _served_through_proxy(tmp_path, root, name: str, layers: int, layer_size: int, rate: int):
+    """A random image of ``layers`` layers pushed to a fresh registry as team/<name>:1 and
+    served through a throttling CountingProxy; yields (info, total, proxy, ref, env), env
+    running this checkout's hold against ``root``. Proxy and registry stop on exit.
+    """
     need_registry()
     lay = str(tmp_path / "layout")
-    info = make_layout(lay, [{f"l{i}.bin": os.urandom(LAYER)} for i in range(3)])
+    info = make_layout(lay, [{f"l{i}.bin": os.urandom(layer_size)} for i in range(layers)])
     total = sum(info["sizes"])
     reg = DockerRegistry(str(tmp_path / "reg")).start()
     proxy = None
     try:
-        push_layout(lay, "1", f"{reg.host}/team/big:1")
-        proxy = CountingProxy(reg.port, rate=12 << 20)
-        ref = f"{proxy.host}/team/big:1"
+        push_layout(lay, "1", f"{reg.host}/team/{name}:1")
+        proxy = CountingProxy(reg.port, rate=rate)
+        ref = f"{proxy.host}/team/{name}:1"
         env = dict(os.environ, HOLD_ROOT=root, HOLD_STATE=os.path.join(root, "_state"),
                    HOLD_CONFIG=os.path.join(root, "_no_config.toml"),
                    PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+        yield info, total, proxy, ref, env
+    finally:
+        if proxy is not None:
+            proxy.close()
+        reg.stop()
+
+
+def test_kill_9_mid_pull_then_pull_again_resumes(tmp_path, root):
+    with _served_through_proxy(tmp_path, root, "big", 3, LAYER,
+                               12 << 20) as (info, total, proxy, ref, env):
         # One blob at a time: at 60 % the first layer is finished and the second partial.
         p = subprocess.Popen([sys.executable, "-m", "cargohold", "images", "pull",
                               "--progress", "none", "--chunk-size", "8MiB",
@@ -84,27 +100,12 @@ def test_kill_9_mid_pull_then_pull_again_resumes(tmp_path, root):
         assert json.loads(run_hold(root, "images", "check", "--format", "json").stdout)[0][
             "platforms"][0]["complete"]
         assert json.loads(run_hold(root, "content", "active", "--format", "json").stdout) == []
-    finally:
-        if proxy is not None:
-            proxy.close()
-        reg.stop()
 
 
 def test_two_pulls_of_one_image_at_once(tmp_path, root):
     """The second waits for the first's ingests instead of fetching the bytes twice."""
-    need_registry()
-    lay = str(tmp_path / "layout")
-    info = make_layout(lay, [{f"l{i}.bin": os.urandom(4 << 20)} for i in range(2)])
-    total = sum(info["sizes"])
-    reg = DockerRegistry(str(tmp_path / "reg")).start()
-    proxy = None
-    try:
-        push_layout(lay, "1", f"{reg.host}/team/two:1")
-        proxy = CountingProxy(reg.port, rate=8 << 20)
-        ref = f"{proxy.host}/team/two:1"
-        env = dict(os.environ, HOLD_ROOT=root, HOLD_STATE=os.path.join(root, "_state"),
-                   HOLD_CONFIG=os.path.join(root, "_no_config.toml"),
-                   PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+    with _served_through_proxy(tmp_path, root, "two", 2, 4 << 20,
+                               8 << 20) as (info, total, proxy, ref, env):
         argv = [sys.executable, "-m", "cargohold", "images", "pull", "--progress", "none",
                 "--format", "json", ref]
         procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
@@ -116,29 +117,14 @@ def test_two_pulls_of_one_image_at_once(tmp_path, root):
         assert {r["target"]["digest"] for r in results} == {info["manifest"]}
         assert proxy.sent < total * 1.2  # each layer came once (plus a little overlap)
         assert b"clean" in run_hold(root, "fsck").stdout
-    finally:
-        if proxy is not None:
-            proxy.close()
-        reg.stop()
 
 
 def test_ctrl_c_while_the_registry_is_silent_stops_at_once(tmp_path, root):
     """SIGINT mid-pull against a registry that stopped sending: exit 130 promptly (the
     reads are aborted, not left to the read timeout), and the next pull resumes.
     """
-    need_registry()
-    lay = str(tmp_path / "layout")
-    info = make_layout(lay, [{f"l{i}.bin": os.urandom(6 << 20)} for i in range(2)])
-    total = sum(info["sizes"])
-    reg = DockerRegistry(str(tmp_path / "reg")).start()
-    proxy = None
-    try:
-        push_layout(lay, "1", f"{reg.host}/team/quiet:1")
-        proxy = CountingProxy(reg.port, rate=8 << 20)
-        ref = f"{proxy.host}/team/quiet:1"
-        env = dict(os.environ, HOLD_ROOT=root, HOLD_STATE=os.path.join(root, "_state"),
-                   HOLD_CONFIG=os.path.join(root, "_no_config.toml"),
-                   PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+    with _served_through_proxy(tmp_path, root, "quiet", 2, 6 << 20,
+                               8 << 20) as (info, total, proxy, ref, env):
         p = subprocess.Popen([sys.executable, "-m", "cargohold", "images", "pull",
                               "--progress", "none", ref], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -156,7 +142,3 @@ def test_ctrl_c_while_the_registry_is_silent_stops_at_once(tmp_path, root):
         res = json.loads(run_hold(root, "images", "pull", "--progress", "none", "--format",
                                   "json", ref).stdout)
         assert res["resumed"] > 0 and res["target"]["digest"] == info["manifest"]
-    finally:
-        if proxy is not None:
-            proxy.close()
-        reg.stop()

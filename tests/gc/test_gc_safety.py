@@ -24,21 +24,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="real overlay mounts n
 SN = "overlayfs"
 
 
-@pytest.fixture
-def mnt(tmp_path):
-    made: list[str] = []
-
-    def _make(name: str = "mnt") -> str:
-        d = str(tmp_path / name)
-        os.makedirs(d, exist_ok=True)
-        made.append(d)
-        return d
-    yield _make
-    for d in made:
-        if is_mountpoint(d):
-            unmount_all(d)
-
-
 def paste(cmd_text: str, target: str) -> None:
     """Run what `hold snapshots prepare|mounts` printed, as a user pasting it would."""
     for line in cmd_text.strip().splitlines():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,13 +28,27 @@ def archives(tmp_path_factory):
     return build_all(str(tmp_path_factory.mktemp("archives")))
 
 
-@pytest.fixture
-def client(root):
-    from tests.peers import open_client
+@pytest.fixture(scope="module")
+def ctrd():
+    """A private containerd for the module's tests (needs root), stopped after them."""
+    from tests.peers import containerd_daemon, need_root
 
-    c = open_client(root)
-    yield c
-    c.close()
+    need_root()
+    with containerd_daemon() as d:
+        yield d
+
+
+@pytest.fixture
+def targets():
+    """A list the test appends its mount points to; each is unmounted at teardown, last
+    first, whatever the test left there."""
+    from cargohold import mount as kmount
+
+    made: list[str] = []
+    yield made
+    for t in reversed(made):
+        with contextlib.suppress(Exception):
+            kmount.unmount_all(t)
 
 
 @pytest.fixture

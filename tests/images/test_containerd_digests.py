@@ -15,7 +15,7 @@ import json
 import pytest
 from tests.conftest import run_hold
 from tests.images import dockerkit
-from tests.peers import containerd_daemon, need_root, run
+from tests.peers import run
 
 from cargohold.images.ingest import containerd_platform, go_json
 
@@ -23,13 +23,6 @@ pytestmark = pytest.mark.peer
 
 ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"
 GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-
-
-@pytest.fixture(scope="module")
-def ctrd():
-    need_root()
-    with containerd_daemon() as d:
-        yield d
 
 
 def _noplat(c: dict) -> None:

@@ -6,7 +6,6 @@ mounts unmounts in teardown.
 
 from __future__ import annotations
 
-import contextlib
 import filecmp
 import hashlib
 import json
@@ -16,35 +15,15 @@ import pytest
 from tests.conftest import run_hold
 from tests.peers import (
     build_image,
-    containerd_daemon,
     make_tree,
     need,
-    need_root,
     open_client,
     run,
 )
 
-from cargohold import mount as kmount
-
 pytestmark = pytest.mark.peer
 
 IMAGE = "example.com/interop/app:1"
-
-
-@pytest.fixture(scope="module")
-def ctrd():
-    need_root()
-    with containerd_daemon() as d:
-        yield d
-
-
-@pytest.fixture
-def targets():
-    made: list[str] = []
-    yield made
-    for t in reversed(made):
-        with contextlib.suppress(Exception):
-            kmount.unmount_all(t)
 
 
 @pytest.fixture

@@ -16,19 +16,12 @@ import subprocess
 from datetime import datetime
 
 import pytest
-from tests.peers import containerd_daemon, need_root, run
+from tests.peers import run
 
 from cargohold.types import human_size
 
 pytestmark = pytest.mark.peer
 _ns = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def ctrd():
-    need_root()
-    with containerd_daemon() as d:
-        yield d
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import isal.igzip as igzip
 import pytest
 import zstandard
 from tests.conftest import run_hold
-from tests.peers import make_tree, open_client
+from tests.peers import make_tree
 
 from cargohold.errors import IntegrityError, NotFound
 from cargohold.images import exporter, platforms
@@ -26,13 +26,6 @@ from cargohold.types import Descriptor
 
 HOST = platforms.default()
 OTHER = platforms.parse("linux/arm64" if HOST.architecture != "arm64" else "linux/amd64")
-
-
-@pytest.fixture
-def client(root):
-    c = open_client(root)
-    yield c
-    c.close()
 
 
 @pytest.fixture

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 
 import pytest
-from tests.peers import build_image, make_tree, need_root, open_client
+from tests.peers import build_image, make_tree, need_root
 
 from cargohold import mount as kmount
 from cargohold.errors import AlreadyExists, FailedPrecondition
@@ -22,22 +21,6 @@ from cargohold.types import Mount
 @pytest.fixture(autouse=True)
 def _root_only():
     need_root()
-
-
-@pytest.fixture
-def client(root):
-    c = open_client(root)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def targets(tmp_path):
-    made: list[str] = []
-    yield made
-    for t in reversed(made):
-        with contextlib.suppress(Exception):
-            kmount.unmount_all(t)
 
 
 @pytest.fixture

@@ -10,20 +10,13 @@ import tarfile
 
 import isal.igzip as igzip
 import pytest
-from tests.peers import make_tree, open_client
+from tests.peers import make_tree
 
 from cargohold.images import mediatypes as mt
 from cargohold.images import platforms
 from cargohold.images.pack import PackOptions, pack
 from cargohold.metadata import images as image_records
 from cargohold.types import LABEL_GC_REF_CONTENT, LABEL_UNCOMPRESSED
-
-
-@pytest.fixture
-def client(root):
-    c = open_client(root)
-    yield c
-    c.close()
 
 
 def _blob(client, digest: str) -> bytes:

@@ -130,15 +130,6 @@ def busybox_rootfs(tmp_path_factory):
 
 
 @pytest.fixture
-def client(root):
-    from tests.peers import open_client
-
-    c = open_client(root)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def image(client, busybox_rootfs):
     from cargohold.images.pack import PackOptions, pack
 
