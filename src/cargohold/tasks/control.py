@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import shutil
 import signal as signals
 import time
 from collections.abc import Callable, Iterator
@@ -353,14 +352,13 @@ class Tasks:
             raise FailedPrecondition(f"task {tid}: rootfs {p.rootfs} is still mounted",
                                      hint=f"unmount it (umount {p.rootfs}) and run "
                                           f"'hold tasks rm {tid}' again")
-        try:
-            shutil.rmtree(p.dir)
-        except FileNotFoundError:
-            # Another remover got there too ('hold tasks rm --force' while 'hold run --rm'
-            # waits for the exit): what is left of the directory goes, and so it is removed.
-            shutil.rmtree(p.dir, ignore_errors=True)
-            if os.path.lexists(p.dir):
-                raise
+        from cargohold._fsutil import remove_tree
+
+        # remove_tree raises FileNotFoundError only once the directory is gone: another
+        # remover got there too ('hold tasks rm --force' while 'hold run --rm' waits for the
+        # exit), and so it is removed.
+        with contextlib.suppress(FileNotFoundError):
+            remove_tree(p.dir)
         return info
 
     def _end_shim(self, p: TaskPaths, timeout: float = 5.0) -> None:
