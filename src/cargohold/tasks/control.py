@@ -120,9 +120,8 @@ class Tasks:
             return {}
         return self.runc.list()
 
-    def _info(self, tid: str, states: dict[str, dict[str, Any]]) -> TaskInfo:
+    def _info(self, tid: str, ex: Exit | None, states: dict[str, dict[str, Any]]) -> TaskInfo:
         p = self.paths(tid)
-        ex = read_exit(p)
         shim_pid, alive = shim_alive(p)
         cfg = read_json_file(p.file("shim.json")) or {}
         st = states.get(tid)
@@ -150,16 +149,16 @@ class Tasks:
                            hint=f"start it with 'hold tasks start {tid}', or list tasks with "
                                 "'hold tasks ls'")
         # A recorded exit says all there is: no need to ask runc.
-        states = {} if os.path.exists(p.file("exit.json")) else self._runc_states()
-        return self._info(tid, states)
+        ex = read_exit(p)
+        return self._info(tid, ex, {} if ex is not None else self._runc_states())
 
     def list(self) -> list[TaskInfo]:
         ids = task_ids(self.state, self.ns)
         if not ids:
             return []
-        live = [t for t in ids if not os.path.exists(self.paths(t).file("exit.json"))]
-        states = self._runc_states() if live else {}
-        return [self._info(t, states) for t in ids]
+        exits = {t: read_exit(self.paths(t)) for t in ids}
+        states = self._runc_states() if None in exits.values() else {}
+        return [self._info(t, ex, states) for t, ex in exits.items()]
 
     def _require_live(self, tid: str, what: str) -> TaskInfo:
         info = self.get(tid)
