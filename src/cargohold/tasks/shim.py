@@ -370,7 +370,7 @@ class Shim:
             try:
                 self.start()
             except Exception as exc:  # noqa: BLE001 - the client shows runc's error
-                self._send(c, proto.frame(proto.ERROR, _error_text(exc).encode()))
+                self._send(c, proto.frame(proto.ERROR, json.dumps(_error_doc(exc)).encode()))
                 return
             self._send(c, proto.started(self.init_pid))
         elif kind == proto.STDIN:
@@ -468,14 +468,13 @@ class Shim:
                                   "pid": self.init_pid, "runc_deleted": True})
 
 
-def _error_text(exc: BaseException) -> str:
+def _error_doc(exc: BaseException) -> dict[str, Any]:
     from cargohold.errors import CargoholdError
 
     if isinstance(exc, CargoholdError):
-        return json.dumps({"error": exc.message, "hint": exc.hint or "",
-                           "kind": type(exc).__name__,
-                           "command": getattr(exc, "command", None)})
-    return json.dumps({"error": f"{type(exc).__name__}: {exc}", "hint": "", "kind": ""})
+        return {"error": exc.message, "hint": exc.hint or "", "kind": type(exc).__name__,
+                "command": getattr(exc, "command", None)}
+    return {"error": f"{type(exc).__name__}: {exc}", "hint": "", "kind": ""}
 
 
 def _report(fd: int, doc: dict[str, Any]) -> None:
@@ -535,7 +534,7 @@ def main(argv: list[str]) -> int:
         shim.create()
     except Exception as exc:  # noqa: BLE001 - reported to hold, which shows it
         _log_exception()
-        _report(ready, json.loads(_error_text(exc)))
+        _report(ready, _error_doc(exc))
         return 1
     try:
         if cfg.get("start"):
@@ -544,7 +543,7 @@ def main(argv: list[str]) -> int:
         _log(f"start failed: {exc}")
         with contextlib.suppress(Exception):
             shim.runc.delete(shim.id, force=True)  # kills the waiting init
-        _report(ready, json.loads(_error_text(exc)))
+        _report(ready, _error_doc(exc))
         return 1
     _report(ready, {"ok": True, "pid": shim.init_pid, "started": shim.started})
     try:
