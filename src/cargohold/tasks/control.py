@@ -37,6 +37,7 @@ from cargohold.tasks.api import (
     read_exit,
     read_json_file,
     read_pid,
+    runc_root,
     settings,
     shim_alive,
     start_ticks,
@@ -103,8 +104,7 @@ class Tasks:
                  runner: RuncRunner | None = None) -> None:
         self.state = state
         self.ns = ns
-        self.runc = Runc(TaskPaths(state, ns, "-").runc_root, binary=runc_binary,
-                         runner=runner)
+        self.runc = Runc(runc_root(state, ns), binary=runc_binary, runner=runner)
 
     @classmethod
     def of(cls, config: Any, namespace: str) -> Tasks:
