@@ -209,16 +209,20 @@ class Runc:
                          *(["--tty"] if tty else []), cid, log=log)
 
 
+def read_log(path: str | None) -> str:
+    """The text of runc's ``--log`` file ``path`` ("" when there is none, or no path)."""
+    if not path:
+        return ""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def _log_or(log: str | None, stderr: str) -> str:
-    if log:
-        try:
-            with open(log, errors="replace") as f:
-                text = f.read()
-            if runc_message(text):
-                return text
-        except OSError:
-            pass
-    return stderr
+    text = read_log(log)
+    return text if runc_message(text) else stderr
 
 
 def probe(state: str, ns: str, binary: str = "runc") -> tuple[str, str]:

@@ -152,14 +152,10 @@ class Shim:
     def _create_failed(self, argv: list[str], rc: int) -> None:
         """Raise runc's own error (from its JSON log: its stderr is the task's)."""
         from cargohold.snapshotters.runner import Result
-        from cargohold.tasks.runc import raise_for
+        from cargohold.tasks.runc import raise_for, read_log
 
-        try:
-            with open("runc.log", errors="replace") as f:
-                text = f.read()
-        except OSError:
-            text = ""
-        raise_for(Result(tuple(argv), rc, "", text), f"task {self.id}: runc create failed")
+        raise_for(Result(tuple(argv), rc, "", read_log("runc.log")),
+                  f"task {self.id}: runc create failed")
 
     def _create_pipes(self) -> None:
         uid, gid = int(self.cfg.get("uid", 0)), int(self.cfg.get("gid", 0))
