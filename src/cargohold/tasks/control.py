@@ -141,13 +141,18 @@ class Tasks:
         return TaskInfo(tid, self.ns, status, pid, ex, shim_pid, alive, bool(cfg.get("tty")),
                         tuple(notes))
 
-    def get(self, tid: str) -> TaskInfo:
-        """The task ``tid``; NotFound (with a hint) when it has no task directory."""
+    def existing(self, tid: str) -> TaskPaths:
+        """The paths of task ``tid``; NotFound (with a hint) when it has no task directory."""
         p = self.paths(tid)
         if not os.path.isdir(p.dir):
             raise NotFound(f"task {tid}: not found in namespace {self.ns}",
                            hint=f"start it with 'hold tasks start {tid}', or list tasks with "
                                 "'hold tasks ls'")
+        return p
+
+    def get(self, tid: str) -> TaskInfo:
+        """The task ``tid``; NotFound (with a hint) when it has no task directory."""
+        p = self.existing(tid)
         # A recorded exit says all there is: no need to ask runc.
         ex = read_exit(p)
         return self._info(tid, ex, {} if ex is not None else self._runc_states())
@@ -282,8 +287,7 @@ class Tasks:
         """
         from cargohold.tasks import logs as logmod
 
-        self.get(tid)
-        p = self.paths(tid)
+        p = self.existing(tid)  # its status is not needed: no 'runc list' for a log
         if not follow:
             return logmod.read(p.file("log"))
 
