@@ -83,10 +83,6 @@ class TaskPaths:
     def runc_root(self) -> str:
         return runc_root(self.state, self.ns)
 
-    @property
-    def cgroups_path(self) -> str:
-        return cgroups_path(self.state, self.ns, self.id)
-
 
 def runc_root(state: str, ns: str) -> str:
     """runc's ``--root`` for namespace ``ns``: container ids are unique per root."""
