@@ -78,10 +78,10 @@ def _nonblock(fd: int) -> None:
 
 def _write_json(name: str, doc: dict[str, Any]) -> None:
     # State files live on the state directory (a tmpfs as a rule): atomic, but no fsync.
-    tmp = f".{name}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-    os.replace(tmp, name)
+    # Imported here: only the exit is recorded this way, long after the shim's start.
+    from cargohold._fsutil import atomic_write
+
+    atomic_write(name, json.dumps(doc).encode(), sync=False)
 
 
 def _short(name: str, dirfd: int) -> str:
