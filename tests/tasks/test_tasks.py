@@ -265,21 +265,26 @@ def test_metrics_are_read_from_the_cgroup(hold, image, root):
     assert "memory_current" in table and "pids_current" in table
 
 
-def test_tty_task_gets_a_terminal_with_the_window_size(hold, hold_bg, image):
+def on_terminal(hold_bg, *args: str, lines: int | None = None,
+                size: tuple[int, int] | None = None) -> tuple[int, list[bytes]]:
+    """Run ``hold *args`` with a new terminal as its stdio (``size``: rows, cols) and read it:
+    to its end, or (``lines``) until hold has exited and that many lines are in. Returns
+    hold's exit status and the lines, without carriage returns.
+    """
     import fcntl
     import pty
     import struct
     import termios
 
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    if size:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
     try:
-        p = hold_bg("run", "-t", "--rm", IMAGE, "t1", "sh", "-c",
-                    "tty; stty size; echo $TERM", stdin=slave, stdout=slave, stderr=slave)
+        p = hold_bg(*args, stdin=slave, stdout=slave, stderr=slave)
         os.close(slave)
         slave = -1
         out = b""
-        while p.poll() is None or out.count(b"\n") < 3:
+        while lines is None or p.poll() is None or out.count(b"\n") < lines:
             try:
                 chunk = os.read(master, 4096)
             except OSError:
@@ -287,12 +292,18 @@ def test_tty_task_gets_a_terminal_with_the_window_size(hold, hold_bg, image):
             if not chunk:
                 break
             out += chunk
-        assert p.wait(60) == 0
+        status = p.wait(60)
     finally:
         os.close(master)
         if slave >= 0:
             os.close(slave)
-    lines = out.replace(b"\r", b"").split(b"\n")
+    return status, out.replace(b"\r", b"").split(b"\n")
+
+
+def test_tty_task_gets_a_terminal_with_the_window_size(hold, hold_bg, image):
+    status, lines = on_terminal(hold_bg, "run", "-t", "--rm", IMAGE, "t1", "sh", "-c",
+                                "tty; stty size; echo $TERM", lines=3, size=(33, 101))
+    assert status == 0
     assert lines[0].startswith(b"/dev/pts/")
     assert lines[1] == b"33 101"
     assert lines[2] == b"xterm"
@@ -318,31 +329,11 @@ def test_a_created_task_starts_later_and_is_removable(hold, client, image):
 
 
 def test_exec_with_a_terminal(hold, hold_bg, image):
-    import pty
-
     hold("run", "-d", IMAGE, "t1", "sh", "-c", f"echo ready; {LOOP}")
     started(hold, "t1")
-    master, slave = pty.openpty()
-    try:
-        p = hold_bg("tasks", "exec", "-t", "t1", "sh", "-c", "tty; echo $TERM; exit 6",
-                    stdin=slave, stdout=slave, stderr=slave)
-        os.close(slave)
-        slave = -1
-        out = b""
-        while True:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        assert p.wait(60) == 6
-    finally:
-        os.close(master)
-        if slave >= 0:
-            os.close(slave)
-    lines = out.replace(b"\r", b"").split(b"\n")
+    status, lines = on_terminal(hold_bg, "tasks", "exec", "-t", "t1", "sh", "-c",
+                                "tty; echo $TERM; exit 6")
+    assert status == 6
     assert lines[0].startswith(b"/dev/pts/") and lines[1] == b"xterm"
 
 

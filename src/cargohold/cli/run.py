@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -58,13 +57,10 @@ def _run(app: App, rm: bool, detach: bool, plain_http: bool, hosts_dir: str | No
                 open_progress("auto") as progress:
             return Puller(app.client, reg, progress=progress).pull(ref, popts).name
 
-    try:
-        stdin: int | None = sys.stdin.fileno()
-    except (AttributeError, ValueError, OSError):
-        stdin = None
-    if opts.spec.tty and not detach:
-        from cargohold.cli.tasks import require_terminal
+    from cargohold.cli.tasks import require_terminal, stdin_fd
 
+    stdin = stdin_fd()
+    if opts.spec.tty and not detach:
         require_terminal(stdin)
     client = app.client
     name = runner.find_image(client, image, pull)

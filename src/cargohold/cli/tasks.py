@@ -24,7 +24,8 @@ def _tasks(app: App) -> Tasks:
     return Tasks.of(app.config, app.namespace)
 
 
-def _stdin() -> int | None:
+def stdin_fd() -> int | None:
+    """Standard input's file descriptor, or None when there is none (shared with hold run)."""
     try:
         return sys.stdin.fileno()
     except (AttributeError, ValueError, OSError):
@@ -68,7 +69,7 @@ def start(app: App, detach: bool, tid: str) -> None:
     """
     from cargohold.tasks.run import start as start_task
 
-    status = start_task(app.client, tid, detach=detach, stdin=_stdin())
+    status = start_task(app.client, tid, detach=detach, stdin=stdin_fd())
     if status is not None:
         _exit(status)
 
@@ -98,7 +99,7 @@ def attach_cmd(app: App, tid: str) -> None:
     """Attach to the running task ID: its output from now on, stdin and signals to it; exit
     with its status when it exits. Earlier output is in 'hold tasks logs'.
     """
-    _exit(_tasks(app).attach(tid, stdin=_stdin()))
+    _exit(_tasks(app).attach(tid, stdin=stdin_fd()))
 
 
 @tasks.command("logs")
@@ -171,10 +172,11 @@ def exec_cmd(app: App, exec_id: str, tty: bool, tid: str, args: tuple[str, ...])
     """
     from cargohold.tasks.execs import run_exec
 
+    stdin = stdin_fd()
     if tty:
-        require_terminal(_stdin())
+        require_terminal(stdin)
     _exit(run_exec(_tasks(app), tid, list(args), exec_id=exec_id, tty=tty,
-                   stdin=_stdin() if _stdin() is not None else 0))
+                   stdin=0 if stdin is None else stdin))
 
 
 @tasks.command("ps")

@@ -86,7 +86,7 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _stat_fields(pid: int, proc: str) -> tuple[str, int] | None:
+def stat_fields(pid: int, proc: str) -> tuple[str, int] | None:
     """(state, start time) of ``pid`` from /proc, or None when there is no such process."""
     text = _read(f"{proc}/{pid}/stat")
     if not text or ")" not in text:
@@ -117,7 +117,7 @@ def owner_labels(purpose: str = "", *, proc: str = PROC) -> dict[str, str]:
     """The labels that make this process the owner of a lease ({} without a usable /proc,
     so the lease is simply not judged).
     """
-    me = _stat_fields(os.getpid(), proc)
+    me = stat_fields(os.getpid(), proc)
     boot = boot_id(proc)
     if me is None or not boot:
         return {}
@@ -153,7 +153,7 @@ def owner_state(owner: Owner, *, proc: str = PROC) -> State:
         return State.DEAD  # recorded before this boot: no process of it survives
     if owner.pidns and owner.pidns != _pidns(proc):
         return State.UNKNOWN  # its pid means another process in our namespace
-    got = _stat_fields(owner.pid, proc)
+    got = stat_fields(owner.pid, proc)
     if got is None:
         return State.DEAD
     st, start = got

@@ -19,7 +19,7 @@ id is the container id). Everything about it lives in one directory, ``<state>/t
       log, log.1             the task's output in the CRI log format, size-capped (see logs)
       execs/<exec-id>.pid    processes started with 'hold tasks exec', while they run
 
-Nothing here imports more than the standard library: the shim imports this module too.
+Importing this module loads only the standard library and :mod:`cargohold._record`.
 """
 
 from __future__ import annotations
@@ -83,10 +83,6 @@ class TaskPaths:
     def runc_root(self) -> str:
         return runc_root(self.state, self.ns)
 
-    @property
-    def cgroups_path(self) -> str:
-        return cgroups_path(self.state, self.ns, self.id)
-
 
 def runc_root(state: str, ns: str) -> str:
     """runc's ``--root`` for namespace ``ns``: container ids are unique per root."""
@@ -141,15 +137,14 @@ def read_pid(path: str) -> int:
 
 
 def start_ticks(pid: int) -> int:
-    """Field 22 of ``/proc/<pid>/stat`` (when the process started), or -1 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            rest = f.read().rsplit(b")", 1)[1].split()
-        if rest[0] == b"Z":
-            return -1  # a zombie has exited; only its parent has yet to reap it
-        return int(rest[19])
-    except (OSError, ValueError, IndexError):
-        return -1
+    """When ``pid`` started (field 22 of ``/proc/<pid>/stat``, as a lease owner's start is
+    recorded), or -1 when it is gone or a zombie (it has exited; only its parent has yet to
+    reap it).
+    """
+    from cargohold.leases.owner import PROC, stat_fields
+
+    st = stat_fields(pid, PROC)
+    return -1 if st is None or st[0] == "Z" else st[1]
 
 
 def process_alive(pid: int, ticks: int | None = None) -> bool:

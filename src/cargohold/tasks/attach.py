@@ -149,8 +149,8 @@ def start_detached(paths: TaskPaths) -> int:
 
 
 def attach(paths: TaskPaths, *, start: bool = False, stdin: int | None = 0,
-           stdout: int = 1, stderr: int = 2, close_stdin: bool = False, tty: bool = False,
-           on_started: Callable[[int], None] | None = None) -> int:
+           stdout: int = 1, stderr: int = 2, close_stdin: bool = False, tty: bool = False
+           ) -> int:
     """Attach to the task (see the module docstring) and return its exit status."""
     sock = connect(paths)
     raw = None
@@ -184,8 +184,7 @@ def attach(paths: TaskPaths, *, start: bool = False, stdin: int | None = 0,
             if stdin is not None:
                 with contextlib.suppress(ValueError, PermissionError, OSError):
                     sel.register(stdin, selectors.EVENT_READ, "stdin")
-            return _loop(sel, sock, paths, stdout, stderr, close_stdin, send, winch,
-                         on_started)
+            return _loop(sel, sock, paths, stdout, stderr, close_stdin, send, winch)
     finally:
         if raw is not None:
             import termios
@@ -198,7 +197,7 @@ def attach(paths: TaskPaths, *, start: bool = False, stdin: int | None = 0,
 
 def _loop(sel: selectors.BaseSelector, sock: socket.socket, paths: TaskPaths, stdout: int,
           stderr: int, close_stdin: bool, send: Callable[[int], None],
-          winch: Callable[[], None], on_started: Callable[[int], None] | None) -> int:
+          winch: Callable[[], None]) -> int:
     reader = proto.Reader()
     outs = {proto.STDOUT: stdout, proto.STDERR: stderr}
     open_out = {proto.STDOUT: True, proto.STDERR: True}
@@ -231,8 +230,5 @@ def _loop(sel: selectors.BaseSelector, sock: socket.socket, paths: TaskPaths, st
                             open_out[kind] = _write_all(outs[kind], payload)
                     elif kind == proto.EXITED:
                         return proto.unpack_exited(payload)[0]
-                    elif kind == proto.STARTED:
-                        if on_started:
-                            on_started(proto.unpack_started(payload))
                     elif kind == proto.ERROR:
                         raise shim_error(payload)

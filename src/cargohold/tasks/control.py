@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import shutil
 import signal as signals
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from cargohold.tasks.api import (
     read_exit,
     read_json_file,
     read_pid,
+    runc_root,
     settings,
     shim_alive,
     start_ticks,
@@ -104,8 +104,7 @@ class Tasks:
                  runner: RuncRunner | None = None) -> None:
         self.state = state
         self.ns = ns
-        self.runc = Runc(TaskPaths(state, ns, "-").runc_root, binary=runc_binary,
-                         runner=runner)
+        self.runc = Runc(runc_root(state, ns), binary=runc_binary, runner=runner)
 
     @classmethod
     def of(cls, config: Any, namespace: str) -> Tasks:
@@ -121,9 +120,8 @@ class Tasks:
             return {}
         return self.runc.list()
 
-    def _info(self, tid: str, states: dict[str, dict[str, Any]]) -> TaskInfo:
+    def _info(self, tid: str, ex: Exit | None, states: dict[str, dict[str, Any]]) -> TaskInfo:
         p = self.paths(tid)
-        ex = read_exit(p)
         shim_pid, alive = shim_alive(p)
         cfg = read_json_file(p.file("shim.json")) or {}
         st = states.get(tid)
@@ -143,24 +141,29 @@ class Tasks:
         return TaskInfo(tid, self.ns, status, pid, ex, shim_pid, alive, bool(cfg.get("tty")),
                         tuple(notes))
 
-    def get(self, tid: str) -> TaskInfo:
-        """The task ``tid``; NotFound (with a hint) when it has no task directory."""
+    def existing(self, tid: str) -> TaskPaths:
+        """The paths of task ``tid``; NotFound (with a hint) when it has no task directory."""
         p = self.paths(tid)
         if not os.path.isdir(p.dir):
             raise NotFound(f"task {tid}: not found in namespace {self.ns}",
                            hint=f"start it with 'hold tasks start {tid}', or list tasks with "
                                 "'hold tasks ls'")
+        return p
+
+    def get(self, tid: str) -> TaskInfo:
+        """The task ``tid``; NotFound (with a hint) when it has no task directory."""
+        p = self.existing(tid)
         # A recorded exit says all there is: no need to ask runc.
-        states = {} if os.path.exists(p.file("exit.json")) else self._runc_states()
-        return self._info(tid, states)
+        ex = read_exit(p)
+        return self._info(tid, ex, {} if ex is not None else self._runc_states())
 
     def list(self) -> list[TaskInfo]:
         ids = task_ids(self.state, self.ns)
         if not ids:
             return []
-        live = [t for t in ids if not os.path.exists(self.paths(t).file("exit.json"))]
-        states = self._runc_states() if live else {}
-        return [self._info(t, states) for t in ids]
+        exits = {t: read_exit(self.paths(t)) for t in ids}
+        states = self._runc_states() if None in exits.values() else {}
+        return [self._info(t, ex, states) for t, ex in exits.items()]
 
     def _require_live(self, tid: str, what: str) -> TaskInfo:
         info = self.get(tid)
@@ -284,8 +287,7 @@ class Tasks:
         """
         from cargohold.tasks import logs as logmod
 
-        self.get(tid)
-        p = self.paths(tid)
+        p = self.existing(tid)  # its status is not needed: no 'runc list' for a log
         if not follow:
             return logmod.read(p.file("log"))
 
@@ -353,14 +355,13 @@ class Tasks:
             raise FailedPrecondition(f"task {tid}: rootfs {p.rootfs} is still mounted",
                                      hint=f"unmount it (umount {p.rootfs}) and run "
                                           f"'hold tasks rm {tid}' again")
-        try:
-            shutil.rmtree(p.dir)
-        except FileNotFoundError:
-            # Another remover got there too ('hold tasks rm --force' while 'hold run --rm'
-            # waits for the exit): what is left of the directory goes, and so it is removed.
-            shutil.rmtree(p.dir, ignore_errors=True)
-            if os.path.lexists(p.dir):
-                raise
+        from cargohold._fsutil import remove_tree
+
+        # remove_tree raises FileNotFoundError only once the directory is gone: another
+        # remover got there too ('hold tasks rm --force' while 'hold run --rm' waits for the
+        # exit), and so it is removed.
+        with contextlib.suppress(FileNotFoundError):
+            remove_tree(p.dir)
         return info
 
     def _end_shim(self, p: TaskPaths, timeout: float = 5.0) -> None:

@@ -27,7 +27,7 @@ from cargohold.tasks import spec as specs
 from cargohold.tasks.api import Status, read_json_file, read_pid, start_ticks
 from cargohold.tasks.attach import drain, forwarding
 from cargohold.tasks.control import Tasks
-from cargohold.tasks.runc import RuncFailed, join_message, runc_message
+from cargohold.tasks.runc import RuncFailed, join_message, read_log, runc_message
 from cargohold.types import validate_identifier
 
 
@@ -70,7 +70,8 @@ def run_exec(tasks: Tasks, tid: str, args: list[str], *, exec_id: str = "", tty:
             _wait(child, wake, send)
         rc = int(child.returncode)
         if rc != 0:
-            err = _runc_error(log)
+            # runc's own error in its log, when runc (not the process) failed
+            err = runc_message(read_log(log))
             if err:
                 raise RuncFailed(join_message(f"task {tid}: exec failed", err), argv)
         return rc if rc >= 0 else 128 - rc
@@ -78,15 +79,6 @@ def run_exec(tasks: Tasks, tid: str, args: list[str], *, exec_id: str = "", tty:
         for f in (proc_file, pid_file, log):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f)
-
-
-def _runc_error(log: str) -> str:
-    """runc's own error, when runc (not the process) failed."""
-    try:
-        with open(log, errors="replace") as f:
-            return runc_message(f.read())
-    except OSError:
-        return ""
 
 
 def _wait(child: subprocess.Popen[bytes], wake: int, send: Callable[[int], None]) -> None:

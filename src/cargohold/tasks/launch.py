@@ -231,9 +231,9 @@ def launch(client: Client, cid: str, *, start: bool,
             with contextlib.suppress(CargoholdError):
                 kmount.unmount_all(paths.rootfs)
         if not kmount.is_mountpoint(paths.rootfs):
-            import shutil
+            from cargohold._fsutil import remove_tree
 
-            shutil.rmtree(paths.dir, ignore_errors=True)
+            remove_tree(paths.dir, ignore_errors=True)
         raise
 
 

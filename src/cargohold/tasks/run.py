@@ -35,11 +35,10 @@ def find_image(client: Client, ref: str, pull: Callable[[str], str] | None) -> s
     from cargohold.images.refs import normalize
     from cargohold.metadata import images as image_records
 
-    names = [ref]
+    full = None  # not a registry reference
     with contextlib.suppress(InvalidArgument):
         full = normalize(ref)
-        if full != ref:
-            names.append(full)
+    names = [ref] if full in (None, ref) else [ref, full]
     with client.db.view() as tx:
         for n in names:
             with contextlib.suppress(NotFound):
@@ -49,11 +48,9 @@ def find_image(client: Client, ref: str, pull: Callable[[str], str] | None) -> s
         raise NotFound(f"image {ref}: not found in namespace {client.namespace}",
                        hint="pull it with 'hold images pull', or list images with "
                             "'hold images ls'")
-    try:
-        full = normalize(ref)
-    except InvalidArgument:
+    if full is None:
         raise NotFound(f"image {ref}: not in the store, and not a reference that could be "
-                       "pulled", hint="list images with 'hold images ls'") from None
+                       "pulled", hint="list images with 'hold images ls'")
     try:
         return pull(ref)
     except CargoholdError as exc:
@@ -101,10 +98,10 @@ def run(client: Client, image: str, cid: str, opts: containers.CreateOptions, *,
             with contextlib.suppress(CargoholdError):
                 containers.remove(client, cid)
         raise
-    if detach:
-        return RunResult(None, int(ready.get("pid") or 0))
-    paths = TaskPaths(client.config.state, client.namespace, cid)
     pid = int(ready.get("pid") or 0)
+    if detach:
+        return RunResult(None, pid)
+    paths = TaskPaths(client.config.state, client.namespace, cid)
     status = attach(paths, start=True, stdin=stdin, stdout=stdout, stderr=stderr,
                     close_stdin=True, tty=opts.spec.tty)
     if rm:

@@ -209,43 +209,57 @@ class Runc:
                          *(["--tty"] if tty else []), cid, log=log)
 
 
+def read_log(path: str | None) -> str:
+    """The text of runc's ``--log`` file ``path`` ("" when there is none, or no path)."""
+    if not path:
+        return ""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def _log_or(log: str | None, stderr: str) -> str:
-    if log:
-        try:
-            with open(log, errors="replace") as f:
-                text = f.read()
-            if runc_message(text):
-                return text
-        except OSError:
-            pass
-    return stderr
+    text = read_log(log)
+    return text if runc_message(text) else stderr
 
 
 def probe(state: str, ns: str, binary: str = "runc") -> tuple[str, str]:
     """``(status, reason)`` for ``hold plugins ls``: runc answers ``--version`` and lists
-    namespace ``ns``'s containers under ``state``, and the state directory is writable.
+    namespace ``ns``'s containers under ``state``, and a file can be created (and removed)
+    in the state directory (or, before it exists, the directory it would be made in).
     """
     import os
-    import shutil
 
+    from cargohold._oserror import _existing
     from cargohold.tasks.api import runc_root, task_ids
 
-    if shutil.which(binary) is None:
+    r = Runc(runc_root(state, ns), binary=binary)
+    try:
+        r.available()
+    except RuncMissing:
         return "skip", f"{binary} not found on PATH: install runc (tools/setup installs it)"
     if os.geteuid() != 0:
         return "skip", "needs root: rootless containers are not supported"
-    r = Runc(runc_root(state, ns), binary=binary)
     first = r.version().splitlines()
     version = first[0].strip() if first else "runc (no version printed)"
     spec_line = next((ln.split(":", 1)[1].strip() for ln in first if ln.startswith("spec:")),
                      "")
     running = r.list()
-    where = state
-    while not os.path.isdir(where) and os.path.dirname(where) != where:
-        where = os.path.dirname(where)
-    if not os.access(where, os.W_OK | os.X_OK):
-        return "error", f"{version}, but the state directory {where} is not writable"
+    # A real file, not os.access: root passes every permission check, and access() cannot
+    # see a full inode table or an immutable directory.
+    where = _existing(state)
+    test = os.path.join(where, f".hold-probe-{os.getpid()}")
+    try:
+        os.close(os.open(test, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        os.unlink(test)
+    except OSError as exc:
+        return "error", (f"{version}, but the state directory {where} is not writable "
+                         f"({exc.strerror})")
     spec_text = f" (spec {spec_line})" if spec_line else ""
-    return "ok", (f"{version}{spec_text}; state {state} writable; "
+    written = f"state {state}" if where == os.path.abspath(state) else \
+        f"state {state} (not made yet; {where})"
+    return "ok", (f"{version}{spec_text}; {written} writable; "
                   f"{len(task_ids(state, ns))} task(s), {len(running)} runc container(s) "
                   f"in namespace {ns}")

@@ -78,10 +78,10 @@ def _nonblock(fd: int) -> None:
 
 def _write_json(name: str, doc: dict[str, Any]) -> None:
     # State files live on the state directory (a tmpfs as a rule): atomic, but no fsync.
-    tmp = f".{name}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-    os.replace(tmp, name)
+    # Imported here: only the exit is recorded this way, long after the shim's start.
+    from cargohold._fsutil import atomic_write
+
+    atomic_write(name, json.dumps(doc).encode(), sync=False)
 
 
 def _short(name: str, dirfd: int) -> str:
@@ -152,14 +152,10 @@ class Shim:
     def _create_failed(self, argv: list[str], rc: int) -> None:
         """Raise runc's own error (from its JSON log: its stderr is the task's)."""
         from cargohold.snapshotters.runner import Result
-        from cargohold.tasks.runc import raise_for
+        from cargohold.tasks.runc import raise_for, read_log
 
-        try:
-            with open("runc.log", errors="replace") as f:
-                text = f.read()
-        except OSError:
-            text = ""
-        raise_for(Result(tuple(argv), rc, "", text), f"task {self.id}: runc create failed")
+        raise_for(Result(tuple(argv), rc, "", read_log("runc.log")),
+                  f"task {self.id}: runc create failed")
 
     def _create_pipes(self) -> None:
         uid, gid = int(self.cfg.get("uid", 0)), int(self.cfg.get("gid", 0))
@@ -370,7 +366,7 @@ class Shim:
             try:
                 self.start()
             except Exception as exc:  # noqa: BLE001 - the client shows runc's error
-                self._send(c, proto.frame(proto.ERROR, _error_text(exc).encode()))
+                self._send(c, proto.frame(proto.ERROR, json.dumps(_error_doc(exc)).encode()))
                 return
             self._send(c, proto.started(self.init_pid))
         elif kind == proto.STDIN:
@@ -468,14 +464,13 @@ class Shim:
                                   "pid": self.init_pid, "runc_deleted": True})
 
 
-def _error_text(exc: BaseException) -> str:
+def _error_doc(exc: BaseException) -> dict[str, Any]:
     from cargohold.errors import CargoholdError
 
     if isinstance(exc, CargoholdError):
-        return json.dumps({"error": exc.message, "hint": exc.hint or "",
-                           "kind": type(exc).__name__,
-                           "command": getattr(exc, "command", None)})
-    return json.dumps({"error": f"{type(exc).__name__}: {exc}", "hint": "", "kind": ""})
+        return {"error": exc.message, "hint": exc.hint or "", "kind": type(exc).__name__,
+                "command": getattr(exc, "command", None)}
+    return {"error": f"{type(exc).__name__}: {exc}", "hint": "", "kind": ""}
 
 
 def _report(fd: int, doc: dict[str, Any]) -> None:
@@ -535,7 +530,7 @@ def main(argv: list[str]) -> int:
         shim.create()
     except Exception as exc:  # noqa: BLE001 - reported to hold, which shows it
         _log_exception()
-        _report(ready, json.loads(_error_text(exc)))
+        _report(ready, _error_doc(exc))
         return 1
     try:
         if cfg.get("start"):
@@ -544,7 +539,7 @@ def main(argv: list[str]) -> int:
         _log(f"start failed: {exc}")
         with contextlib.suppress(Exception):
             shim.runc.delete(shim.id, force=True)  # kills the waiting init
-        _report(ready, json.loads(_error_text(exc)))
+        _report(ready, _error_doc(exc))
         return 1
     _report(ready, {"ok": True, "pid": shim.init_pid, "started": shim.started})
     try:
