@@ -465,15 +465,14 @@ def remove_tree(path: str, *, ignore_errors: bool = False) -> None:
             for name in dirs:  # a symlink to a directory is listed here, and not entered
                 try:
                     os.rmdir(name, dir_fd=dfd)
+                except FileNotFoundError:
+                    pass  # gone meanwhile (another remover): what was asked for
                 except NotADirectoryError:
                     _remove_at(name, dfd, ignore_errors)
                 except OSError:
                     if not ignore_errors:
                         raise
-        os.rmdir(path)
-    except FileNotFoundError:
-        if not ignore_errors and not os.path.lexists(path):
-            raise
+        os.rmdir(path)  # FileNotFoundError here: ``path`` itself was not there
     except OSError:
         if not ignore_errors:
             raise
