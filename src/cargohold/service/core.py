@@ -163,8 +163,7 @@ class Service:
 
         db = self.client.db
         self.client.store  # noqa: B018 - opened before the threads share it
-        coll = self.client.collector
-        coll.batch = int(st.config.section("gc").get("sweep_batch", coll.batch))
+        self.client.collector.batch = st.sweep_batch
 
         def counters() -> tuple[int, int]:
             with db.view() as tx:
@@ -292,8 +291,7 @@ class Service:
         self.settings = new
         if self._scheduler is not None:
             self._scheduler.configure(new.gc)
-            self.client.collector.batch = int(new.config.section("gc").get("sweep_batch",
-                                                                          500))
+            self.client.collector.batch = new.sweep_batch
 
     # --- status ----------------------------------------------------------------------------
     def _status_line(self) -> str:
