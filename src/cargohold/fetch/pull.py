@@ -195,13 +195,12 @@ class Puller:
         ``cargohold.io/pull=<name>``) holds their digests for ``[gc] ingest_expiry`` — the
         same time a partial layer is kept — and a successful pull deletes it.
         """
-        import hashlib
-
+        from cargohold._sha import sha256_hex
         from cargohold.metadata import leases as lease_records
         from cargohold.types import LABEL_GC_EXPIRE, format_time, now_ns
 
         c = self.client
-        lid = "pull-" + hashlib.sha256(f"{c.namespace}/{name}".encode()).hexdigest()[:20]
+        lid = "pull-" + sha256_hex(f"{c.namespace}/{name}".encode())[:20]
         labels = {"cargohold.io/pull": name,
                   LABEL_GC_EXPIRE: format_time(now_ns() + c.content.ingest_expiry)}
         with c.db.update() as tx:

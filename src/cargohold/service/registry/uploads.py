@@ -19,18 +19,18 @@ verifies the digest), ``DELETE`` aborts, ``GET`` says how far it got.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
 import threading
 from typing import TYPE_CHECKING, Any
 
+from cargohold._sha import sha256_hex
 from cargohold.errors import AlreadyExists, CargoholdError, NotFound
 from cargohold.images import mediatypes as mt
 from cargohold.images.manifest import loads
 from cargohold.service.registry.catalog import check_digest, check_repository, check_tag
 from cargohold.service.registry.handler import RegistryError
-from cargohold.types import Descriptor, is_digest
+from cargohold.types import Descriptor, Digest, is_digest
 
 if TYPE_CHECKING:
     from cargohold.service.registry.handler import Handler
@@ -54,7 +54,7 @@ class Auth:
         value = h.headers.get("Authorization", "")
         if not value.startswith("Basic ") or not self.users:
             return ""
-        key = hashlib.sha256(value.encode()).hexdigest()
+        key = sha256_hex(value.encode())
         with self._mu:
             if key in self._ok:
                 return self._ok[key]
@@ -315,7 +315,7 @@ def _put_manifest(h: Handler, name: str, ref: str) -> None:
     tag = "" if is_digest(ref) or ":" in ref else check_tag(ref)
     want = "" if tag else check_digest(ref)
     data = b"".join(body_chunks(h, api.settings.max_manifest_size, "manifest"))
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = Digest.from_bytes(data)
     if want and want != digest:
         raise RegistryError(400, "DIGEST_INVALID", f"manifest: hashes to {digest}, not {want}")
     try:
