@@ -19,6 +19,7 @@ verifies the digest), ``DELETE`` aborts, ``GET`` says how far it got.
 from __future__ import annotations
 
 import base64
+import io
 import os
 import re
 import threading
@@ -310,6 +311,7 @@ def _put_manifest(h: Handler, name: str, ref: str) -> None:
     from cargohold.images.manifest import child_gc_labels
     from cargohold.metadata import images as image_records
     from cargohold.metadata.images import Image
+    from cargohold.store.api import copy_into
 
     api = h.api
     tag = "" if is_digest(ref) or ":" in ref else check_tag(ref)
@@ -339,20 +341,12 @@ def _put_manifest(h: Handler, name: str, ref: str) -> None:
                                 f"manifest: {k.digest} is not in the registry") from exc
     desc = Descriptor(media, digest, len(data))
     uuid = _new_session(h, name)
-    store = _store(h, uuid)
     try:
-        w = store.writer(_lease_id(uuid), expected=digest)
+        w = _store(h, uuid).writer(_lease_id(uuid), expected=digest)
+        copy_into(w, io.BytesIO(data), size=len(data), expected=digest,
+                  labels=child_gc_labels(desc, kids))
     except AlreadyExists:
         pass
-    else:
-        try:
-            w.write(data)
-            try:
-                w.commit(len(data), digest, child_gc_labels(desc, kids))
-            except AlreadyExists:
-                pass
-        finally:
-            w.close()
     if tag:
         host = h.ns or h.host
         if not host:
