@@ -110,14 +110,10 @@ def _gc(cfg: Config) -> GCSettings:
 
 
 def _sweep_batch(cfg: Config) -> int:
-    value = cfg.section("gc").get("sweep_batch", 500)
-    try:
-        n = int(value)  # as Client.collector reads it
-    except (TypeError, ValueError):
-        n = 0
+    n = int(cfg.section("gc").get("sweep_batch", 500))  # config.load checked it is an int
     if n < 1:  # a batch of 0 would never advance the sweep
-        raise InvalidArgument(f"{_key('gc', 'sweep_batch')} = {value!r}: must be a whole "
-                              "number of 1 or more", hint="the default is 500")
+        raise InvalidArgument(f"{_key('gc', 'sweep_batch')} = {n}: must be 1 or more",
+                              hint="set it to 1 or more (the default is 500)")
     return n
 
 
