@@ -194,11 +194,8 @@ class Pusher:
         return _Plan(target, self._bytes(target), kids, self._manifest_blobs(mans, what))
 
     def _complete(self, m: Descriptor) -> bool:
-        store = self.client.content
         try:
-            man = parse_manifest(store, m)
-            for b in [man.config, *man.layers]:
-                store.info(b.digest)
+            self._manifest_blobs([m], "")
         except NotFound:
             return False
         return True
