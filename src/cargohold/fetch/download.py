@@ -48,7 +48,7 @@ from cargohold.fetch.api import Endpoint, RegistryError
 from cargohold.fetch.remote import BlobStream, Remote
 from cargohold.images.progress import Progress
 from cargohold.store.api import Info
-from cargohold.types import Descriptor
+from cargohold.types import LABEL_DISTRIBUTION_SOURCE, Descriptor
 
 if TYPE_CHECKING:
     from cargohold.metadata.content import NamespacedStore
@@ -94,6 +94,22 @@ def merge_source_label(current: str, repo: str) -> str:
     repos = {r for r in current.split(",") if r}
     repos.add(repo)
     return ",".join(sorted(repos))
+
+
+def add_labels(store: NamespacedStore, digest: str, labels: dict[str, str]) -> None:
+    """Give the blob ``digest`` (which the namespace has) ``labels``: a
+    ``distribution.source`` value is merged into the one it has, others replace theirs; no
+    write when nothing changes. Raises NotFound when the blob is not in the namespace.
+    """
+    cur = store.info(digest).labels
+    new = {}
+    for k, v in labels.items():
+        if k.startswith(LABEL_DISTRIBUTION_SOURCE):
+            v = merge_source_label(cur.get(k, ""), v)
+        if cur.get(k) != v:
+            new[k] = v
+    if new:
+        store.update(Info(digest, 0, labels=new), [f"labels.{k}" for k in new])
 
 
 class BlobDownload:
@@ -220,16 +236,7 @@ class BlobDownload:
         return True
 
     def _label_existing(self) -> None:
-        cur = self.store.info(self.desc.digest).labels
-        new = {}
-        for k, v in self.labels.items():
-            merged = merge_source_label(cur.get(k, ""), v) if k.startswith(
-                "containerd.io/distribution.source.") else v
-            if cur.get(k) != merged:
-                new[k] = merged
-        if new:
-            self.store.update(Info(self.desc.digest, 0, labels=new),
-                              [f"labels.{k}" for k in new])
+        add_labels(self.store, self.desc.digest, self.labels)
 
     def _open_writer(self) -> Any:
         w = open_writer(self.store, self.ref, self.desc, self._check_cancel)

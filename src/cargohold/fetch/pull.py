@@ -42,7 +42,7 @@ from cargohold.fetch.api import Reference
 from cargohold.fetch.download import (
     BlobDownload,
     FollowingStore,
-    merge_source_label,
+    add_labels,
     open_writer,
 )
 from cargohold.fetch.registry import Registry
@@ -53,7 +53,6 @@ from cargohold.images.manifest import child_gc_labels, config_platform, loads, p
 from cargohold.images.progress import Progress
 from cargohold.leases.manager import DEFAULT_EXPIRY
 from cargohold.metadata.leases import Resource
-from cargohold.store.api import Info
 from cargohold.types import LABEL_DISTRIBUTION_SOURCE, Descriptor, Platform
 
 if TYPE_CHECKING:
@@ -195,13 +194,12 @@ class Puller:
         ``cargohold.io/pull=<name>``) holds their digests for ``[gc] ingest_expiry`` — the
         same time a partial layer is kept — and a successful pull deletes it.
         """
-        import hashlib
-
+        from cargohold._sha import sha256_hex
         from cargohold.metadata import leases as lease_records
         from cargohold.types import LABEL_GC_EXPIRE, format_time, now_ns
 
         c = self.client
-        lid = "pull-" + hashlib.sha256(f"{c.namespace}/{name}".encode()).hexdigest()[:20]
+        lid = "pull-" + sha256_hex(f"{c.namespace}/{name}".encode())[:20]
         labels = {"cargohold.io/pull": name,
                   LABEL_GC_EXPIRE: format_time(now_ns() + c.content.ingest_expiry)}
         with c.db.update() as tx:
@@ -345,7 +343,7 @@ class _Walk:
             "manifest" if mt.is_manifest(desc.media_type) else "config")
         w = open_writer(self.store, f"{kind}-{desc.digest}", desc)
         if w is None:
-            self._add_labels(desc.digest, labels)
+            add_labels(self.store, desc.digest, labels)
             return
         try:
             if self._shared(desc.digest):
@@ -354,18 +352,7 @@ class _Walk:
                 copy_into(w, io.BytesIO(data), size=desc.size, expected=desc.digest,
                           labels=labels)
         except AlreadyExists:
-            self._add_labels(desc.digest, labels)
-
-    def _add_labels(self, digest: str, labels: dict[str, str]) -> None:
-        cur = self.store.info(digest).labels
-        new = {}
-        for k, v in labels.items():
-            if k.startswith(LABEL_DISTRIBUTION_SOURCE):
-                v = merge_source_label(cur.get(k, ""), v)
-            if cur.get(k) != v:
-                new[k] = v
-        if new:
-            self.store.update(Info(digest, 0, labels=new), [f"labels.{k}" for k in new])
+            add_labels(self.store, desc.digest, labels)
 
     def _doc(self, desc: Descriptor) -> tuple[bytes, dict[str, Any]]:
         data = self._have(desc) or self.remote.fetch_bytes(desc, manifest=True)

@@ -37,7 +37,7 @@ from cargohold.images import platforms as plat
 from cargohold.images.manifest import descriptors, parse_manifest, read_json
 from cargohold.images.progress import Progress
 from cargohold.store.api import Info
-from cargohold.types import LABEL_DISTRIBUTION_SOURCE, Descriptor, Platform
+from cargohold.types import LABEL_DISTRIBUTION_SOURCE, Descriptor, Digest, Platform
 
 if TYPE_CHECKING:
     from cargohold.client import Client
@@ -178,10 +178,7 @@ class Pusher:
             sub = dict(doc)
             sub["manifests"] = [k.to_json() for k in chosen]
             data = json.dumps(sub, indent=2).encode()
-            import hashlib
-
-            d = Descriptor(target.media_type, "sha256:" + hashlib.sha256(data).hexdigest(),
-                           len(data))
+            d = Descriptor(target.media_type, Digest.from_bytes(data), len(data))
             return _Plan(d, data, chosen, self._manifest_blobs(chosen, what))
         missing = []
         for k in kids:
@@ -197,11 +194,8 @@ class Pusher:
         return _Plan(target, self._bytes(target), kids, self._manifest_blobs(mans, what))
 
     def _complete(self, m: Descriptor) -> bool:
-        store = self.client.content
         try:
-            man = parse_manifest(store, m)
-            for b in [man.config, *man.layers]:
-                store.info(b.digest)
+            self._manifest_blobs([m], "")
         except NotFound:
             return False
         return True

@@ -20,7 +20,6 @@ the last one lists every earlier answer. Requests to mirrors carry ``?ns=<regist
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -140,7 +139,7 @@ class Remote:
                 raise status_error(ep.describe(), g, what)
             body = g.content
             media = g.headers.get("Content-Type", "").split(";")[0].strip()
-            digest = "sha256:" + hashlib.sha256(body).hexdigest()
+            digest = Digest.from_bytes(body)
             size = len(body)
         digest = _digest(digest, ep, what)
         if self.ref.digest and digest != self.ref.digest:
@@ -318,7 +317,7 @@ class _Body:
 def verify(body: bytes, desc: Descriptor, ep: Endpoint) -> None:
     """Check ``body`` against ``desc`` (size and digest); IntegrityError naming ``ep``."""
     d = Digest(desc.digest)
-    got = f"{d.algorithm}:{hashlib.new(d.algorithm, body).hexdigest()}"
+    got = Digest.from_bytes(body, d.algorithm)
     if got != desc.digest or len(body) != desc.size:
         raise IntegrityError(f"{ep.describe()}: {desc.media_type or 'blob'} {desc.digest}: "
                              f"got {len(body)} bytes hashing to {got} (expected "

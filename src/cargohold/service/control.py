@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cargohold.errors import NotFound, Unavailable
-from cargohold.service.metrics import prometheus_text
 
 if TYPE_CHECKING:
     from cargohold.service.core import Service
@@ -63,9 +62,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/v1/status":
             self._json(200, svc.status())
         elif self.path == "/metrics":
-            svc.status()  # refreshes the uptime gauge
-            self._send(200, prometheus_text(svc.counters).encode(),
-                       "text/plain; version=0.0.4")
+            self._send(200, svc.metrics_text().encode(), "text/plain; version=0.0.4")
         else:
             self._json(404, {"error": f"no such endpoint {self.path}"})
 

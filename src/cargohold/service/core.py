@@ -39,7 +39,7 @@ from cargohold.config import Config
 from cargohold.errors import CargoholdError, InvalidArgument
 from cargohold.service import notify
 from cargohold.service import settings as settings_mod
-from cargohold.service.metrics import Counters
+from cargohold.service.metrics import Counters, prometheus_text
 from cargohold.service.settings import Settings
 from cargohold.types import format_time
 
@@ -163,8 +163,7 @@ class Service:
 
         db = self.client.db
         self.client.store  # noqa: B018 - opened before the threads share it
-        coll = self.client.collector
-        coll.batch = int(st.config.section("gc").get("sweep_batch", coll.batch))
+        self.client.collector.batch = st.sweep_batch
 
         def counters() -> tuple[int, int]:
             with db.view() as tx:
@@ -292,19 +291,29 @@ class Service:
         self.settings = new
         if self._scheduler is not None:
             self._scheduler.configure(new.gc)
-            self.client.collector.batch = int(new.config.section("gc").get("sweep_batch",
-                                                                          500))
+            self.client.collector.batch = new.sweep_batch
 
     # --- status ----------------------------------------------------------------------------
     def _status_line(self) -> str:
         parts = [a.status().get("endpoint", "") for a in self.apis]
         return "serving " + ", ".join(p for p in parts if p) if any(parts) else "running"
 
+    def _uptime(self) -> float:
+        """Seconds since start, also set as the ``uptime_seconds`` gauge."""
+        up = round(time.monotonic() - self.started_mono, 3)
+        self.counters.set("uptime_seconds", up)
+        return up
+
+    def metrics_text(self) -> str:
+        """The counters in Prometheus text, as ``GET /metrics`` serves them."""
+        self._uptime()
+        return prometheus_text(self.counters)
+
     def status(self) -> dict[str, Any]:
         """Everything ``hold status`` shows, as JSON-ready data."""
         assert self.settings is not None
         cfg = self.settings.config
-        self.counters.set("uptime_seconds", round(time.monotonic() - self.started_mono, 3))
+        uptime = self._uptime()
         sched = self._scheduler
         gc: dict[str, Any] = {"enabled": sched is not None,
                               "runs": int(self.counters.get("gc_runs_total")),
@@ -326,7 +335,7 @@ class Service:
         return {
             "version": __version__, "pid": os.getpid(),
             "started": format_time(int(self.started * 1e9)),
-            "uptime_seconds": round(time.monotonic() - self.started_mono, 3),
+            "uptime_seconds": uptime,
             "root": cfg.root, "state": cfg.state, "read_only": self.read_only,
             "config": {"file": cfg.source, "generation": self.generation,
                        "hosts_dir": self.settings.hosts_dir,

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cargohold._record import field, record
+from cargohold._record import record
 from cargohold.service.settings import GCSettings
 
 MIN_PAUSE = 0.005
@@ -49,7 +49,6 @@ class Policy:
     triggered: bool = False
     collections: int = 0
     pause_total: float = 0.0
-    pauses: list[float] = field(default_factory=list)
 
     def start(self, now: float) -> None:
         self._schedule(now, self.settings.startup_delay)

@@ -6,7 +6,8 @@ a reload that fails leaves the running settings exactly as they were. Keys:
 
 - ``[gc]`` ``pause_threshold`` (0 to 0.5), ``deletion_threshold``, ``mutation_threshold``
   (counts, >= 0), ``schedule_delay`` and ``startup_delay`` (durations): containerd's GC
-  scheduler (``io.containerd.gc.v1.scheduler``) under the same names;
+  scheduler (``io.containerd.gc.v1.scheduler``) under the same names; ``sweep_batch``
+  (>= 1), which a reload applies to the collector;
 - ``[serve]`` ``registry_address`` (``host:port``; "" = no registry), ``registry_namespace``,
   ``registry_push`` + ``htpasswd`` (bcrypt hashes only), ``max_manifest_size``,
   ``max_upload_size``, ``client_timeout``, ``mount_sweep_interval``;
@@ -66,6 +67,7 @@ class Settings:
     mount_sweep_interval: float
     hosts_dir: str
     hosts: dict[str, list[str]]  # registry -> endpoint URLs, for status
+    sweep_batch: int = 500  # [gc] sweep_batch: records the collector removes per transaction
 
 
 def _key(section: str, key: str) -> str:
@@ -105,6 +107,14 @@ def _gc(cfg: Config) -> GCSettings:
     return GCSettings(pause, counts["deletion_threshold"], counts["mutation_threshold"],
                       _seconds("gc", "schedule_delay", s.get("schedule_delay", "0ms")),
                       _seconds("gc", "startup_delay", s.get("startup_delay", "100ms")))
+
+
+def _sweep_batch(cfg: Config) -> int:
+    n = int(cfg.section("gc").get("sweep_batch", 500))  # config.load checked it is an int
+    if n < 1:  # a batch of 0 would never advance the sweep
+        raise InvalidArgument(f"{_key('gc', 'sweep_batch')} = {n}: must be 1 or more",
+                              hint="set it to 1 or more (the default is 500)")
+    return n
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -215,4 +225,4 @@ def load(cfg: Config) -> Settings:
     if interval <= 0:
         raise InvalidArgument(f"{_key('serve', 'mount_sweep_interval')}: must be more than 0")
     return Settings(cfg, _gc(cfg), _registry(cfg), interval, hosts_dir,
-                    hosts_summary(hosts_dir))
+                    hosts_summary(hosts_dir), _sweep_batch(cfg))

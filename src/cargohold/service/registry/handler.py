@@ -207,10 +207,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.host = host if host and _valid_host(host) else ""
         m = self.command
         if path == "/metrics" and m == "GET":
-            from cargohold.service.metrics import prometheus_text
-
-            self.api.service.status()  # refreshes the uptime gauge
-            self._send(200, prometheus_text(self.api.counters).encode(),
+            self._send(200, self.api.service.metrics_text().encode(),
                        {"Content-Type": "text/plain; version=0.0.4"})
             return
         if path in ("/v2", "/v2/"):

@@ -19,18 +19,19 @@ verifies the digest), ``DELETE`` aborts, ``GET`` says how far it got.
 from __future__ import annotations
 
 import base64
-import hashlib
+import io
 import os
 import re
 import threading
 from typing import TYPE_CHECKING, Any
 
+from cargohold._sha import sha256_hex
 from cargohold.errors import AlreadyExists, CargoholdError, NotFound
 from cargohold.images import mediatypes as mt
 from cargohold.images.manifest import loads
 from cargohold.service.registry.catalog import check_digest, check_repository, check_tag
 from cargohold.service.registry.handler import RegistryError
-from cargohold.types import Descriptor, is_digest
+from cargohold.types import Descriptor, Digest, is_digest
 
 if TYPE_CHECKING:
     from cargohold.service.registry.handler import Handler
@@ -54,7 +55,7 @@ class Auth:
         value = h.headers.get("Authorization", "")
         if not value.startswith("Basic ") or not self.users:
             return ""
-        key = hashlib.sha256(value.encode()).hexdigest()
+        key = sha256_hex(value.encode())
         with self._mu:
             if key in self._ok:
                 return self._ok[key]
@@ -310,12 +311,13 @@ def _put_manifest(h: Handler, name: str, ref: str) -> None:
     from cargohold.images.manifest import child_gc_labels
     from cargohold.metadata import images as image_records
     from cargohold.metadata.images import Image
+    from cargohold.store.api import copy_into
 
     api = h.api
     tag = "" if is_digest(ref) or ":" in ref else check_tag(ref)
     want = "" if tag else check_digest(ref)
     data = b"".join(body_chunks(h, api.settings.max_manifest_size, "manifest"))
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = Digest.from_bytes(data)
     if want and want != digest:
         raise RegistryError(400, "DIGEST_INVALID", f"manifest: hashes to {digest}, not {want}")
     try:
@@ -339,20 +341,12 @@ def _put_manifest(h: Handler, name: str, ref: str) -> None:
                                 f"manifest: {k.digest} is not in the registry") from exc
     desc = Descriptor(media, digest, len(data))
     uuid = _new_session(h, name)
-    store = _store(h, uuid)
     try:
-        w = store.writer(_lease_id(uuid), expected=digest)
+        w = _store(h, uuid).writer(_lease_id(uuid), expected=digest)
+        copy_into(w, io.BytesIO(data), size=len(data), expected=digest,
+                  labels=child_gc_labels(desc, kids))
     except AlreadyExists:
         pass
-    else:
-        try:
-            w.write(data)
-            try:
-                w.commit(len(data), digest, child_gc_labels(desc, kids))
-            except AlreadyExists:
-                pass
-        finally:
-            w.close()
     if tag:
         host = h.ns or h.host
         if not host:
