@@ -142,8 +142,11 @@ class Service:
             self.read_only = self.client.read_only
             self.client.db  # noqa: B018 - opened here, before threads share the client
             self.started, self.started_mono = time.time(), time.monotonic()
-            self.reload_state = {"state": "ok", "count": 0, "at": format_time(time.time_ns()),
-                                 "error": "", "file": cfg.source}
+            # The outcome of the configuration's first load: settings.load validated it above
+            # (a refused one never gets here), as a reload's outcome says of the next.
+            self.reload_state = {"state": "ok", "count": 0, "source": "start",
+                                 "at": format_time(time.time_ns()), "error": "",
+                                 "file": cfg.source}
             if not self.read_only:
                 self._start_duties(st)
             for api in self.apis:
