@@ -2,17 +2,21 @@
 
 - ``time_ctr_unpack(base, *args)``: one timed ``ctr images pull|import`` onto overlayfs in a
   fresh private containerd, checked to have unpacked.
+- ``build_gc_store(root, n_images, blobdir=None)``: the metadata of a store of ``n_images``
+  images linked by containerd's gc labels (optionally with a 10-byte file per blob).
 
 Heavy or cargohold imports are inside the functions: each benchmark uses only some of them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+GC_REF = "containerd.io/gc.ref.content."
 
 
 def time_ctr_unpack(base: str, *args: str) -> float:
@@ -41,3 +45,47 @@ def time_ctr_unpack(base: str, *args: str) -> float:
             d.dir = keep
             _unmount_under(keep)
     return dt
+
+
+def digest(s: str) -> str:
+    return "sha256:" + hashlib.sha256(s.encode()).hexdigest()
+
+
+def build_gc_store(root: str, n_images: int, blobdir: str | None = None) -> None:
+    """Write ``n_images`` images (index -> manifest -> config + 7 layers) into ``root``.
+
+    Image ``i`` is ``registry.example/app{i}:v1``, its blobs ``digest(f"{i}-...")``, linked
+    with containerd's gc labels; with ``blobdir``, every blob also gets a 10-byte file there.
+    """
+    from cargohold.metadata import images
+    from cargohold.metadata.content import write_record
+    from cargohold.metadata.db import open_db
+    from cargohold.metadata.images import Image
+    from cargohold.types import Descriptor
+
+    db = open_db(root)
+    per_txn = 500
+    for start in range(0, n_images, per_txn):
+        with db.update() as tx:
+            for i in range(start, min(start + per_txn, n_images)):
+                layers = [digest(f"{i}-l{k}") for k in range(7)]
+                cfg, man, idx = digest(f"{i}-cfg"), digest(f"{i}-man"), digest(f"{i}-idx")
+                for x in layers:
+                    write_record(tx, "default", x, 10, {})
+                write_record(tx, "default", cfg, 10,
+                             {"containerd.io/gc.ref.snapshot.overlayfs": f"chain-{i}"})
+                labels = {GC_REF + "config": cfg}
+                labels.update({f"{GC_REF}l.{k}": x for k, x in enumerate(layers)})
+                write_record(tx, "default", man, 10, labels)
+                write_record(tx, "default", idx, 10, {GC_REF + "m.0": man})
+                images.create(tx, "default", Image(
+                    f"registry.example/app{i}:v1",
+                    Descriptor("application/vnd.oci.image.index.v1+json", idx, 10)))
+                if blobdir is None:
+                    continue
+                for x in layers + [cfg, man, idx]:
+                    fd = os.open(os.path.join(blobdir, x.split(":")[1]),
+                                 os.O_WRONLY | os.O_CREAT, 0o444)
+                    os.write(fd, b"0123456789")
+                    os.close(fd)
+    db.close()
