@@ -4,6 +4,9 @@
   fresh private containerd, checked to have unpacked.
 - ``build_gc_store(root, n_images, blobdir=None)``: the metadata of a store of ``n_images``
   images linked by containerd's gc labels (optionally with a 10-byte file per blob).
+- ``sh``, ``make_venv``, ``installed_env``, ``pack_busybox``: hold installed with pip into a
+  venv, run as a user runs it, with a busybox image packed, exported and imported into a
+  private containerd.
 
 Heavy or cargohold imports are inside the functions: each benchmark uses only some of them.
 """
@@ -12,10 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
 GC_REF = "containerd.io/gc.ref.content."
 
 
@@ -89,3 +96,42 @@ def build_gc_store(root: str, n_images: int, blobdir: str | None = None) -> None
                     os.write(fd, b"0123456789")
                     os.close(fd)
     db.close()
+
+
+def sh(*argv: str, env: dict[str, str] | None = None) -> str:
+    p = subprocess.run(list(argv), env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{p.stderr}{p.stdout}")
+    return p.stdout
+
+
+def make_venv(work: str) -> str:
+    """This checkout pip-installed (not editable) into ``work/venv``; returns the venv."""
+    venv = os.path.join(work, "venv")
+    sh(sys.executable, "-m", "venv", venv)
+    pip = os.path.join(venv, "bin", "pip")
+    sh(pip, "install", "-q", "--disable-pip-version-check", REPO)
+    return venv
+
+
+def installed_env(work: str) -> dict[str, str]:
+    """The environment an installed ``hold`` runs in, on a root and state under ``work``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HOLD_DEBUG")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as an installed package runs: bytecode cached
+    env.update(HOLD_ROOT=os.path.join(work, "root"), HOLD_STATE=os.path.join(work, "state"),
+               HOLD_CONFIG=os.path.join(work, "none.toml"))
+    return env
+
+
+def pack_busybox(hold: str, work: str, ref: str, applets: tuple[str, ...],
+                 env: dict[str, str]) -> str:
+    """Pack a busybox rootfs (with ``applets`` linked) as ``ref``, export it; the archive."""
+    rootfs = os.path.join(work, "rootfs")
+    os.makedirs(os.path.join(rootfs, "bin"))
+    shutil.copy2("/bin/busybox", os.path.join(rootfs, "bin", "busybox"))
+    for applet in applets:
+        os.symlink("busybox", os.path.join(rootfs, "bin", applet))
+    sh(hold, "images", "pack", rootfs, ref, env=env)
+    archive = os.path.join(work, "img.tar")
+    sh(hold, "images", "export", archive, ref, env=env)
+    return archive
