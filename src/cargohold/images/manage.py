@@ -232,8 +232,9 @@ class ImageService:
         has = store_has(self.store)
         if mt.is_index(img.target.media_type) and has(img.target.digest):
             doc["index"] = read_json(self.store, img.target, what)
+        states = self.states(img, unpacked=True, has=has)
         manifests = []
-        for s in self.states(img, unpacked=True, has=has):
+        for s in states:
             entry = s.to_json()
             if not s.manifest_missing:
                 d = Descriptor(mt.OCI_MANIFEST, s.manifest, 1)
@@ -252,7 +253,7 @@ class ImageService:
                         entry["config_error"] = exc.message
             manifests.append(entry)
         doc["manifests"] = manifests
-        doc["platforms"] = platform_list(self.states(img, has=has))
+        doc["platforms"] = platform_list(states)
         return doc
 
 
