@@ -20,26 +20,20 @@ Prints JSON: the largest growth of one commit, and of the first two commits toge
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 
 from cargohold import _lmdb
 from cargohold.gc.collector import Collector
 from cargohold.metadata import images
-from cargohold.metadata.content import write_record
 from cargohold.metadata.db import open_db
-from cargohold.metadata.images import Image
-from cargohold.types import Descriptor
 
-REF = "containerd.io/gc.ref.content."
-
-
-def d(s: str) -> str:
-    return "sha256:" + hashlib.sha256(s.encode()).hexdigest()
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench"))
+from _common import build_gc_store  # noqa: E402
 
 
 class _Store:
@@ -50,27 +44,6 @@ class _Store:
 
     def ingest_refs(self) -> list[str]:
         return []
-
-
-def build(root: str, n: int) -> None:
-    db = open_db(root)
-    for start in range(0, n, 500):
-        with db.update() as tx:
-            for i in range(start, min(start + 500, n)):
-                layers = [d(f"{i}-l{k}") for k in range(7)]
-                cfg, man, idx = d(f"{i}-cfg"), d(f"{i}-man"), d(f"{i}-idx")
-                for x in layers:
-                    write_record(tx, "default", x, 10, {})
-                write_record(tx, "default", cfg, 10,
-                             {"containerd.io/gc.ref.snapshot.overlayfs": f"chain-{i}"})
-                labels = {REF + "config": cfg}
-                labels.update({f"{REF}l.{k}": x for k, x in enumerate(layers)})
-                write_record(tx, "default", man, 10, labels)
-                write_record(tx, "default", idx, 10, {REF + "m.0": man})
-                images.create(tx, "default", Image(
-                    f"registry.example/app{i}:v1",
-                    Descriptor("application/vnd.oci.image.index.v1+json", idx, 10)))
-    db.close()
 
 
 def main() -> None:
@@ -99,7 +72,7 @@ def main() -> None:
 
     try:
         built = os.path.join(base, "built")
-        build(built, a.images)
+        build_gc_store(built, a.images)
         rng = random.Random(7)
         doomed = rng.sample(range(a.images), int(a.images * a.garbage) + a.rm)
         garbage, rm = doomed[:-a.rm], doomed[-a.rm:]

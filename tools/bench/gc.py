@@ -9,59 +9,26 @@ collector runs. Goal: mark + sweep under 2 s. Usage: tools/bench/gc.py [--images
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
 
+from _common import build_gc_store
+
 from cargohold.gc.collector import Collector
 from cargohold.metadata import images
-from cargohold.metadata.content import write_record
 from cargohold.metadata.db import open_db
-from cargohold.metadata.images import Image
 from cargohold.store.local import LocalStore
-from cargohold.types import Descriptor
-
-REF = "containerd.io/gc.ref.content."
-
-
-def d(s: str) -> str:
-    return "sha256:" + hashlib.sha256(s.encode()).hexdigest()
 
 
 def build(root: str, n_images: int) -> tuple[int, LocalStore]:
-    db = open_db(root)
     store = LocalStore(os.path.join(root, "content"))
     blobdir = os.path.join(store.root, "blobs", "sha256")
     os.makedirs(blobdir, exist_ok=True)
-    nblobs = 0
-    per_txn = 500
-    for start in range(0, n_images, per_txn):
-        with db.update() as tx:
-            for i in range(start, min(start + per_txn, n_images)):
-                layers = [d(f"{i}-l{k}") for k in range(7)]
-                cfg, man, idx = d(f"{i}-cfg"), d(f"{i}-man"), d(f"{i}-idx")
-                for x in layers:
-                    write_record(tx, "default", x, 10, {})
-                write_record(tx, "default", cfg, 10,
-                             {"containerd.io/gc.ref.snapshot.overlayfs": f"chain-{i}"})
-                labels = {REF + "config": cfg}
-                labels.update({f"{REF}l.{k}": x for k, x in enumerate(layers)})
-                write_record(tx, "default", man, 10, labels)
-                write_record(tx, "default", idx, 10, {REF + "m.0": man})
-                images.create(tx, "default", Image(f"registry.example/app{i}:v1",
-                                                   Descriptor("application/vnd.oci.image"
-                                                              ".index.v1+json", idx, 10)))
-                for x in layers + [cfg, man, idx]:
-                    fd = os.open(os.path.join(blobdir, x.split(":")[1]),
-                                 os.O_WRONLY | os.O_CREAT, 0o444)
-                    os.write(fd, b"0123456789")
-                    os.close(fd)
-                nblobs += 10
-    db.close()
-    return nblobs, store
+    build_gc_store(root, n_images, blobdir)
+    return n_images * 10, store
 
 
 def main() -> None:

@@ -181,29 +181,9 @@ def time_hold(archive: str, base: str) -> float:
 
 
 def time_ctr(archive: str, base: str) -> float:
-    from tests.peers import Containerd
+    from _common import time_ctr_unpack
 
-    d = Containerd(base=base, namespace="bench").start()
-    try:
-        os.sync()
-        t0 = time.monotonic()
-        d.ctr("images", "import", "--snapshotter", "overlayfs", archive, timeout=600)
-        dt = time.monotonic() - t0
-        out = d.ctr("snapshots", "--snapshotter", "overlayfs", "ls").stdout.decode()
-        if len(out.splitlines()) < 5:
-            raise SystemExit(f"ctr did not unpack the image:\n{out}")
-    finally:
-        # Stop the daemon but keep its files until the end, like hold's roots: deleting
-        # hundreds of MB here would make the next timed run pay for the discards.
-        keep, d.dir = d.dir, tempfile.mkdtemp(prefix="empty-", dir=base)
-        try:
-            d.stop()
-        finally:
-            d.dir = keep
-            from tests.peers import _unmount_under
-
-            _unmount_under(keep)
-    return dt
+    return time_ctr_unpack(base, "import", "--snapshotter", "overlayfs", archive)
 
 
 def main() -> None:

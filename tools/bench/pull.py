@@ -61,25 +61,9 @@ def time_hold(ref: str, base: str, *extra: str) -> tuple[float, dict]:
 
 
 def time_ctr(ref: str, base: str) -> float:
-    from tests.peers import Containerd, _unmount_under
+    from _common import time_ctr_unpack
 
-    d = Containerd(base=base, namespace="bench").start()
-    try:
-        os.sync()
-        t0 = time.monotonic()
-        d.ctr("images", "pull", "--plain-http", "--snapshotter", "overlayfs", ref, timeout=600)
-        dt = time.monotonic() - t0
-        out = d.ctr("snapshots", "--snapshotter", "overlayfs", "ls").stdout.decode()
-        if len(out.splitlines()) < 5:
-            raise SystemExit(f"ctr did not unpack the image:\n{out}")
-    finally:
-        keep, d.dir = d.dir, tempfile.mkdtemp(prefix="empty-", dir=base)
-        try:
-            d.stop()
-        finally:
-            d.dir = keep
-            _unmount_under(keep)
-    return dt
+    return time_ctr_unpack(base, "pull", "--plain-http", "--snapshotter", "overlayfs", ref)
 
 
 def skopeo_copy(src: str, dest: str) -> None:

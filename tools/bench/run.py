@@ -26,7 +26,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)  # tests.peers: the private containerd
-sys.path.insert(0, HERE)  # startup.py: the venv and the helpers
+sys.path.insert(0, HERE)  # _common.py: the venv and the helpers
 REF = "bench.example/run/busybox:1"
 
 
@@ -41,7 +41,7 @@ def run_once(argv: list[str], env: dict[str, str]) -> float:
 
 
 def main() -> None:
-    from startup import make_venv, sh
+    from _common import installed_env, make_venv, pack_busybox, sh
     from tests.peers import Containerd
 
     ap = argparse.ArgumentParser()
@@ -53,18 +53,8 @@ def main() -> None:
     work = a.work or tempfile.mkdtemp(prefix="bench-run-", dir="/var/tmp")
     venv = make_venv(work)
     hold = os.path.join(venv, "bin", "hold")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HOLD_DEBUG")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as an installed package runs: bytecode cached
-    env.update(HOLD_ROOT=os.path.join(work, "root"), HOLD_STATE=os.path.join(work, "state"),
-               HOLD_CONFIG=os.path.join(work, "none.toml"))
-    rootfs = os.path.join(work, "rootfs")
-    os.makedirs(os.path.join(rootfs, "bin"))
-    shutil.copy2("/bin/busybox", os.path.join(rootfs, "bin", "busybox"))
-    for applet in ("sh", "echo"):
-        os.symlink("busybox", os.path.join(rootfs, "bin", applet))
-    sh(hold, "images", "pack", rootfs, REF, env=env)
-    archive = os.path.join(work, "img.tar")
-    sh(hold, "images", "export", archive, REF, env=env)
+    env = installed_env(work)
+    archive = pack_busybox(hold, work, REF, ("sh", "echo"), env)
     ctd = Containerd(base="/tmp").start()
     try:
         ctr = ["ctr", "--address", ctd.sock, "-n", "bench"]

@@ -34,13 +34,6 @@ sys.path.insert(1, os.path.join(REPO, "src"))  # tests.peers unmounts with cargo
 REF = "bench.example/startup/busybox:1"
 
 
-def sh(*argv: str, env: dict[str, str] | None = None) -> str:
-    p = subprocess.run(list(argv), env=env, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{p.stderr}{p.stdout}")
-    return p.stdout
-
-
 def timed(argv: list[str], env: dict[str, str]) -> float:
     t = time.perf_counter()
     subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -48,37 +41,20 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - t
 
 
-def make_venv(work: str) -> str:
-    venv = os.path.join(work, "venv")
-    sh(sys.executable, "-m", "venv", venv)
-    pip = os.path.join(venv, "bin", "pip")
-    sh(pip, "install", "-q", "--disable-pip-version-check", REPO)
-    return venv
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--work", default=None)
     a = ap.parse_args()
+    from _common import installed_env, make_venv, pack_busybox, sh
     from tests.peers import Containerd
 
     work = a.work or tempfile.mkdtemp(prefix="bench-startup-", dir="/var/tmp")
     venv = make_venv(work)
     hold = os.path.join(venv, "bin", "hold")
     py = os.path.join(venv, "bin", "python3")
-    root = os.path.join(work, "root")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HOLD_DEBUG")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as an installed package runs: bytecode cached
-    env.update(HOLD_ROOT=root, HOLD_STATE=os.path.join(work, "state"),
-               HOLD_CONFIG=os.path.join(work, "none.toml"))
-    rootfs = os.path.join(work, "rootfs")
-    os.makedirs(os.path.join(rootfs, "bin"))
-    shutil.copy2("/bin/busybox", os.path.join(rootfs, "bin", "busybox"))
-    os.symlink("busybox", os.path.join(rootfs, "bin", "sh"))
-    sh(hold, "images", "pack", rootfs, REF, env=env)
-    archive = os.path.join(work, "img.tar")
-    sh(hold, "images", "export", archive, REF, env=env)
+    env = installed_env(work)
+    archive = pack_busybox(hold, work, REF, ("sh",), env)
     ctd = Containerd(base="/tmp").start()
     try:
         ctr = ["ctr", "--address", ctd.sock, "-n", "bench"]

@@ -10,12 +10,7 @@ from cargohold.cli.app import App
 from cargohold.cli.groups import Group
 from cargohold.cli.images_pull import open_registry, registry_options
 from cargohold.cli.output import emit_json, human_size
-
-_progress = click.option("--progress", "progress_mode",
-                         type=click.Choice(["auto", "bars", "plain", "json", "none"]),
-                         default="auto", show_default=True, help="Progress on stderr.")
-_format = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
-                       default="table")
+from cargohold.cli.params import format_option, progress_option
 
 
 @click.group(cls=Group)
@@ -28,8 +23,8 @@ def airgap() -> None:
               help="Bundle this platform (repeatable) [this host's].")
 @click.option("--all-platforms", is_flag=True, help="Bundle every platform.")
 @registry_options
-@_progress
-@_format
+@progress_option
+@format_option
 @click.argument("out")
 @click.argument("refs", nargs=-1, required=True)
 @click.pass_obj
@@ -71,8 +66,8 @@ def bundle_cmd(app: App, platform_: tuple[str, ...], all_platforms: bool, progre
 @click.option("--jobs", "-j", type=click.IntRange(1, 16), default=2, show_default=True,
               help="Archives imported at once.")
 @registry_options
-@_progress
-@_format
+@progress_option
+@format_option
 @click.argument("sources", nargs=-1, required=True)
 @click.pass_obj
 def seed_cmd(app: App, push: str, prefix_host: bool, no_unpack: bool, jobs: int,

@@ -82,7 +82,7 @@ def ingest(app: App, expected_size: int, expected_digest: str, labels: tuple[str
         digest = copy_into(w, src, size=expected_size, expected=expected_digest,
                            labels=label_map, then=lambda d, existed: None)
     except IntegrityError as exc:
-        offset = store.status(ref).offset if _exists(store, ref) else 0
+        offset = _offset(store, ref)
         if expected_size and offset < expected_size:
             exc.hint = (f"got {offset} of {expected_size} bytes; the ingest is kept: run the "
                         "same command again to resume")
@@ -95,12 +95,12 @@ def ingest(app: App, expected_size: int, expected_digest: str, labels: tuple[str
     click.echo(digest)
 
 
-def _exists(store, ref: str) -> bool:  # noqa: ANN001
+def _offset(store, ref: str) -> int:  # noqa: ANN001
+    """The bytes ingest ``ref`` holds (0 when it is gone)."""
     try:
-        store.status(ref)
-        return True
+        return store.status(ref).offset
     except NotFound:
-        return False
+        return 0
 
 
 @content.command("active")

@@ -8,11 +8,12 @@ import click
 
 from cargohold.cli.app import App
 from cargohold.cli.output import emit_json, human_size
+from cargohold.cli.params import format_option
 
 
 @click.command()
 @click.option("--repair", is_flag=True, help="Fix what is safe to fix (see 'hold fsck -h').")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@format_option
 @click.pass_obj
 def fsck(app: App, repair: bool, fmt: str) -> None:
     """Check every blob against its digest and the metadata against the store, both ways.

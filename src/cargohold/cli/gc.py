@@ -8,6 +8,7 @@ import click
 
 from cargohold.cli.app import App
 from cargohold.cli.output import emit_json, human_size, table
+from cargohold.cli.params import format_option
 
 
 def print_result(res, fmt: str) -> None:  # noqa: ANN001 - a gc.collector.Result
@@ -37,7 +38,7 @@ def print_result(res, fmt: str) -> None:  # noqa: ANN001 - a gc.collector.Result
 @click.option("--why", "why", metavar="OBJECT",
               help="Explain what keeps OBJECT alive (a digest, snapshot/<sn>/<key>, "
                    "image/<name>, lease/<id>, ingest/<ref>).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@format_option
 @click.pass_obj
 def gc(app: App, dry_run: bool, why: str | None, fmt: str) -> None:
     """Remove everything no root keeps alive, and report the bytes freed.

@@ -7,6 +7,7 @@ import click
 from cargohold.cli.app import App
 from cargohold.cli.groups import Group
 from cargohold.cli.output import emit_json
+from cargohold.cli.params import format_option
 
 
 @click.group(cls=Group)
@@ -18,7 +19,7 @@ def hosts() -> None:
 @click.option("--hosts-dir", default=None, metavar="DIR",
               help="Directory of <host>/hosts.toml files [config registry.config_path].")
 @click.option("--plain-http", is_flag=True, help="As for pull: plain HTTP by default.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@format_option
 @click.argument("ref")
 @click.pass_obj
 def explain(app: App, hosts_dir: str | None, plain_http: bool, fmt: str, ref: str) -> None:

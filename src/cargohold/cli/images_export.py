@@ -7,6 +7,7 @@ import sys
 import click
 
 from cargohold.cli.app import App
+from cargohold.cli.params import progress_option
 
 
 @click.command("export")
@@ -15,9 +16,7 @@ from cargohold.cli.app import App
 @click.option("--all-platforms", is_flag=True, help="Export every platform of each image.")
 @click.option("--skip-manifest-json", is_flag=True,
               help="Leave out docker's manifest.json and repositories.")
-@click.option("--progress", "progress_mode",
-              type=click.Choice(["auto", "bars", "plain", "json", "none"]), default="auto",
-              show_default=True, help="Progress on stderr.")
+@progress_option
 @click.argument("out")
 @click.argument("refs", nargs=-1, required=True)
 @click.pass_obj

@@ -6,6 +6,7 @@ import click
 
 from cargohold.cli.app import App
 from cargohold.cli.output import emit_json, human_size
+from cargohold.cli.params import format_option, progress_option
 
 
 def _print(res, fmt: str) -> None:  # noqa: ANN001 - an importer.ImportResult
@@ -55,10 +56,8 @@ def _print(res, fmt: str) -> None:  # noqa: ANN001 - an importer.ImportResult
 @click.option("--snapshotter", "snapshotter", default="", metavar="NAME",
               help="Unpack onto this snapshotter [the global one].")
 @click.option("--label", "labels", multiple=True, metavar="K=V", help="Label the images.")
-@click.option("--progress", "progress_mode",
-              type=click.Choice(["auto", "bars", "plain", "json", "none"]), default="auto",
-              show_default=True, help="Progress on stderr.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@progress_option
+@format_option
 @click.argument("sources", nargs=-1, required=True)
 @click.pass_obj
 def import_cmd(app: App, base_name: str, index_name: str, name: str, digests: bool,

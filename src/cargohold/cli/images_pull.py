@@ -11,6 +11,7 @@ import click
 
 from cargohold.cli.app import App
 from cargohold.cli.output import emit_json, human_size
+from cargohold.cli.params import format_option, progress_option
 
 
 def registry_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -98,11 +99,8 @@ def pull_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "(0: never)."),
         click.option("--label", "labels", multiple=True, metavar="K=V",
                      help="Label the image."),
-        click.option("--progress", "progress_mode",
-                     type=click.Choice(["auto", "bars", "plain", "json", "none"]),
-                     default="auto", show_default=True, help="Progress on stderr."),
-        click.option("--format", "fmt", type=click.Choice(["table", "json"]),
-                     default="table"),
+        progress_option,
+        format_option,
     ]):
         f = opt(f)
     return registry_options(f)
@@ -174,10 +172,8 @@ def fetch_cmd(app: App, ref: str, **kw: Any) -> None:
               help="Upload blobs larger than this in PATCH chunks of this size (0: one PUT).")
 @click.option("--max-concurrent-uploads", type=click.IntRange(1, 32), default=3,
               show_default=True, help="Blobs uploaded at once.")
-@click.option("--progress", "progress_mode",
-              type=click.Choice(["auto", "bars", "plain", "json", "none"]), default="auto",
-              show_default=True, help="Progress on stderr.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@progress_option
+@format_option
 @click.argument("ref")
 @click.argument("local", required=False)
 @click.pass_obj

@@ -72,11 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _run(argv)
     except CargoholdError as exc:
-        _trace()
-        _say(f"hold: {exc.message}")
-        if exc.hint:
-            _say(f"hint: {exc.hint}")
-        sys.exit(exc.exit_code)
+        _fail(exc, exc.exit_code)
     except BrokenPipeError:
         # `hold content get X | head` closes the pipe early: not an error worth a trace.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -91,15 +87,19 @@ def main(argv: list[str] | None = None) -> None:
         # What standard output would not take (a full disk, /dev/full): said as such, once.
         from cargohold._oserror import stream_error
 
-        err = stream_error(exc.oserror, 1, "standard output")
-        _trace()
-        _say(f"hold: {err.message}")
-        if err.hint:
-            _say(f"hint: {err.hint}")
-        sys.exit(1)
+        _fail(stream_error(exc.oserror, 1, "standard output"), 1)
     except Exception as exc:  # noqa: BLE001 - a bug: say so plainly, trace on request
         _internal(exc)
     sys.exit(0)
+
+
+def _fail(err: CargoholdError, code: int) -> None:
+    """Say ``err`` (its message, its hint; the traceback with --debug) and exit ``code``."""
+    _trace()
+    _say(f"hold: {err.message}")
+    if err.hint:
+        _say(f"hint: {err.hint}")
+    sys.exit(code)
 
 
 def _internal(exc: BaseException) -> None:

@@ -1,4 +1,5 @@
-"""click parameters built from :mod:`cargohold.cli.hot` declarations, and the shared options.
+"""click parameters built from :mod:`cargohold.cli.hot` declarations, and the shared options
+(``--format``, ``-q``, ``--progress``).
 
 :func:`apply` turns a declaration into click options and arguments, so a hot command has one
 list of parameters for both click and the fast parser (:mod:`cargohold.cli.fast`).
@@ -12,6 +13,7 @@ from typing import Any
 import click
 
 from cargohold.cli.hot import FORMAT, Arg, Opt
+from cargohold.cli.progress import MODES
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -53,4 +55,6 @@ def apply(params: Sequence[Opt | Arg]) -> Decorator:
 
 
 format_option = option(FORMAT)
+progress_option = click.option("--progress", "progress_mode", type=click.Choice(MODES),
+                               default="auto", show_default=True, help="Progress on stderr.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="Print only names/ids.")

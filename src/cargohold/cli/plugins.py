@@ -7,6 +7,7 @@ import click
 from cargohold.cli.app import App
 from cargohold.cli.groups import Group
 from cargohold.cli.output import emit_json, table
+from cargohold.cli.params import format_option
 
 
 @click.group(cls=Group)
@@ -15,7 +16,7 @@ def plugins() -> None:
 
 
 @plugins.command("ls")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@format_option
 @click.pass_obj
 def ls(app: App, fmt: str) -> None:
     """List components with status ok / skip / error and what its probe saw.

@@ -13,6 +13,7 @@ def _reload(app: App) -> None:
     import os
     import signal
 
+    from cargohold._fsutil import lock_holder
     from cargohold.errors import NotFound
     from cargohold.service.control import call
     from cargohold.service.core import state_paths
@@ -27,7 +28,7 @@ def _reload(app: App) -> None:
         paths = state_paths(state)
         gone = NotFound(f"service state {state}: no hold serve runs there",
                         hint="start it with 'hold serve' (or check --state)")
-        if not os.path.exists(paths["lock"]) or _lock_is_free(paths["lock"]):
+        if not lock_holder(paths["lock"]):
             raise gone from None
         try:
             with open(paths["pid"]) as f:
@@ -43,20 +44,6 @@ def _reload(app: App) -> None:
     click.echo(f"hold: reload refused, the running configuration stays: {st.get('error')}",
                err=True)
     sys.exit(1)
-
-
-def _lock_is_free(path: str) -> bool:
-    """Whether no process holds the service lock at ``path`` (taken and let go at once)."""
-    from cargohold import _fsutil
-    from cargohold.errors import Unavailable
-
-    lock = _fsutil.FileLock(path, "hold serve")
-    try:
-        lock.acquire(wait=False)
-    except Unavailable:
-        return False
-    lock.release()
-    return True
 
 
 def _state_dir(app: App) -> str:

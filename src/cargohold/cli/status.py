@@ -6,6 +6,7 @@ import click
 
 from cargohold.cli.app import App
 from cargohold.cli.output import emit_json, human_size
+from cargohold.cli.params import format_option
 
 
 def _ago(seconds: float) -> str:
@@ -20,7 +21,7 @@ def _ago(seconds: float) -> str:
 
 
 @click.command()
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@format_option
 @click.pass_obj
 def status(app: App, fmt: str) -> None:
     """Show the running service: version, uptime, root, last GC, reload state, registry.

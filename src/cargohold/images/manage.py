@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from cargohold._record import field, record
+from cargohold._record import field, record, replace
 from cargohold.errors import AlreadyExists, CargoholdError, InvalidArgument, NotFound
 from cargohold.images import mediatypes as mt
 from cargohold.images import platforms as plat
@@ -169,15 +169,9 @@ class ImageService:
         if not unpacked:
             return states
         sn = self._snapshotter()
-        out = []
-        for s in states:
-            u: bool | None = None
-            if sn is not None and s.chain_id:
-                u = self._has_snapshot(sn, s.chain_id)
-            elif sn is not None:
-                u = False
-            out.append(PlatformState(**{**s.__dict__, "unpacked": u}))
-        return out
+        return [replace(s, unpacked=None if sn is None
+                        else bool(s.chain_id) and self._has_snapshot(sn, s.chain_id))
+                for s in states]
 
     def _snapshotter(self) -> Any:
         try:
@@ -238,8 +232,9 @@ class ImageService:
         has = store_has(self.store)
         if mt.is_index(img.target.media_type) and has(img.target.digest):
             doc["index"] = read_json(self.store, img.target, what)
+        states = self.states(img, unpacked=True, has=has)
         manifests = []
-        for s in self.states(img, unpacked=True, has=has):
+        for s in states:
             entry = s.to_json()
             if not s.manifest_missing:
                 d = Descriptor(mt.OCI_MANIFEST, s.manifest, 1)
@@ -258,7 +253,7 @@ class ImageService:
                         entry["config_error"] = exc.message
             manifests.append(entry)
         doc["manifests"] = manifests
-        doc["platforms"] = platform_list(self.states(img, has=has))
+        doc["platforms"] = platform_list(states)
         return doc
 
 
