@@ -83,7 +83,8 @@ def _normal(args: list[str], out: bytes) -> object:
         return doc["removed"], doc["bytes_freed"]
     if args[0] == "fsck":
         return out.decode().rsplit(" in ", 1)[0]
-    return re.sub(rb"\d+ \w+ ago", b"", out)
+    # every age ctr's words give: "5 minutes", "Less than a second", "About a minute", ...
+    return re.sub(rb"(?:\d+ \w+|Less than a second|About an? \w+) ago", b"", out)
 
 
 def _no_trace(p) -> str:  # noqa: ANN001
